@@ -1,0 +1,265 @@
+"""The ``soundguide`` command.
+
+Errors of soundguide's own types are caught once, here: one line ``error: ...``
+plus a hint, exit code 2. A run stopped by a non-finite loss exits with 1
+(its outputs are written), Ctrl-C with 130 (what exists is written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from soundguide.core.errors import SoundguideError
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _add_plugins(ctx: click.Context, _param: click.Parameter, value: Sequence[str]) -> None:
+    ctx.ensure_object(dict).setdefault("plugins", []).extend(value)
+    root = ctx.find_root()
+    if root is not ctx:
+        root.ensure_object(dict).setdefault("plugins", []).extend(value)
+
+
+def plugin_option(func):
+    return click.option(
+        "-p",
+        "--plugin",
+        "plugins",
+        multiple=True,
+        metavar="MODULE",
+        expose_value=False,
+        callback=_add_plugins,
+        help="Register a plugin module by import path (repeatable), like pytest's -p.",
+    )(func)
+
+
+def _registries(ctx: click.Context):
+    from soundguide.core.plugins import load_registries
+
+    obj = ctx.find_root().ensure_object(dict)
+    if "registries" not in obj:
+        plugins = obj.get("plugins", [])
+        if plugins and "" not in sys.path and os.getcwd() not in sys.path:
+            # as `python -m`, so -p finds a plugin module in the current folder
+            sys.path.insert(0, os.getcwd())
+        obj["registries"] = load_registries(plugins=plugins)
+    return obj["registries"]
+
+
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config value (repeatable), e.g. --set optimization.steps=100.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="soundguide")
+@plugin_option
+def cli() -> None:
+    """Edit and generate images guided by sound, text and pictures."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@set_option
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: [output] dir).")
+@click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty output folder.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda, cuda:N or mps.",
+)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow checkpoints that unpickle arbitrary Python objects (only for files you trust).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@plugin_option
+@click.pass_context
+def edit(
+    ctx: click.Context,
+    config: Path,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    overwrite: bool,
+    device: str,
+    trust_checkpoint: bool,
+    quiet: bool,
+) -> None:
+    """Optimize a latent code as the CONFIG file describes and write the outputs."""
+    from soundguide.api import edit as run_edit
+    from soundguide.core.config import load_config
+
+    registries = _registries(ctx)
+    run_config = load_config(config, registries, overrides)
+    folder = out if out is not None else run_config.output.dir
+    result = run_edit(
+        run_config,
+        out=folder,
+        overwrite=overwrite,
+        device=device,
+        registries=registries,
+        trust_checkpoint=trust_checkpoint,
+        progress=not quiet,
+    )
+    per_step = (
+        f", {sum(result.step_seconds) / len(result.step_seconds):.3f} s/step" if result.step_seconds else ""
+    )
+    if result.status == "finished":
+        click.echo(f"{result.message}{per_step}; outputs in {folder}")
+        return
+    click.echo(f"error: {result.message}; outputs in {folder}", err=True)
+    ctx.exit(EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_RUN_FAILED)
+
+
+@cli.command()
+@plugin_option
+@click.pass_context
+def plugins(ctx: click.Context) -> None:
+    """List the loaded plugins: kind, name, plugin module and distribution."""
+    registries = _registries(ctx)
+    rows = [("KIND", "NAME", "PLUGIN", "DISTRIBUTION")]
+    for registry in (registries.generators, registries.guidances, registries.regularizers):
+        for entry in registry:
+            rows.append((registry.kind, entry.name, entry.plugin, entry.distribution))
+    for weights in registries.weights:
+        rows.append(("weights", weights.name, registries.weights.owner(weights.name), ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@cli.group()
+def config() -> None:
+    """Check or show run configs."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@set_option
+@plugin_option
+@click.pass_context
+def config_check(ctx: click.Context, path: Path, overrides: tuple[str, ...]) -> None:
+    """Validate a run config without running it."""
+    from soundguide.core.config import load_config
+
+    cfg = load_config(path, _registries(ctx), overrides)
+    sources = ", ".join(f"{g.type}@{g.weight:g}" for g in cfg.guidance)
+    regs = ", ".join(f"{r.type}@{r.weight:g}" for r in cfg.regularizer) or "none"
+    click.echo(
+        f"ok: {path}: generator {cfg.generator.type}; guidance {sources}; regularizers {regs}; "
+        f"{cfg.optimization.steps} steps"
+    )
+
+
+@config.command("show")
+@click.argument("path", type=click.Path(path_type=Path))
+@set_option
+@plugin_option
+@click.pass_context
+def config_show(ctx: click.Context, path: Path, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config (defaults filled in, paths absolute) as JSON."""
+    from soundguide.core.config import load_config
+
+    cfg = load_config(path, _registries(ctx), overrides)
+    click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+@cli.group()
+def weights() -> None:
+    """Known pretrained weights: list, download, verify."""
+
+
+@weights.command("list")
+@plugin_option
+@click.pass_context
+def weights_list(ctx: click.Context) -> None:
+    """List the known weights and whether each is downloaded."""
+    registry = _registries(ctx).weights
+    if not len(registry):
+        click.echo("no known weights registered")
+        return
+    for entry in registry:
+        path = registry.local_path(entry.name)
+        state = "downloaded" if path.exists() else "not downloaded"
+        click.echo(f"{entry.name}  [{state}]  {entry.license}  {entry.url}")
+        if entry.description:
+            click.echo(f"    {entry.description}")
+        click.echo(f"    -> {path}")
+
+
+@weights.command("download")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Download again even if the file exists.")
+@plugin_option
+@click.pass_context
+def weights_download(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
+    """Download known weights into the cache ($SOUNDGUIDE_HOME/weights)."""
+    registry = _registries(ctx).weights
+    for name in names:
+        path = registry.download(name) if force else registry.fetch(name)
+        click.echo(f"{name}: {path}")
+
+
+@weights.command("verify")
+@click.argument("names", nargs=-1)
+@plugin_option
+@click.pass_context
+def weights_verify(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Check downloaded files against their sha256 (all downloaded ones by default)."""
+    registry = _registries(ctx).weights
+    selected = list(names) or [e.name for e in registry if registry.local_path(e.name).exists()]
+    failed = False
+    for name in selected:
+        status, detail = registry.verify(name)
+        click.echo(f"{name}: {status} ({detail})")
+        failed |= status in ("mismatch", "missing")
+    if failed:
+        ctx.exit(EXIT_BAD_INPUT)
+
+
+def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    warnings.showwarning = _show_warning
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="soundguide", standalone_mode=False)
+    except SoundguideError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    return code if isinstance(code, int) else 0
+
+
+def run() -> None:  # console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

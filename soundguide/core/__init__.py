@@ -1,0 +1,1 @@
+"""What every plugin builds on. Imports no plugin module."""

@@ -1,0 +1,286 @@
+"""Safe checkpoint loading and the known-weights registry.
+
+``load_checkpoint`` never runs code hidden in a pickle unless the user said
+``trust=True`` (``--trust-checkpoint``): it loads with
+``torch.load(weights_only=True)`` and allows exactly one extra global,
+``argparse.Namespace``, which rosinality's training checkpoints carry under
+``args``.
+
+Known weights are public files (StyleGAN2 models, the SoundCLIP encoder, ...)
+that plugins declare by name through the ``register_weights`` hook. They are
+downloaded on first use into ``$SOUNDGUIDE_HOME/weights`` (default
+``~/.cache/soundguide/weights``), with a progress bar; the sha256 is checked
+when the entry knows it and pinned in ``pins.json`` on first download when it
+does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soundguide.core.errors import CheckpointError, DuplicatePluginError, WeightsError
+from soundguide.core.files import atomic_write_text, sha256_file
+
+HOME_ENV = "SOUNDGUIDE_HOME"
+_SAFE_GLOBALS = [argparse.Namespace]
+
+
+def soundguide_home() -> Path:
+    """The cache folder: ``$SOUNDGUIDE_HOME`` or ``~/.cache/soundguide``."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "soundguide"
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:
+        return []
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, trust: bool = False, map_location: Any = "cpu"
+) -> Any:
+    """Load a torch checkpoint without executing pickled code.
+
+    Only tensors, plain containers and ``argparse.Namespace`` are allowed unless
+    ``trust`` is true. Raises :class:`CheckpointError` with one line naming the
+    file and, for a refused pickle, the global it wanted to load.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint is a directory, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    if trust:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as exc:  # a trusted file can still be corrupt
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        names = _unsafe_globals(path) if zipfile.is_zipfile(path) else []
+        if not names:
+            names = re.findall(r"GLOBAL ([\w.]+)", text)
+        if names:
+            raise CheckpointError(
+                f"refusing to load {path}: it asks to unpickle {', '.join(sorted(set(names)))}, "
+                "which could run arbitrary code",
+                hint="if you trust this file, pass --trust-checkpoint (trust=True in Python)",
+            ) from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a torch checkpoint or corrupt ({_short(text)})"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return _short(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """A public weights file soundguide knows how to fetch.
+
+    ``sha256`` and ``size`` are optional: when the publisher gives no checksum
+    the first download pins one in ``pins.json`` and ``soundguide weights
+    verify`` checks later copies against it.
+    """
+
+    name: str
+    url: str
+    filename: str
+    license: str
+    description: str = ""
+    sha256: str | None = None
+    size: int | None = None
+
+
+class WeightsRegistry:
+    """Name -> :class:`KnownWeights`, with download into the cache and verification."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self._entries: dict[str, KnownWeights] = {}
+        self._owners: dict[str, str] = {}
+        self._home = Path(home) if home is not None else None
+        self._current = ("<python>", "<python>")
+
+    # -- registration -------------------------------------------------------------
+    def add(self, entry: KnownWeights) -> KnownWeights:
+        if entry.name in self._entries:
+            raise DuplicatePluginError(
+                f"known weights {entry.name!r} registered twice: by plugin "
+                f"{self._owners[entry.name]!r} and by plugin {self._current[0]!r}"
+            )
+        self._entries[entry.name] = entry
+        self._owners[entry.name] = self._current[0]
+        return entry
+
+    def _remove_plugin(self, plugin: str) -> None:
+        for name in [n for n, owner in self._owners.items() if owner == plugin]:
+            del self._entries[name], self._owners[name]
+
+    def owner(self, name: str) -> str:
+        return self._owners[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[KnownWeights]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str) -> KnownWeights:
+        if name not in self._entries:
+            from soundguide.core.registry import unknown_name_message
+
+            raise WeightsError(unknown_name_message("known weights", name, self._entries))
+        return self._entries[name]
+
+    # -- files --------------------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        return (self._home if self._home is not None else soundguide_home()) / "weights"
+
+    def local_path(self, name: str) -> Path:
+        return self.folder / self.get(name).filename
+
+    def _pins_path(self) -> Path:
+        return self.folder / "pins.json"
+
+    def pins(self) -> dict[str, str]:
+        try:
+            return json.loads(self._pins_path().read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise WeightsError(f"cannot read {self._pins_path()}: {exc}") from None
+
+    def _pin(self, entry: KnownWeights, digest: str) -> None:
+        pins = self.pins()
+        pins[entry.filename] = digest
+        atomic_write_text(self._pins_path(), json.dumps(pins, indent=2, sort_keys=True) + "\n")
+
+    def expected_sha256(self, name: str) -> str | None:
+        entry = self.get(name)
+        return entry.sha256 or self.pins().get(entry.filename)
+
+    def fetch(self, name: str, *, progress: bool = True) -> Path:
+        """Return the local file for ``name``, downloading it on first use."""
+        path = self.local_path(name)
+        if path.exists():
+            return path
+        return self.download(name, progress=progress)
+
+    def download(self, name: str, *, progress: bool = True) -> Path:
+        entry = self.get(name)
+        path = self.local_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hint = (
+            f"download {entry.url} yourself to {path}, or point the config at a local file; "
+            f"set {HOME_ENV} to change the cache folder"
+        )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    response = urllib.request.urlopen(entry.url, timeout=30)  # noqa: S310
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    reason = getattr(exc, "reason", exc)
+                    raise WeightsError(
+                        f"cannot download {name!r} from {entry.url} ({reason}); expected at {path}",
+                        hint=hint,
+                    ) from None
+                with response:
+                    total = int(response.headers.get("Content-Length") or 0) or entry.size
+                    bar = _progress_bar(total, f"downloading {entry.filename}", progress)
+                    try:
+                        while block := response.read(1 << 20):
+                            out.write(block)
+                            digest.update(block)
+                            bar.update(len(block))
+                    except OSError as exc:
+                        raise WeightsError(
+                            f"download of {name!r} from {entry.url} failed: {exc}; expected at {path}",
+                            hint=hint,
+                        ) from None
+                    finally:
+                        bar.close()
+            got = digest.hexdigest()
+            expected = self.expected_sha256(name)
+            if expected is not None and got != expected:
+                raise WeightsError(
+                    f"sha256 mismatch for {name!r} from {entry.url}: got {got}, expected {expected}",
+                    hint="the download is corrupt or the file changed upstream; nothing was kept",
+                )
+            os.replace(tmp, path)
+            if expected is None:
+                self._pin(entry, got)
+            return path
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def verify(self, name: str) -> tuple[str, str]:
+        """Check a downloaded file. Returns ``(status, detail)``.
+
+        status is one of ``ok``, ``missing``, ``unpinned``, ``mismatch``.
+        """
+        path = self.local_path(name)
+        if not path.exists():
+            return "missing", str(path)
+        got = sha256_file(path)
+        expected = self.expected_sha256(name)
+        if expected is None:
+            return "unpinned", got
+        if got != expected:
+            return "mismatch", f"got {got}, expected {expected}"
+        return "ok", got
+
+
+def _progress_bar(total: int | None, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total or None,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        leave=False,
+    )

@@ -1,0 +1,411 @@
+"""The optimization loop: move a generator's latent towards weighted guidance targets.
+
+::
+
+    targets = {g: g.target() for g in guidances}          # once, before the loop
+    w = w0.clone().requires_grad_()
+    for step in range(steps):
+        image = generator.synthesize(w)
+        emb   = {space: encoder.encode_image(image)}      # once per space
+        loss  = sum(weight * guidance.loss(emb[space], target))
+              + sum(weight * regularizer.loss(w, w0, image, image0))
+        Adam step with the scheduled learning rate; emit a StepEvent
+
+Terms with weight 0 are never built nor computed. Per-item losses are summed
+over the batch, so with Adam every item follows exactly the path it would
+follow alone. A non-finite loss stops the run and keeps the last latent whose
+loss was finite; Ctrl-C stops it and keeps what was done.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import torch
+
+from soundguide.core.errors import ConfigError, PluginError
+from soundguide.core.interfaces import (
+    Generator,
+    Guidance,
+    ImageEncoder,
+    Regularizer,
+    RunContext,
+)
+from soundguide.core.latents import load_latent_file
+from soundguide.core.losses import SCHEDULES
+from soundguide.core.registry import Registries
+
+Status = Literal["finished", "nonfinite", "interrupted"]
+
+
+@dataclass
+class StepEvent:
+    """What subscribers see, once per step and once more at the end.
+
+    ``step`` counts the optimizer updates done: ``latent`` is the latent after
+    ``step`` updates and ``image`` its image; ``losses`` are that latent's
+    weighted terms per item (n,) plus ``total``. ``lr`` is the learning rate of
+    the update about to happen (None for the final event).
+    """
+
+    step: int
+    steps: int
+    latent: torch.Tensor
+    image: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    lr: float | None
+    final: bool = False
+
+
+@dataclass
+class Term:
+    label: str
+    index: int
+    weight: float
+    plugin: Any
+
+
+@dataclass
+class RunResult:
+    status: Status
+    message: str
+    steps_done: int
+    source_latent: torch.Tensor
+    edited_latent: torch.Tensor
+    source_image: torch.Tensor
+    edited_image: torch.Tensor
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    seeds: list[int] | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished"
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; an unavailable device is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available", hint="use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but MPS is not available", hint="use --device cpu")
+    return device
+
+
+def _freeze(obj: object) -> None:
+    if isinstance(obj, torch.nn.Module):
+        obj.eval()
+        obj.requires_grad_(False)
+
+
+def _labels(kind: str, configs: Sequence[Any]) -> list[str]:
+    types = [c.type for c in configs]
+    return [t if types.count(t) == 1 else f"{t}[{i}]" for i, t in enumerate(types)]
+
+
+class Editor:
+    """Builds a run's plugins from a validated config and runs the optimization.
+
+    ``Editor(config, registries).run()`` returns a :class:`RunResult`;
+    :meth:`subscribe` adds callbacks that receive every :class:`StepEvent`.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        registries: Registries | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        trust_checkpoint: bool = False,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        plugins: Sequence[str | ModuleType] = (),
+    ) -> None:
+        if registries is None:
+            from soundguide.core.plugins import load_registries
+
+            registries = load_registries(plugins=plugins)
+        self.config = config
+        self.registries = registries
+        self.progress = progress
+        self.context = RunContext(
+            device=resolve_device(device),
+            weights=registries.weights,
+            trust_checkpoint=trust_checkpoint,
+            cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            progress=progress,
+        )
+        self._callbacks: list[Callable[[StepEvent], None]] = []
+        self._prepared = False
+
+    def subscribe(self, callback: Callable[[StepEvent], None]) -> Callable[[StepEvent], None]:
+        self._callbacks.append(callback)
+        return callback
+
+    # -- building -----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Build the generator, the active terms, encoders, targets and the start latent."""
+        if self._prepared:
+            return
+        cfg = self.config
+        ctx = self.context
+        gen_cls = self.registries.generators.get(cfg.generator.type)
+        guidance_labels = _labels("guidance", cfg.guidance)
+        reg_labels = _labels("regularizer", cfg.regularizer)
+        # weight-0 terms are never built, so they cost nothing
+        guidance_cfgs = [(i, c) for i, c in enumerate(cfg.guidance) if c.weight != 0]
+        reg_cfgs = [(i, c) for i, c in enumerate(cfg.regularizer) if c.weight != 0]
+
+        self.generator: Generator = gen_cls(cfg.generator, ctx)
+        _freeze(self.generator)
+        for name in ("num_layers", "latent_dim", "resolution"):
+            value = getattr(self.generator, name)
+            if not isinstance(value, int) or value < 1:
+                raise PluginError(
+                    f"generator {cfg.generator.type!r}: {name} must be a positive int, got {value!r}"
+                )
+
+        self.guidances: list[Term] = []
+        for i, c in guidance_cfgs:
+            plugin = self.registries.guidances.get(c.type)(c, ctx)
+            self.guidances.append(Term(guidance_labels[i], i, c.weight, plugin))
+        n, w0_file = self._batch_size()
+        ctx.batch_size = n
+
+        self.regularizers: list[Term] = []
+        for i, c in reg_cfgs:
+            plugin = self.registries.regularizers.get(c.type)(c, ctx)
+            _freeze(plugin)
+            self.regularizers.append(Term(reg_labels[i], i, c.weight, plugin))
+
+        self.encoders: dict[str, ImageEncoder] = {}
+        self.targets: dict[str, torch.Tensor] = {}
+        for term in self.guidances:
+            g: Guidance = term.plugin
+            if g.space not in self.encoders:
+                encoder = g.build_encoder()
+                if not callable(getattr(encoder, "encode_image", None)):
+                    raise PluginError(f"guidance {term.label!r}: build_encoder() returned no encode_image")
+                _freeze(encoder)
+                self.encoders[g.space] = encoder
+            with torch.no_grad():
+                target = g.target(self.encoders[g.space])
+            self.targets[term.label] = self._check_target(term, target, n).to(ctx.device)
+
+        self.seeds: list[int] | None = None
+        self.w0 = self._initial_latent(n, w0_file).to(ctx.device)
+        with torch.no_grad():
+            self.image0 = self.generator.synthesize(self.w0)
+        self._check_image(self.image0, "the source latent")
+        for term in self.regularizers:
+            term.plugin.setup(self.w0, self.image0 if term.plugin.needs_image else None)
+        self._prepared = True
+
+    def _batch_size(self) -> tuple[int, torch.Tensor | None]:
+        opt = self.config.optimization
+        claims: list[tuple[str, int, bool]] = []  # (who, n, may broadcast from 1)
+        if opt.batch is not None:
+            claims.append(("optimization.batch", opt.batch, False))
+        if isinstance(opt.seed, list):
+            claims.append(("optimization.seed", len(opt.seed), False))
+        latents = None
+        if opt.latent is not None:
+            latents = load_latent_file(
+                opt.latent,
+                self.generator.num_layers,
+                self.generator.latent_dim,
+                index=opt.latent_index,
+                trust=self.context.trust_checkpoint,
+            )
+            claims.append(("optimization.latent", latents.shape[0], True))
+        for term in self.guidances:
+            items = term.plugin.num_items
+            if items is not None:
+                claims.append((f"guidance.{term.index} ({term.label})", int(items), True))
+        n = max([c[1] for c in claims], default=1)
+        bad = [c for c in claims if c[1] != n and not (c[2] and c[1] == 1)]
+        if bad:
+            said = ", ".join(f"{who} says {k}" for who, k, _ in claims)
+            raise ConfigError(f"batch size disagrees: {said}")
+        return n, latents
+
+    def _check_target(self, term: Term, target: Any, n: int) -> torch.Tensor:
+        if not isinstance(target, torch.Tensor) or target.ndim not in (1, 2):
+            shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+            raise PluginError(f"guidance {term.label!r}: target() must return (D,) or (n, D), got {shape}")
+        if target.ndim == 2 and target.shape[0] not in (1, n):
+            raise ConfigError(
+                f"guidance {term.label!r} gives {target.shape[0]} targets but the batch has {n} items"
+            )
+        if not torch.isfinite(target).all():
+            raise PluginError(f"guidance {term.label!r}: its target embedding is not finite")
+        return target.detach()
+
+    def _initial_latent(self, n: int, from_file: torch.Tensor | None) -> torch.Tensor:
+        opt = self.config.optimization
+        gen = self.generator
+        if from_file is not None:
+            return from_file.expand(n, -1, -1).clone()
+        if opt.mode == "generate":
+            return gen.mean_latent().detach().expand(n, -1, -1).clone()
+        self.seeds = opt.seeds(n)
+        if len(self.seeds) == 1 and n > 1:
+            self.seeds = self.seeds * n
+        # one generator per item: item i of a batch equals the same seed run alone
+        parts = [
+            gen.sample_latent(1, opt.truncation, torch.Generator().manual_seed(s)).detach()
+            for s in self.seeds
+        ]
+        return torch.cat(parts).to(self.context.device)
+
+    @staticmethod
+    def _check_image(image: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(image).all():
+            raise PluginError(f"the generator produced a non-finite image from {what}")
+
+    # -- the loop -----------------------------------------------------------------
+    def losses(self, w: torch.Tensor, image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The weighted loss terms (n,) of latent ``w`` (its image synthesized if not given)."""
+        self.prepare()
+        if image is None:
+            image = self.generator.synthesize(w)
+        embeddings = {space: enc.encode_image(image) for space, enc in self.encoders.items()}
+        terms: dict[str, torch.Tensor] = {}
+        for term in self.guidances:
+            g: Guidance = term.plugin
+            terms[term.label] = term.weight * g.loss(embeddings[g.space], self.targets[term.label])
+        for term in self.regularizers:
+            r: Regularizer = term.plugin
+            img = image if r.needs_image else None
+            img0 = self.image0 if r.needs_image else None
+            terms[term.label] = term.weight * r.loss(w, self.w0, img, img0)
+        return terms
+
+    def _emit(self, event: StepEvent) -> None:
+        for callback in self._callbacks:
+            callback(event)
+
+    def run(self) -> RunResult:
+        self.prepare()
+        opt_cfg = self.config.optimization
+        steps = opt_cfg.steps
+        schedule = SCHEDULES[opt_cfg.schedule]
+        w = self.w0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([w], lr=opt_cfg.lr)
+        history: list[dict[str, Any]] = []
+        seconds: list[float] = []
+        status: Status = "finished"
+        message = f"finished {steps} steps"
+        last_good = self.w0.clone()  # the latest latent whose loss was finite
+        done = self.w0.clone()  # the latent after the last completed update
+        steps_done = 0
+        bar = _progress(steps, self.progress)
+        try:
+            for step in range(steps):
+                started = time.perf_counter()
+                lr = schedule(step / steps, opt_cfg.lr, rampup=opt_cfg.rampup, rampdown=opt_cfg.rampdown)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                image = self.generator.synthesize(w)
+                terms = self.losses(w, image)
+                per_item = torch.stack(list(terms.values())).sum(dim=0)
+                total = per_item.sum()
+                record = _record(step, lr, terms, per_item)
+                history.append(record)
+                if not math.isfinite(record["total_sum"]):
+                    status = "nonfinite"
+                    bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+                    message = (
+                        f"loss became non-finite after {step} updates (term {', '.join(bad) or 'total'}); "
+                        f"stopped and kept the last latent with a finite loss"
+                        + (f" (after {step - 1} updates)" if step > 0 else " (the source latent)")
+                    )
+                    break
+                last_good = w.detach().clone()
+                self._emit(StepEvent(step, steps, last_good, image.detach(), _detached(terms, per_item), lr))
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                for term in self.regularizers:
+                    term.plugin.after_step(w, self.w0)
+                done = w.detach().clone()
+                steps_done = step + 1
+                seconds.append(time.perf_counter() - started)
+                bar.update(1)
+                bar.set_postfix_str(_postfix(record), refresh=False)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            message = f"interrupted after {steps_done} of {steps} updates; kept what was done"
+        finally:
+            bar.close()
+        edited = last_good if status == "nonfinite" else done
+        with torch.no_grad():
+            edited_image = self.generator.synthesize(edited)
+            final_terms = None
+            if status != "nonfinite":
+                final_terms = self.losses(edited, edited_image)
+        self._check_image(edited_image, "the edited latent")
+        if final_terms is not None:
+            per_item = torch.stack(list(final_terms.values())).sum(dim=0)
+            history.append(_record(steps_done, None, final_terms, per_item))
+            self._emit(
+                StepEvent(steps_done, steps, edited, edited_image, _detached(final_terms, per_item), None, final=True)
+            )
+        files: list[Path] = list(self.generator.files())
+        for term in [*self.guidances, *self.regularizers]:
+            files.extend(term.plugin.files())
+        return RunResult(
+            status=status,
+            message=message,
+            steps_done=steps_done,
+            source_latent=self.w0.detach().cpu(),
+            edited_latent=edited.detach().cpu(),
+            source_image=self.image0.detach().cpu(),
+            edited_image=edited_image.detach().cpu(),
+            history=history,
+            step_seconds=seconds,
+            seeds=self.seeds,
+            files=files,
+        )
+
+
+def _record(step: int, lr: float | None, terms: dict[str, torch.Tensor], per_item: torch.Tensor) -> dict[str, Any]:
+    values = {k: v.detach().float().cpu().tolist() for k, v in terms.items()}
+    total = per_item.detach().float().cpu().tolist()
+    return {"step": step, "lr": lr, "total": total, "total_sum": float(sum(total)), "terms": values}
+
+
+def _detached(terms: dict[str, torch.Tensor], per_item: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = {k: v.detach() for k, v in terms.items()}
+    out["total"] = per_item.detach()
+    return out
+
+
+def _postfix(record: dict[str, Any]) -> str:
+    parts = [f"{k}={sum(v) / len(v):.4f}" for k, v in record["terms"].items()]
+    return " ".join(parts + [f"total={record['total_sum']:.4f}"])
+
+
+def _progress(steps: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc="optimizing", unit="step", disable=not enabled, dynamic_ncols=True)

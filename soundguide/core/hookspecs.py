@@ -1,0 +1,45 @@
+"""Hook specifications: soundguide plugins only *register* things.
+
+A plugin module implements any of these hooks with ``@soundguide.hookimpl``.
+Each hook receives a typed registrar; calling ``registry.add(SomeClass)``
+makes the class available under the name in its ``Config.type`` literal.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from soundguide.core.checkpoints import WeightsRegistry
+    from soundguide.core.registry import (
+        GeneratorRegistry,
+        GuidanceRegistry,
+        RegularizerRegistry,
+    )
+
+PROJECT = "soundguide"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_generators(registry: GeneratorRegistry) -> None:
+    """Add :class:`soundguide.Generator` subclasses with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_guidances(registry: GuidanceRegistry) -> None:
+    """Add :class:`soundguide.Guidance` subclasses with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_regularizers(registry: RegularizerRegistry) -> None:
+    """Add :class:`soundguide.Regularizer` subclasses with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_weights(registry: WeightsRegistry) -> None:
+    """Add :class:`soundguide.KnownWeights` entries (public files fetched by name)."""

@@ -1,0 +1,227 @@
+"""The three plugin kinds: what a generator, a guidance and a regularizer provide.
+
+A plugin class has a nested pydantic ``Config`` whose ``type: Literal[...]``
+field names it in config files, and is built as ``cls(config, context)``.
+The engine builds only what a run uses: a guidance or regularizer with
+weight 0 is never constructed.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+
+if TYPE_CHECKING:
+    from soundguide.core.checkpoints import WeightsRegistry
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    value = value.expanduser()
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+"""A path in a config: relative paths resolve against the config file's folder."""
+
+
+class PluginConfig(StrictModel):
+    """Base of a plugin's nested ``Config``; subclasses narrow ``type`` to a Literal."""
+
+    type: str
+
+
+class GeneratorConfig(PluginConfig):
+    pass
+
+
+class GuidanceConfig(PluginConfig):
+    weight: float = Field(
+        1.0,
+        allow_inf_nan=False,
+        description="Multiplies this source's loss; 0 turns it off, negative pushes away.",
+    )
+
+
+class RegularizerConfig(PluginConfig):
+    weight: float = Field(
+        1.0, ge=0, allow_inf_nan=False, description="Multiplies the penalty; 0 turns it off."
+    )
+
+
+@dataclass
+class RunContext:
+    """What the engine hands every plugin it builds."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    weights: WeightsRegistry | None = None
+    trust_checkpoint: bool = False
+    cache_dir: Path | None = None
+    batch_size: int = 1
+    progress: bool = True
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def cache_path(self, *parts: str) -> Path:
+        """A path under the cache folder (``$SOUNDGUIDE_HOME`` by default)."""
+        from soundguide.core.checkpoints import soundguide_home
+
+        base = self.cache_dir if self.cache_dir is not None else soundguide_home()
+        return Path(base, *parts)
+
+    def resolve_weights(self, name_or_path: str | os.PathLike[str]) -> Path:
+        """A local file: an existing path as given, else a known-weights name (downloaded)."""
+        from soundguide.core.errors import WeightsError
+
+        candidate = Path(name_or_path).expanduser()
+        if candidate.exists():
+            return candidate
+        name = str(name_or_path)
+        if self.weights is not None and name in self.weights:
+            return self.weights.fetch(name, progress=self.progress)
+        known = ", ".join(e.name for e in self.weights) if self.weights else "none"
+        raise WeightsError(
+            f"{name!r} is neither an existing file nor a known-weights name (known: {known})"
+        )
+
+
+class Generator(abc.ABC):
+    """Owns a latent space of shape (L, D) and makes images from it."""
+
+    Config: ClassVar[type[GeneratorConfig]]
+
+    def __init__(self, config: GeneratorConfig, context: RunContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    @abc.abstractmethod
+    def num_layers(self) -> int:
+        """L: the number of latent vectors per image (W+ layers)."""
+
+    @property
+    @abc.abstractmethod
+    def latent_dim(self) -> int:
+        """D: the size of each latent vector."""
+
+    @property
+    @abc.abstractmethod
+    def resolution(self) -> int:
+        """Height and width of the synthesized images."""
+
+    @abc.abstractmethod
+    def mean_latent(self) -> torch.Tensor:
+        """The average latent. Output: (1, L, D)."""
+
+    @abc.abstractmethod
+    def sample_latent(
+        self, n: int, truncation: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Random latents truncated towards the mean. Output: (n, L, D)."""
+
+    @abc.abstractmethod
+    def synthesize(self, latent: torch.Tensor) -> torch.Tensor:
+        """Input: (n, L, D). Output: (n, 3, H, W), roughly in [-1, 1].
+
+        Deterministic (fixed noise) and differentiable with respect to ``latent``.
+        """
+
+    def files(self) -> list[Path]:
+        """Checkpoint files this generator read (recorded with their sha256 in run.json)."""
+        return []
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """Maps generator images (n, 3, H, W) in [-1, 1] to embeddings (n, D)."""
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
+class Guidance(abc.ABC):
+    """A target in some embedding space and how far an image is from it."""
+
+    Config: ClassVar[type[GuidanceConfig]]
+
+    def __init__(self, config: GuidanceConfig, context: RunContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    @abc.abstractmethod
+    def space(self) -> str:
+        """Key of the embedding space, e.g. ``"clip:ViT-B/32"``.
+
+        Guidances with the same key share one encoder, built by the first of
+        them, and the engine encodes the image once per space per step.
+        """
+
+    @abc.abstractmethod
+    def build_encoder(self) -> ImageEncoder:
+        """Build the image encoder of :attr:`space` (called once per space per run)."""
+
+    @abc.abstractmethod
+    def target(self, encoder: ImageEncoder) -> torch.Tensor:
+        """The target embedding, computed once before the loop.
+
+        Output: (D,) for one target, or (n, D) for one per batch item.
+        """
+
+    @property
+    def num_items(self) -> int | None:
+        """How many per-item targets this source gives (None: one for all items)."""
+        return None
+
+    def loss(self, embedding: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Input: (n, D) image embeddings and (n, D) targets. Output: (n,). Default 1 - cos."""
+        from soundguide.core.losses import cosine_distance
+
+        return cosine_distance(embedding, target)
+
+    def files(self) -> list[Path]:
+        """Input files this source read (recorded with their sha256 in run.json)."""
+        return []
+
+
+class Regularizer(abc.ABC):
+    """A penalty that keeps the edit close to its source."""
+
+    Config: ClassVar[type[RegularizerConfig]]
+    needs_image: ClassVar[bool] = False
+    """True when :meth:`loss` uses the images (the engine passes None otherwise)."""
+
+    def __init__(self, config: RegularizerConfig, context: RunContext) -> None:
+        self.config = config
+        self.context = context
+
+    def setup(self, w0: torch.Tensor, image0: torch.Tensor | None) -> None:
+        """Called once before the loop with the source latent (n, L, D) and image."""
+
+    @abc.abstractmethod
+    def loss(
+        self,
+        w: torch.Tensor,
+        w0: torch.Tensor,
+        image: torch.Tensor | None,
+        image0: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Unweighted penalty per batch item. Output: (n,)."""
+
+    def after_step(self, w: torch.Tensor, w0: torch.Tensor) -> None:
+        """Called after every optimizer update (adaptive schedules live here)."""
+
+    def files(self) -> list[Path]:
+        return []

@@ -1,0 +1,161 @@
+"""Typed registrars: plugin name -> plugin class (and its pydantic ``Config``)."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from soundguide.core.checkpoints import WeightsRegistry
+from soundguide.core.errors import DuplicatePluginError, PluginError, UnknownPluginError
+from soundguide.core.interfaces import (
+    Generator,
+    GeneratorConfig,
+    Guidance,
+    GuidanceConfig,
+    PluginConfig,
+    Regularizer,
+    RegularizerConfig,
+)
+
+T = TypeVar("T")
+
+
+def closest(name: str, options: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def unknown_name_message(kind: str, name: str, options: Iterable[str]) -> str:
+    """``unknown guidance 'sond'; available: audio, image, text (did you mean 'audio'?)``"""
+    names = sorted(options)
+    message = f"unknown {kind} {name!r}; available: {', '.join(names) if names else 'none'}"
+    match = closest(name, names)
+    if match is not None:
+        message += f" (did you mean {match!r}?)"
+    return message
+
+
+def plugin_type_name(cls: type) -> str:
+    """The name in ``cls.Config.type``'s ``Literal``."""
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, PluginConfig)):
+        raise PluginError(f"{cls.__qualname__} has no nested pydantic Config (a PluginConfig)")
+    annotation = config.model_fields["type"].annotation
+    if typing.get_origin(annotation) is not typing.Literal or len(typing.get_args(annotation)) != 1:
+        raise PluginError(
+            f"{cls.__qualname__}.Config.type must be a Literal with one name, "
+            f"e.g. type: Literal['my-source'] = 'my-source'"
+        )
+    return str(typing.get_args(annotation)[0])
+
+
+@dataclass(frozen=True)
+class PluginEntry(Generic[T]):
+    name: str
+    cls: type[T]
+    plugin: str
+    """The plugin module (or object) that registered it."""
+    distribution: str
+    """Where the plugin came from: 'soundguide (built-in)', 'pkg 1.0', or '-p'."""
+
+    @property
+    def config_model(self) -> type[PluginConfig]:
+        return self.cls.Config  # type: ignore[attr-defined]
+
+
+class Registry(Generic[T]):
+    """Plugin classes of one kind, by name."""
+
+    kind: str = "plugin"
+    base: type = object
+    config_base: type[PluginConfig] = PluginConfig
+
+    def __init__(self) -> None:
+        self._entries: dict[str, PluginEntry[T]] = {}
+        self._current = ("<python>", "<python>")
+
+    def add(self, cls: type[T]) -> type[T]:
+        """Register a plugin class; its name comes from ``cls.Config.type``."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise PluginError(
+                f"{self.kind} plugins must subclass soundguide.{self.base.__name__}; "
+                f"got {cls!r} from plugin {self._current[0]!r}"
+            )
+        if not issubclass(cls.Config, self.config_base):  # type: ignore[attr-defined]
+            raise PluginError(
+                f"{cls.__qualname__}.Config must subclass soundguide.{self.config_base.__name__}"
+            )
+        name = plugin_type_name(cls)
+        if name in self._entries:
+            other = self._entries[name]
+            raise DuplicatePluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {other.plugin!r} "
+                f"({other.distribution}) and by plugin {self._current[0]!r} ({self._current[1]})"
+            )
+        self._entries[name] = PluginEntry(name, cls, *self._current)
+        return cls
+
+    def get(self, name: str) -> type[T]:
+        return self.entry(name).cls
+
+    def entry(self, name: str) -> PluginEntry[T]:
+        if name not in self._entries:
+            raise UnknownPluginError(unknown_name_message(self.kind, name, self._entries))
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[PluginEntry[T]]:
+        return iter(self._entries[name] for name in self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _remove_plugin(self, plugin: str) -> None:
+        for name in [n for n, e in self._entries.items() if e.plugin == plugin]:
+            del self._entries[name]
+
+
+class GeneratorRegistry(Registry[Generator]):
+    kind = "generator"
+    base = Generator
+    config_base = GeneratorConfig
+
+
+class GuidanceRegistry(Registry[Guidance]):
+    kind = "guidance"
+    base = Guidance
+    config_base = GuidanceConfig
+
+
+class RegularizerRegistry(Registry[Regularizer]):
+    kind = "regularizer"
+    base = Regularizer
+    config_base = RegularizerConfig
+
+
+@dataclass
+class Registries:
+    """Everything the loaded plugins registered."""
+
+    generators: GeneratorRegistry = field(default_factory=GeneratorRegistry)
+    guidances: GuidanceRegistry = field(default_factory=GuidanceRegistry)
+    regularizers: RegularizerRegistry = field(default_factory=RegularizerRegistry)
+    weights: WeightsRegistry = field(default_factory=WeightsRegistry)
+    config_model: Any = field(default=None, init=False, repr=False, compare=False)
+    """The run-config model built from these registries (see core.config)."""
+
+    def by_hook(self) -> Mapping[str, Registry | WeightsRegistry]:
+        return {
+            "register_generators": self.generators,
+            "register_guidances": self.guidances,
+            "register_regularizers": self.regularizers,
+            "register_weights": self.weights,
+        }

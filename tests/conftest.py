@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from soundguide.core.plugins import load_registries
+from tests import toy_plugins
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own $SOUNDGUIDE_HOME and no third-party entry points."""
+    monkeypatch.setenv("SOUNDGUIDE_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("SOUNDGUIDE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    toy_plugins.reset()
+
+
+@pytest.fixture
+def registries():
+    return load_registries(entry_points=False, plugins=[toy_plugins])
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(text: str, name: str = "run.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+TOY_CONFIG = """
+[generator]
+type = "toy"
+
+[[guidance]]
+type = "toy-target"
+weight = 1.0
+
+[[guidance]]
+type = "toy-target"
+weight = 0.5
+seed = 3
+space_name = "other"
+
+[[regularizer]]
+type = "latent_l2"
+weight = 0.01
+
+[optimization]
+steps = 12
+seed = 7
+
+[output]
+dir = "out"
+"""

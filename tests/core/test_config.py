@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import pytest
+
+from soundguide.core.config import apply_overrides, config_from_dict, load_config, parse_override
+from soundguide.core.errors import ConfigError
+from tests.conftest import TOY_CONFIG
+
+
+def test_valid_config_loads_with_plugin_models(registries, write_config):
+    cfg = load_config(write_config(TOY_CONFIG), registries)
+    assert cfg.generator.type == "toy"
+    assert [g.weight for g in cfg.guidance] == [1.0, 0.5]
+    assert type(cfg.guidance[1]).__name__ == "Config"
+    assert cfg.guidance[1].space_name == "other"
+    assert cfg.regularizer[0].type == "latent_l2"
+    assert cfg.optimization.steps == 12
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("[[guidance]]\ntype = 'toy-target'\nwieght = 2\n", None), r"guidance\.2\.wieght: extra inputs are not permitted"),
+        (("[optimization]\nstepz = 3\n", "[optimization]\nsteps = 12\nseed = 7"), r"optimization\.stepz: extra inputs are not permitted"),
+        (("[optimization]\nsteps = 'many'\n", "[optimization]\nsteps = 12\nseed = 7"), r"optimization\.steps: input should be a valid integer"),
+        (("[optimization]\nsteps = -5\n", "[optimization]\nsteps = 12\nseed = 7"), r"optimization\.steps: input should be greater than or equal to 0"),
+        (("[[guidance]]\ntype = 'toy-targit'\n", None), r"guidance\.2\.type: unknown guidance 'toy-targit'; available: toy-target \(did you mean 'toy-target'\?\)"),
+        (("[[guidance]]\nweight = 1\n", None), r"guidance\.2\.type: missing; available guidances: toy-target"),
+        (("[[guidance]]\ntype = 'toy-target'\nweight = nan\n", None), r"guidance\.2\.weight: input should be a finite number"),
+        (("[[regularizer]]\ntype = 'latent_l2'\nweight = -1\n", None), r"regularizer\.1\.weight: input should be greater than or equal to 0"),
+    ],
+)
+def test_errors_name_their_location(registries, write_config, edit, message):
+    addition, replace = edit
+    text = TOY_CONFIG
+    if replace is not None:
+        text = text.replace(replace, addition)
+    else:
+        text = text.replace("[optimization]", addition + "\n[optimization]")
+    path = write_config(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path, registries)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_unknown_generator_type(registries, write_config):
+    text = TOY_CONFIG.replace('type = "toy"\n', 'type = "stylegan"\n', 1)
+    with pytest.raises(ConfigError, match=r"generator\.type: unknown generator 'stylegan'; available: toy"):
+        load_config(write_config(text), registries)
+
+
+def test_malformed_toml_names_the_line(registries, write_config):
+    path = write_config("[generator]\ntype = \"toy\"\n\n[optimization\nsteps = 3\n")
+    with pytest.raises(ConfigError, match=r"run\.toml: invalid TOML: .*line 4"):
+        load_config(path, registries)
+
+
+def test_missing_file_and_directory(registries, tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", registries)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path, registries)
+
+
+def test_no_guidance_is_an_error(registries):
+    with pytest.raises(ConfigError, match=r"no \[\[guidance\]\] source"):
+        config_from_dict({"generator": {"type": "toy"}}, registries)
+
+
+def test_guidance_must_be_an_array_of_tables(registries):
+    with pytest.raises(ConfigError, match=r"guidance: expected an array of tables"):
+        config_from_dict({"generator": {"type": "toy"}, "guidance": {"type": "toy-target"}}, registries)
+
+
+def test_relative_paths_resolve_against_the_config_folder(registries, tmp_path):
+    folder = tmp_path / "configs" / "nested"
+    folder.mkdir(parents=True)
+    (folder / "target.txt").write_text("1 2 3")
+    path = folder / "run.toml"
+    path.write_text(
+        '[generator]\ntype = "toy"\n[[guidance]]\ntype = "toy-target"\npath = "target.txt"\n'
+        '[output]\ndir = "../out"\n'
+    )
+    cfg = load_config(path, registries)
+    assert cfg.guidance[0].path == folder.resolve() / "target.txt"
+    assert cfg.output.dir.resolve() == (folder / ".." / "out").resolve()
+    absolute = tmp_path / "abs.txt"
+    cfg = load_config(path, registries, [f'guidance.0.path="{absolute}"'])
+    assert cfg.guidance[0].path == absolute
+
+
+class TestOverrides:
+    def test_values_are_read_as_toml_or_strings(self):
+        assert parse_override("optimization.steps=100") == (["optimization", "steps"], 100)
+        assert parse_override("optimization.seed=[1, 2]") == (["optimization", "seed"], [1, 2])
+        assert parse_override("output.gif=true") == (["output", "gif"], True)
+        assert parse_override("guidance.0.prompt=a burning forest") == (
+            ["guidance", "0", "prompt"],
+            "a burning forest",
+        )
+
+    def test_apply_to_sections_and_list_items(self, registries, write_config):
+        cfg = load_config(
+            write_config(TOY_CONFIG),
+            registries,
+            ["optimization.steps=3", "guidance.1.weight=2.5", "output.save_every=1"],
+        )
+        assert cfg.optimization.steps == 3
+        assert cfg.guidance[1].weight == 2.5
+        assert cfg.output.save_every == 1
+
+    def test_override_errors(self):
+        with pytest.raises(ConfigError, match="expected section.key=value"):
+            parse_override("steps")
+        with pytest.raises(ConfigError, match=r"guidance\.5: no such entry \(there are 1"):
+            apply_overrides({"guidance": [{}]}, ["guidance.5.weight=1"])
+        with pytest.raises(ConfigError, match="is a value, not a table"):
+            apply_overrides({"optimization": {"steps": 3}}, ["optimization.steps.x=1"])
+
+    def test_override_is_validated_like_the_file(self, registries, write_config):
+        with pytest.raises(ConfigError, match=r"optimization\.steps: input should be greater than or equal to 0"):
+            load_config(write_config(TOY_CONFIG), registries, ["optimization.steps=-1"])
+
+
+def test_seed_list_must_not_be_empty(registries, write_config):
+    with pytest.raises(ConfigError, match=r"optimization\.seed: seed list is empty"):
+        load_config(write_config(TOY_CONFIG), registries, ["optimization.seed=[]"])

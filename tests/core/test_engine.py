@@ -1,0 +1,260 @@
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+
+import pytest
+import torch
+
+import soundguide
+from soundguide.core.config import config_from_dict, load_config
+from soundguide.core.engine import Editor
+from soundguide.core.errors import ConfigError
+from soundguide.core.losses import cosine_ramp_lr
+from tests import toy_plugins
+from tests.conftest import TOY_CONFIG
+from tests.toy_plugins import CALLS
+
+
+def make_config(registries, *, guidance=None, regularizer=None, **optimization):
+    data = {
+        "generator": {"type": "toy"},
+        "guidance": guidance
+        if guidance is not None
+        else [
+            {"type": "toy-target", "weight": 1.0},
+            {"type": "toy-target", "weight": 0.5, "seed": 3, "space_name": "other"},
+        ],
+        "regularizer": regularizer if regularizer is not None else [{"type": "latent_l2", "weight": 0.01}],
+        "optimization": {"steps": 10, "seed": 7, **optimization},
+    }
+    return config_from_dict(data, registries)
+
+
+def run(registries, **kwargs):
+    return Editor(make_config(registries, **kwargs), registries, progress=False).run()
+
+
+def test_run_moves_towards_the_targets(registries):
+    result = run(registries, steps=40, lr=0.05)
+    assert result.ok and result.steps_done == 40
+    first, last = result.history[0], result.history[-1]
+    assert len(result.history) == 41  # one record per latent: 0..40 updates
+    assert last["step"] == 40 and last["lr"] is None
+    for label in ("toy-target[0]", "toy-target[1]"):
+        assert last["terms"][label][0] < first["terms"][label][0]
+    assert result.edited_latent.shape == result.source_latent.shape == (1, 4, 8)
+    assert result.edited_image.shape == (1, 3, 8, 8)
+
+
+def test_same_config_and_seed_give_bit_identical_latents(registries):
+    a = run(registries, seed=3)
+    b = run(registries, seed=3)
+    c = run(registries, seed=4)
+    assert torch.equal(a.edited_latent, b.edited_latent)
+    assert torch.equal(a.source_latent, b.source_latent)
+    assert not torch.equal(a.source_latent, c.source_latent)
+
+
+def test_weight_zero_terms_are_never_built_nor_called(registries):
+    guidance = [
+        {"type": "toy-target", "weight": 1.0},
+        {"type": "toy-target", "weight": 0.0, "space_name": "unused"},
+    ]
+    regularizer = [{"type": "counting", "weight": 0.0}]
+    run(registries, guidance=guidance, regularizer=regularizer, steps=5)
+    assert CALLS["guidance.build.toy"] == 1
+    assert CALLS["guidance.build.unused"] == 0
+    assert CALLS["encoder.build.toy:unused"] == 0
+    assert CALLS["counting.build"] == 0 and CALLS["counting.loss"] == 0
+    assert CALLS["guidance.target"] == 1  # computed once, before the loop
+
+
+def test_weight_zero_source_gives_exactly_the_result_without_it(registries):
+    alone = run(registries, guidance=[{"type": "toy-target", "weight": 1.0}])
+    with_zero = run(
+        registries,
+        guidance=[{"type": "toy-target", "weight": 1.0}, {"type": "toy-target", "weight": 0.0, "seed": 9}],
+    )
+    assert torch.equal(alone.edited_latent, with_zero.edited_latent)
+
+
+def test_a_space_shares_one_encoder_and_is_encoded_once_per_step(registries):
+    guidance = [
+        {"type": "toy-target", "weight": 1.0, "seed": 1},
+        {"type": "toy-target", "weight": 1.0, "seed": 2},
+        {"type": "toy-target", "weight": 1.0, "seed": 3, "space_name": "b"},
+    ]
+    editor = Editor(make_config(registries, guidance=guidance, steps=6), registries, progress=False)
+    editor.prepare()
+    assert CALLS["encoder.build.toy:toy"] == 1 and CALLS["encoder.build.toy:b"] == 1
+    assert set(editor.encoders) == {"toy:toy", "toy:b"}
+    assert all(not p.requires_grad for p in editor.encoders["toy:toy"].parameters())
+    CALLS.clear()
+    editor.run()
+    # 6 steps + the final evaluation, two spaces each
+    assert CALLS["encoder.encode_image"] == 2 * 7
+    assert CALLS["guidance.loss"] == 3 * 7
+    assert CALLS["guidance.target"] == 0
+
+
+def _grad(registries, guidance, regularizer=()):
+    editor = Editor(make_config(registries, guidance=guidance, regularizer=list(regularizer)), registries, progress=False)
+    editor.prepare()
+    w = editor.w0.clone().requires_grad_(True)
+    total = torch.stack(list(editor.losses(w).values())).sum()
+    (grad,) = torch.autograd.grad(total, w)
+    return grad
+
+
+def test_mixing_is_linear_in_the_weights(registries):
+    a = {"type": "toy-target", "seed": 1}
+    b = {"type": "toy-target", "seed": 2, "space_name": "b"}
+    only_b = _grad(registries, [{**a, "weight": 0.0}, {**b, "weight": 0.5}])
+    one = _grad(registries, [{**a, "weight": 1.0}, {**b, "weight": 0.5}])
+    two = _grad(registries, [{**a, "weight": 2.0}, {**b, "weight": 0.5}])
+    negative = _grad(registries, [{**a, "weight": -1.0}, {**b, "weight": 0.5}])
+    contribution = one - only_b
+    assert contribution.abs().max() > 1e-4
+    torch.testing.assert_close(two - only_b, 2 * contribution)
+    torch.testing.assert_close(negative - only_b, -contribution)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_latent(registries):
+    guidance = [{"type": "toy-target", "weight": 1.0, "nan_after": 4}]
+    editor = Editor(make_config(registries, guidance=guidance, steps=10), registries, progress=False)
+    events = []
+    editor.subscribe(events.append)
+    result = editor.run()
+    assert result.status == "nonfinite" and not result.ok
+    assert "non-finite after 4 updates" in result.message and "toy-target" in result.message
+    assert result.steps_done == 4
+    assert [e.step for e in events] == [0, 1, 2, 3]
+    assert torch.equal(result.edited_latent, events[3].latent)
+    assert torch.isfinite(result.edited_image).all()
+    assert math.isnan(result.history[-1]["total_sum"])
+
+
+def test_ctrl_c_keeps_what_was_done(registries, tmp_path):
+    cfg = make_config(registries, steps=10)
+
+    def interrupt(event):
+        if event.step == 3 and not event.final:
+            raise KeyboardInterrupt
+
+    editor = Editor(cfg, registries, progress=False)
+    editor.subscribe(interrupt)
+    result = editor.run()
+    assert result.status == "interrupted" and result.steps_done == 3
+    assert "interrupted after 3 of 10 updates" in result.message
+
+
+def test_ctrl_c_still_writes_the_outputs(registries, tmp_path, monkeypatch):
+    cfg = make_config(registries, steps=10)
+    original = toy_plugins.ToyGenerator.synthesize
+    calls = {"n": 0}
+
+    def synthesize(self, latent):
+        calls["n"] += 1
+        if calls["n"] == 5 and latent.requires_grad:  # inside the loop
+            raise KeyboardInterrupt
+        return original(self, latent)
+
+    monkeypatch.setattr(toy_plugins.ToyGenerator, "synthesize", synthesize)
+    result = soundguide.edit(cfg, out=tmp_path / "out", registries=registries, progress=False)
+    assert result.status == "interrupted"
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["steps_done"] == result.steps_done
+    assert (tmp_path / "out" / "edited.png").exists()
+
+
+def test_learning_rate_schedule_and_events(registries):
+    editor = Editor(make_config(registries, steps=20, lr=0.2), registries, progress=False)
+    events = []
+    editor.subscribe(events.append)
+    result = editor.run()
+    lrs = [e.lr for e in events[:-1]]
+    assert lrs[0] == 0.0  # the first update has lr 0, as in the original code
+    assert lrs == pytest.approx([cosine_ramp_lr(k / 20, 0.2) for k in range(20)])
+    assert max(lrs) == pytest.approx(0.2)
+    assert events[-1].final and events[-1].step == 20 and events[-1].lr is None
+    # a zero-lr first update leaves the latent unchanged
+    assert torch.equal(events[1].latent, events[0].latent)
+    assert torch.equal(events[0].latent.cpu(), result.source_latent)
+    assert set(events[5].losses) == {"toy-target[0]", "toy-target[1]", "latent_l2", "total"}
+
+
+def test_constant_schedule(registries):
+    editor = Editor(make_config(registries, steps=5, lr=0.3, schedule="constant"), registries, progress=False)
+    events = []
+    editor.subscribe(events.append)
+    editor.run()
+    assert [e.lr for e in events[:-1]] == [0.3] * 5
+
+
+class TestBatches:
+    def test_batch_items_equal_their_runs_alone(self, registries):
+        batch = run(registries, seed=[3, 5, 8], steps=8)
+        assert batch.edited_latent.shape[0] == 3
+        for i, seed in enumerate([3, 5, 8]):
+            alone = run(registries, seed=seed, steps=8)
+            torch.testing.assert_close(batch.edited_latent[i : i + 1], alone.edited_latent, rtol=1e-5, atol=1e-6)
+
+    def test_integer_seed_with_batch_uses_consecutive_seeds(self, registries):
+        batch = run(registries, seed=10, batch=2, steps=2)
+        assert batch.seeds == [10, 11]
+
+    def test_per_item_targets(self, registries):
+        guidance = [{"type": "toy-target", "weight": 1.0, "items": 3}]
+        editor = Editor(make_config(registries, guidance=guidance, steps=4), registries, progress=False)
+        result = editor.run()
+        assert result.edited_latent.shape[0] == 3
+        assert editor.targets["toy-target"].shape == (3, 16)
+
+    def test_disagreeing_batch_sizes(self, registries):
+        guidance = [{"type": "toy-target", "weight": 1.0, "items": 3}]
+        with pytest.raises(ConfigError, match=r"batch size disagrees: optimization.batch says 2, guidance.0 \(toy-target\) says 3"):
+            run(registries, guidance=guidance, batch=2)
+
+
+def test_generate_mode_starts_from_the_mean(registries):
+    editor = Editor(make_config(registries, mode="generate", steps=1), registries, progress=False)
+    editor.prepare()
+    torch.testing.assert_close(editor.w0, editor.generator.mean_latent())
+
+
+def test_start_from_a_latent_file(registries, tmp_path):
+    latent = torch.randn(2, 4, 8)
+    torch.save(latent, tmp_path / "w.pt")
+    cfg = make_config(registries, latent=str(tmp_path / "w.pt"), steps=2)
+    editor = Editor(cfg, registries, progress=False)
+    editor.prepare()
+    torch.testing.assert_close(editor.w0, latent)
+    cfg = make_config(registries, latent=str(tmp_path / "w.pt"), latent_index=1, steps=2)
+    editor = Editor(cfg, registries, progress=False)
+    editor.prepare()
+    torch.testing.assert_close(editor.w0, latent[1:])
+
+
+def test_edit_from_a_toml_file_writes_every_output(registries, write_config, tmp_path):
+    path = write_config(TOY_CONFIG.replace('dir = "out"', 'dir = "out"\nsave_every = 4\ngif = true'))
+    cfg = load_config(path, registries)
+    result = soundguide.edit(cfg, registries=registries, progress=False)
+    out = tmp_path / "out"
+    assert result.ok
+    for name in ("source.png", "edited.png", "comparison.png", "latent_source.pt", "latent_edited.pt", "run.json", "trajectory.gif"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "steps").iterdir()) == [
+        f"{k:05d}.{ext}" for k in (0, 4, 8, 12) for ext in ("png", "pt")
+    ]
+    edited = torch.load(out / "latent_edited.pt", weights_only=True)
+    assert torch.equal(edited, result.edited_latent)
+    step8 = torch.load(out / "steps" / "00008.pt", weights_only=True)
+    assert step8.shape == (1, 4, 8)
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["seeds"] == [7]
+    assert manifest["config"]["guidance"][1]["weight"] == 0.5
+    assert manifest["versions"]["torch"] == importlib.metadata.version("torch")
+    assert len(manifest["losses"]) == 13 and "latent_l2" in manifest["losses"][0]["terms"]
+    assert manifest["seconds_per_step"] > 0

@@ -1,0 +1,177 @@
+"""Tiny plugins for the engine's unit tests: a differentiable toy generator and a
+fixed-vector guidance with its own toy image encoder. Usable with ``-p tests.toy_plugins``.
+
+``CALLS`` counts what the engine calls, so tests can check that weight-0 terms
+are never built and that each space is encoded once per step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+import soundguide
+from soundguide import (
+    ConfigPath,
+    Generator,
+    GeneratorConfig,
+    Guidance,
+    GuidanceConfig,
+    Regularizer,
+    RegularizerConfig,
+)
+
+CALLS: Counter[str] = Counter()
+
+
+def reset() -> None:
+    CALLS.clear()
+
+
+class ToyGenerator(Generator):
+    """latent (n, L, D) -> tanh(linear) image (n, 3, size, size); deterministic."""
+
+    class Config(GeneratorConfig):
+        type: Literal["toy"] = "toy"
+        layers: int = Field(4, ge=1)
+        dim: int = Field(8, ge=1)
+        size: int = Field(8, ge=1)
+        seed: int = 0
+
+    def __init__(self, config: Config, context) -> None:
+        super().__init__(config, context)
+        CALLS["generator.build"] += 1
+        g = torch.Generator().manual_seed(config.seed)
+        L, D, s = config.layers, config.dim, config.size
+        self.mapping_weight = torch.randn(D, D, generator=g) / D**0.5
+        self.weight = (torch.randn(L * D, 3 * s * s, generator=g) / (L * D) ** 0.5).to(context.device)
+        self.mapping_weight = self.mapping_weight.to(context.device)
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.layers
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def resolution(self) -> int:
+        return self.config.size
+
+    def _map(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z @ self.mapping_weight)
+
+    def mean_latent(self) -> torch.Tensor:
+        z = torch.randn(256, self.config.dim, generator=torch.Generator().manual_seed(123))
+        w = self._map(z.to(self.mapping_weight.device)).mean(0)
+        return w.expand(1, self.num_layers, -1).clone()
+
+    def sample_latent(self, n, truncation, generator=None):
+        z = torch.randn(n, self.config.dim, generator=generator).to(self.mapping_weight.device)
+        mean = self.mean_latent()[:, 0]
+        w = mean + truncation * (self._map(z) - mean)
+        return w[:, None, :].expand(n, self.num_layers, -1).clone()
+
+    def synthesize(self, latent):
+        CALLS["generator.synthesize"] += 1
+        n, s = latent.shape[0], self.config.size
+        return torch.tanh(latent.reshape(n, -1) @ self.weight).view(n, 3, s, s)
+
+
+class ToyEncoder(torch.nn.Module):
+    """Pool to 4x4, then a fixed random projection: (n, 3, H, W) -> (n, dim)."""
+
+    def __init__(self, dim: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.proj = torch.nn.Parameter(torch.randn(48, dim, generator=g) / 48**0.5)
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        CALLS["encoder.encode_image"] += 1
+        return F.adaptive_avg_pool2d(image, 4).flatten(1) @ self.proj
+
+
+class ToyGuidance(Guidance):
+    """A fixed target vector (from the config, a text file, or a seed) in a toy space."""
+
+    class Config(GuidanceConfig):
+        type: Literal["toy-target"] = "toy-target"
+        space_name: str = "toy"
+        dim: int = Field(16, ge=1)
+        seed: int = 0
+        vector: list[float] | None = None
+        path: ConfigPath | None = None
+        items: int | None = Field(None, ge=1, description="Give this many per-item targets.")
+        nan_after: int | None = Field(None, description="Return NaN from the loss after this many calls.")
+
+    def __init__(self, config: Config, context) -> None:
+        super().__init__(config, context)
+        CALLS[f"guidance.build.{config.space_name}"] += 1
+        self.loss_calls = 0
+
+    @property
+    def space(self) -> str:
+        return f"toy:{self.config.space_name}"
+
+    @property
+    def num_items(self):
+        return self.config.items
+
+    def build_encoder(self):
+        CALLS[f"encoder.build.{self.space}"] += 1
+        return ToyEncoder(self.config.dim, seed=sum(map(ord, self.space)))
+
+    def target(self, encoder):
+        CALLS["guidance.target"] += 1
+        c = self.config
+        if c.path is not None:
+            values = [float(x) for x in Path(c.path).read_text().split()]
+            return torch.tensor(values)
+        if c.vector is not None:
+            return torch.tensor(c.vector)
+        g = torch.Generator().manual_seed(c.seed)
+        return torch.randn(c.items or 1, c.dim, generator=g).squeeze(0)
+
+    def loss(self, embedding, target):
+        CALLS["guidance.loss"] += 1
+        self.loss_calls += 1
+        out = super().loss(embedding, target)
+        if self.config.nan_after is not None and self.loss_calls > self.config.nan_after:
+            out = out * float("nan")
+        return out
+
+
+class CountingRegularizer(Regularizer):
+    """Counts its calls; penalty = sum of |w - w0|."""
+
+    class Config(RegularizerConfig):
+        type: Literal["counting"] = "counting"
+
+    def __init__(self, config, context) -> None:
+        super().__init__(config, context)
+        CALLS["counting.build"] += 1
+
+    def loss(self, w, w0, image, image0):
+        CALLS["counting.loss"] += 1
+        return (w - w0).abs().flatten(1).sum(1)
+
+
+@soundguide.hookimpl
+def register_generators(registry):
+    registry.add(ToyGenerator)
+
+
+@soundguide.hookimpl
+def register_guidances(registry):
+    registry.add(ToyGuidance)
+
+
+@soundguide.hookimpl
+def register_regularizers(registry):
+    registry.add(CountingRegularizer)
