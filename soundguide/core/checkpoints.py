@@ -90,8 +90,11 @@ def load_checkpoint(
                 "which could run arbitrary code",
                 hint="if you trust this file, pass --trust-checkpoint (trust=True in Python)",
             ) from None
+        detail = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n\n|$)", text, re.S)
         raise CheckpointError(
-            f"cannot read checkpoint {path}: not a torch checkpoint or corrupt ({_short(text)})"
+            f"cannot read checkpoint {path} safely: "
+            f"{_short(detail.group(1)) if detail else 'not a torch checkpoint, or corrupt'}",
+            hint="if the file is a checkpoint you trust, pass --trust-checkpoint (trust=True in Python)",
         ) from None
     except Exception as exc:
         raise CheckpointError(

@@ -22,6 +22,9 @@ class LatentL2(Regularizer):
         weight: float = Field(0.002, ge=0, allow_inf_nan=False, description="lambda of the paper.")
         adaptive: bool = Field(False, description="Adaptive per-layer weights sigmoid(m_l).")
         adaptive_rate: float = Field(0.1, gt=0, description="Step size of the m_l update.")
+        adaptive_init: float = Field(
+            1.0, allow_inf_nan=False, description="Initial logits m_l (the original code uses 1)."
+        )
 
     config: Config
 
@@ -29,7 +32,12 @@ class LatentL2(Regularizer):
         from soundguide.core.losses import AdaptiveLayerWeights
 
         self.adaptive = (
-            AdaptiveLayerWeights(w0.shape[0], w0.shape[1], rate=self.config.adaptive_rate)
+            AdaptiveLayerWeights(
+                w0.shape[0],
+                w0.shape[1],
+                rate=self.config.adaptive_rate,
+                init=self.config.adaptive_init,
+            )
             if self.config.adaptive
             else None
         )
