@@ -198,7 +198,7 @@ def weights_list(ctx: click.Context) -> None:
     for entry in registry:
         path = registry.local_path(entry.name)
         state = "downloaded" if path.exists() else "not downloaded"
-        click.echo(f"{entry.name}  [{state}]  {entry.license}  {entry.url}")
+        click.echo(f"{entry.name}  [{state}]  {entry.license}  {entry.url or '(no public download)'}")
         if entry.description:
             click.echo(f"    {entry.description}")
         click.echo(f"    -> {path}")

@@ -122,7 +122,8 @@ class KnownWeights:
     """
 
     name: str
-    url: str
+    url: str | None
+    """None when there is no public direct download (the description says how to get it)."""
     filename: str
     license: str
     description: str = ""
@@ -216,6 +217,11 @@ class WeightsRegistry:
             f"download {entry.url} yourself to {path}, or point the config at a local file; "
             f"set {HOME_ENV} to change the cache folder"
         )
+        if entry.url is None:
+            raise WeightsError(
+                f"{name!r} has no public download; put the file at {path}",
+                hint=entry.description or f"or point the config at a local copy of {entry.filename}",
+            )
         fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", dir=path.parent)
         tmp = Path(tmp_name)
         try:
@@ -230,6 +236,13 @@ class WeightsRegistry:
                         hint=hint,
                     ) from None
                 with response:
+                    if "text/html" in (response.headers.get("Content-Type") or ""):
+                        # file hosts answer quota or confirmation pages with HTML
+                        raise WeightsError(
+                            f"cannot download {name!r}: {entry.url} answered with a web page, "
+                            f"not the file; expected at {path}",
+                            hint=hint,
+                        )
                     total = int(response.headers.get("Content-Length") or 0) or entry.size
                     bar = _progress_bar(total, f"downloading {entry.filename}", progress)
                     try:

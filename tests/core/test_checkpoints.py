@@ -141,3 +141,14 @@ class TestWeightsRegistry:
             registry.get("landscap")
         with pytest.raises(DuplicatePluginError, match="registered twice"):
             registry.add(KnownWeights("landscape", "file:///b", "b.pt", "MIT"))
+
+
+def test_entry_without_public_download_says_where_to_put_the_file(tmp_path):
+    registry = WeightsRegistry(home=tmp_path)
+    registry.add(KnownWeights("manual", None, "m.pt", "?", description="convert it with X"))
+    with pytest.raises(WeightsError, match=r"'manual' has no public download; put the file at .*m\.pt") as info:
+        registry.fetch("manual", progress=False)
+    assert info.value.hint == "convert it with X"
+    (tmp_path / "weights").mkdir(exist_ok=True)
+    (tmp_path / "weights" / "m.pt").write_bytes(b"x")
+    assert registry.fetch("manual") == tmp_path / "weights" / "m.pt"
