@@ -139,7 +139,7 @@ def plugins(ctx: click.Context) -> None:
         for entry in registry:
             rows.append((registry.kind, entry.name, entry.plugin, entry.distribution))
     for weights in registries.weights:
-        rows.append(("weights", weights.name, registries.weights.owner(weights.name), ""))
+        rows.append(("weights", weights.name, *registries.weights.owner(weights.name)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -42,6 +42,7 @@ class ToyGenerator(Generator):
         dim: int = Field(8, ge=1)
         size: int = Field(8, ge=1)
         seed: int = 0
+        box: tuple[int, int, int, int] | None = None
 
     def __init__(self, config: Config, context) -> None:
         super().__init__(config, context)
@@ -63,6 +64,10 @@ class ToyGenerator(Generator):
     @property
     def resolution(self) -> int:
         return self.config.size
+
+    @property
+    def content_box(self):
+        return self.config.box
 
     def _map(self, z: torch.Tensor) -> torch.Tensor:
         return torch.tanh(z @ self.mapping_weight)

@@ -136,7 +136,7 @@ class WeightsRegistry:
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self._entries: dict[str, KnownWeights] = {}
-        self._owners: dict[str, str] = {}
+        self._owners: dict[str, tuple[str, str]] = {}
         self._home = Path(home) if home is not None else None
         self._current = ("<python>", "<python>")
 
@@ -145,17 +145,18 @@ class WeightsRegistry:
         if entry.name in self._entries:
             raise DuplicatePluginError(
                 f"known weights {entry.name!r} registered twice: by plugin "
-                f"{self._owners[entry.name]!r} and by plugin {self._current[0]!r}"
+                f"{self._owners[entry.name][0]!r} and by plugin {self._current[0]!r}"
             )
         self._entries[entry.name] = entry
-        self._owners[entry.name] = self._current[0]
+        self._owners[entry.name] = self._current
         return entry
 
     def _remove_plugin(self, plugin: str) -> None:
-        for name in [n for n, owner in self._owners.items() if owner == plugin]:
+        for name in [n for n, owner in self._owners.items() if owner[0] == plugin]:
             del self._entries[name], self._owners[name]
 
-    def owner(self, name: str) -> str:
+    def owner(self, name: str) -> tuple[str, str]:
+        """(plugin, distribution) that registered ``name``."""
         return self._owners[name]
 
     def __contains__(self, name: object) -> bool:

@@ -300,6 +300,15 @@ class Editor:
             terms[term.label] = term.weight * r.loss(w, self.w0, img, img0)
         return terms
 
+    def view(self, image: torch.Tensor) -> torch.Tensor:
+        """Detached images cropped to the generator's content box, for saving and events."""
+        box = self.generator.content_box
+        image = image.detach()
+        if box is None:
+            return image
+        top, left, height, width = box
+        return image[..., top : top + height, left : left + width]
+
     def _emit(self, event: StepEvent) -> None:
         for callback in self._callbacks:
             callback(event)
@@ -341,7 +350,9 @@ class Editor:
                     )
                     break
                 last_good = w.detach().clone()
-                self._emit(StepEvent(step, steps, last_good, image.detach(), _detached(terms, per_item), lr))
+                self._emit(
+                    StepEvent(step, steps, last_good, self.view(image), _detached(terms, per_item), lr)
+                )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
@@ -368,7 +379,15 @@ class Editor:
             per_item = torch.stack(list(final_terms.values())).sum(dim=0)
             history.append(_record(steps_done, None, final_terms, per_item))
             self._emit(
-                StepEvent(steps_done, steps, edited, edited_image, _detached(final_terms, per_item), None, final=True)
+                StepEvent(
+                    steps_done,
+                    steps,
+                    edited,
+                    self.view(edited_image),
+                    _detached(final_terms, per_item),
+                    None,
+                    final=True,
+                )
             )
         files: list[Path] = list(self.generator.files())
         for term in [*self.guidances, *self.regularizers]:
@@ -379,8 +398,8 @@ class Editor:
             steps_done=steps_done,
             source_latent=self.w0.detach().cpu(),
             edited_latent=edited.detach().cpu(),
-            source_image=self.image0.detach().cpu(),
-            edited_image=edited_image.detach().cpu(),
+            source_image=self.view(self.image0).cpu(),
+            edited_image=self.view(edited_image).cpu(),
             history=history,
             step_seconds=seconds,
             seeds=self.seeds,

@@ -139,6 +139,15 @@ class Generator(abc.ABC):
         Deterministic (fixed noise) and differentiable with respect to ``latent``.
         """
 
+    @property
+    def content_box(self) -> tuple[int, int, int, int] | None:
+        """(top, left, height, width) of the picture inside the square output, if smaller.
+
+        LSUN cars, for example, are 512x384 inside 512x512. Saved images are
+        cropped to it; guidance sees the full output.
+        """
+        return None
+
     def files(self) -> list[Path]:
         """Checkpoint files this generator read (recorded with their sha256 in run.json)."""
         return []

@@ -26,7 +26,10 @@ DISABLE_AUTOLOAD_ENV = "SOUNDGUIDE_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN = "soundguide (built-in)"
 COMMAND_LINE = "-p"
 
-BUILTIN_PLUGINS: tuple[str, ...] = ("soundguide.plugins.latent_l2",)
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "soundguide.plugins.stylegan2",
+    "soundguide.plugins.latent_l2",
+)
 """Modules of the built-in plugins, registered like any third-party plugin."""
 
 

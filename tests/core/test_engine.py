@@ -258,3 +258,19 @@ def test_edit_from_a_toml_file_writes_every_output(registries, write_config, tmp
     assert manifest["versions"]["torch"] == importlib.metadata.version("torch")
     assert len(manifest["losses"]) == 13 and "latent_l2" in manifest["losses"][0]["terms"]
     assert manifest["seconds_per_step"] > 0
+
+
+def test_saved_images_are_cropped_to_the_content_box(registries, tmp_path):
+    cfg = config_from_dict(
+        {
+            "generator": {"type": "toy", "box": [2, 0, 4, 8]},
+            "guidance": [{"type": "toy-target"}],
+            "optimization": {"steps": 2},
+        },
+        registries,
+    )
+    result = soundguide.edit(cfg, out=tmp_path / "o", registries=registries, progress=False)
+    assert result.edited_image.shape == (1, 3, 4, 8)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "o" / "edited.png").size == (8, 4)
