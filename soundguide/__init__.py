@@ -31,6 +31,7 @@ from soundguide.core.interfaces import (
     Regularizer,
     RegularizerConfig,
     RunContext,
+    WeightsRef,
 )
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "RunContext",
     "RunResult",
     "StepEvent",
+    "WeightsRef",
     "SoundguideError",
     "__version__",
     "edit",

@@ -76,7 +76,9 @@ def cli() -> None:
 @cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @set_option
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: [output] dir).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Output folder (default: [output] dir)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty output folder.")
 @click.option(
     "--device",
@@ -119,7 +121,9 @@ def edit(
         progress=not quiet,
     )
     per_step = (
-        f", {sum(result.step_seconds) / len(result.step_seconds):.3f} s/step" if result.step_seconds else ""
+        f", {sum(result.step_seconds) / len(result.step_seconds):.3f} s/step"
+        if result.step_seconds
+        else ""
     )
     if result.status == "finished":
         click.echo(f"{result.message}{per_step}; outputs in {folder}")
@@ -142,7 +146,9 @@ def plugins(ctx: click.Context) -> None:
         rows.append(("weights", weights.name, *registries.weights.owner(weights.name)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 @cli.group()
@@ -198,7 +204,9 @@ def weights_list(ctx: click.Context) -> None:
     for entry in registry:
         path = registry.local_path(entry.name)
         state = "downloaded" if path.exists() else "not downloaded"
-        click.echo(f"{entry.name}  [{state}]  {entry.license}  {entry.url or '(no public download)'}")
+        click.echo(
+            f"{entry.name}  [{state}]  {entry.license}  {entry.url or '(no public download)'}"
+        )
         if entry.description:
             click.echo(f"    {entry.description}")
         click.echo(f"    -> {path}")
@@ -242,7 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     warnings.showwarning = _show_warning
     try:
-        code = cli.main(args=list(argv) if argv is not None else None, prog_name="soundguide", standalone_mode=False)
+        code = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="soundguide",
+            standalone_mode=False,
+        )
     except SoundguideError as exc:
         click.echo(f"error: {exc.message}", err=True)
         if exc.hint:

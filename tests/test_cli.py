@@ -20,11 +20,22 @@ def cli(*args):
 
 
 def test_edit_writes_every_output(write_config, tmp_path, capsys):
-    path = write_config(TOY_CONFIG.replace('dir = "out"', 'dir = "out"\nsave_every = 6\ngif = true'))
+    path = write_config(
+        TOY_CONFIG.replace('dir = "out"', 'dir = "out"\nsave_every = 6\ngif = true')
+    )
     assert cli("edit", str(path), "--device", "cpu", "-q") == 0
     out = tmp_path / "out"
     names = {p.name for p in out.iterdir()}
-    assert names == {"source.png", "edited.png", "comparison.png", "latent_source.pt", "latent_edited.pt", "run.json", "trajectory.gif", "steps"}
+    assert names == {
+        "source.png",
+        "edited.png",
+        "comparison.png",
+        "latent_source.pt",
+        "latent_edited.pt",
+        "run.json",
+        "trajectory.gif",
+        "steps",
+    }
     assert "finished 12 steps" in capsys.readouterr().out
     assert torch.load(out / "latent_source.pt", weights_only=True).shape == (1, 4, 8)
 
@@ -72,7 +83,12 @@ def test_plugins_table(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["KIND", "NAME", "PLUGIN", "DISTRIBUTION"]
     rows = [line.split(None, 3) for line in lines[1:]]
-    assert ["regularizer", "latent_l2", "soundguide.plugins.latent_l2", "soundguide (built-in)"] in rows
+    assert [
+        "regularizer",
+        "latent_l2",
+        "soundguide.plugins.latent_l2",
+        "soundguide (built-in)",
+    ] in rows
     assert ["generator", "toy", "tests.toy_plugins", "-p"] in rows
 
 

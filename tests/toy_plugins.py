@@ -50,7 +50,9 @@ class ToyGenerator(Generator):
         g = torch.Generator().manual_seed(config.seed)
         L, D, s = config.layers, config.dim, config.size
         self.mapping_weight = torch.randn(D, D, generator=g) / D**0.5
-        self.weight = (torch.randn(L * D, 3 * s * s, generator=g) / (L * D) ** 0.5).to(context.device)
+        self.weight = (torch.randn(L * D, 3 * s * s, generator=g) / (L * D) ** 0.5).to(
+            context.device
+        )
         self.mapping_weight = self.mapping_weight.to(context.device)
 
     @property
@@ -113,7 +115,9 @@ class ToyGuidance(Guidance):
         vector: list[float] | None = None
         path: ConfigPath | None = None
         items: int | None = Field(None, ge=1, description="Give this many per-item targets.")
-        nan_after: int | None = Field(None, description="Return NaN from the loss after this many calls.")
+        nan_after: int | None = Field(
+            None, description="Return NaN from the loss after this many calls."
+        )
 
     def __init__(self, config: Config, context) -> None:
         super().__init__(config, context)

@@ -221,7 +221,8 @@ class WeightsRegistry:
         if entry.url is None:
             raise WeightsError(
                 f"{name!r} has no public download; put the file at {path}",
-                hint=entry.description or f"or point the config at a local copy of {entry.filename}",
+                hint=entry.description
+                or f"or point the config at a local copy of {entry.filename}",
             )
         fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", dir=path.parent)
         tmp = Path(tmp_name)

@@ -12,11 +12,11 @@ its location, e.g. ``guidance.1.wieght: extra inputs are not permitted``
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import tomllib
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from soundguide.core.errors import ConfigError
@@ -146,7 +146,9 @@ def _check_plugin_types(data: Mapping[str, Any], registries: Registries) -> list
                 names = ", ".join(registry.names()) or "none"
                 problems.append(f"{loc}.type: missing; available {registry.kind}s: {names}")
             elif not isinstance(item["type"], str) or item["type"] not in registry:
-                problems.append(f"{loc}.type: {unknown_name_message(registry.kind, str(item['type']), registry.names())}")
+                problems.append(
+                    f"{loc}.type: {unknown_name_message(registry.kind, str(item['type']), registry.names())}"
+                )
     return problems
 
 
@@ -181,7 +183,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. optimization.steps=100")
+        raise ConfigError(
+            f"--set {text!r}: expected section.key=value, e.g. optimization.steps=100"
+        )
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:

@@ -105,9 +105,13 @@ def resolve_device(name: str | torch.device) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available", hint="use --device cpu")
+        raise ConfigError(
+            "device 'cuda' requested but CUDA is not available", hint="use --device cpu"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' requested but MPS is not available", hint="use --device cpu")
+        raise ConfigError(
+            "device 'mps' requested but MPS is not available", hint="use --device cpu"
+        )
     return device
 
 
@@ -175,6 +179,12 @@ class Editor:
         guidance_cfgs = [(i, c) for i, c in enumerate(cfg.guidance) if c.weight != 0]
         reg_cfgs = [(i, c) for i, c in enumerate(cfg.regularizer) if c.weight != 0]
 
+        # sources first: their constructors are cheap and check their inputs,
+        # so a missing file fails before a large generator is loaded
+        self.guidances: list[Term] = []
+        for i, c in guidance_cfgs:
+            plugin = self.registries.guidances.get(c.type)(c, ctx)
+            self.guidances.append(Term(guidance_labels[i], i, c.weight, plugin))
         self.generator: Generator = gen_cls(cfg.generator, ctx)
         _freeze(self.generator)
         for name in ("num_layers", "latent_dim", "resolution"):
@@ -184,10 +194,6 @@ class Editor:
                     f"generator {cfg.generator.type!r}: {name} must be a positive int, got {value!r}"
                 )
 
-        self.guidances: list[Term] = []
-        for i, c in guidance_cfgs:
-            plugin = self.registries.guidances.get(c.type)(c, ctx)
-            self.guidances.append(Term(guidance_labels[i], i, c.weight, plugin))
         n, w0_file = self._batch_size()
         ctx.batch_size = n
 
@@ -204,7 +210,9 @@ class Editor:
             if g.space not in self.encoders:
                 encoder = g.build_encoder()
                 if not callable(getattr(encoder, "encode_image", None)):
-                    raise PluginError(f"guidance {term.label!r}: build_encoder() returned no encode_image")
+                    raise PluginError(
+                        f"guidance {term.label!r}: build_encoder() returned no encode_image"
+                    )
                 _freeze(encoder)
                 self.encoders[g.space] = encoder
             with torch.no_grad():
@@ -250,8 +258,12 @@ class Editor:
 
     def _check_target(self, term: Term, target: Any, n: int) -> torch.Tensor:
         if not isinstance(target, torch.Tensor) or target.ndim not in (1, 2):
-            shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
-            raise PluginError(f"guidance {term.label!r}: target() must return (D,) or (n, D), got {shape}")
+            shape = (
+                tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+            )
+            raise PluginError(
+                f"guidance {term.label!r}: target() must return (D,) or (n, D), got {shape}"
+            )
         if target.ndim == 2 and target.shape[0] not in (1, n):
             raise ConfigError(
                 f"guidance {term.label!r} gives {target.shape[0]} targets but the batch has {n} items"
@@ -331,7 +343,9 @@ class Editor:
         try:
             for step in range(steps):
                 started = time.perf_counter()
-                lr = schedule(step / steps, opt_cfg.lr, rampup=opt_cfg.rampup, rampdown=opt_cfg.rampdown)
+                lr = schedule(
+                    step / steps, opt_cfg.lr, rampup=opt_cfg.rampup, rampdown=opt_cfg.rampdown
+                )
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 image = self.generator.synthesize(w)
@@ -351,7 +365,9 @@ class Editor:
                     break
                 last_good = w.detach().clone()
                 self._emit(
-                    StepEvent(step, steps, last_good, self.view(image), _detached(terms, per_item), lr)
+                    StepEvent(
+                        step, steps, last_good, self.view(image), _detached(terms, per_item), lr
+                    )
                 )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -407,7 +423,9 @@ class Editor:
         )
 
 
-def _record(step: int, lr: float | None, terms: dict[str, torch.Tensor], per_item: torch.Tensor) -> dict[str, Any]:
+def _record(
+    step: int, lr: float | None, terms: dict[str, torch.Tensor], per_item: torch.Tensor
+) -> dict[str, Any]:
     values = {k: v.detach().float().cpu().tolist() for k, v in terms.items()}
     total = per_item.detach().float().cpu().tolist()
     return {"step": step, "lr": lr, "total": total, "total_sum": float(sum(total)), "terms": values}
@@ -427,4 +445,6 @@ def _postfix(record: dict[str, Any]) -> str:
 def _progress(steps: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=steps, desc="optimizing", unit="step", disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        total=steps, desc="optimizing", unit="step", disable=not enabled, dynamic_ncols=True
+    )

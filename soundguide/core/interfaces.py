@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
@@ -37,6 +38,24 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 """A path in a config: relative paths resolve against the config file's folder."""
+
+_FILE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".safetensors", ".npz", ".tar"}
+
+
+def _resolve_weights_ref(value: str, info: ValidationInfo) -> str:
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if base is None or path.is_absolute():
+        return str(path) if path.suffix.lower() in _FILE_SUFFIXES else value
+    candidate = Path(base) / path
+    if candidate.exists() or path.suffix.lower() in _FILE_SUFFIXES:
+        return str(candidate)
+    return value
+
+
+WeightsRef = Annotated[str, AfterValidator(_resolve_weights_ref)]
+"""A known-weights (or model) name, or a file path. Paths (an existing file next
+to the config, or a name ending in .pt, .pth, ...) resolve against the config's folder."""
 
 
 class PluginConfig(StrictModel):
@@ -81,6 +100,33 @@ class RunContext:
 
         base = self.cache_dir if self.cache_dir is not None else soundguide_home()
         return Path(base, *parts)
+
+    def cached_tensor(
+        self, kind: str, key: dict[str, Any], compute: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """``compute()``, cached on disk under ``cache/<kind>/`` by a hash of ``key``.
+
+        ``key`` must name everything the result depends on (file sha256s,
+        model and settings). A damaged cache file is recomputed.
+        """
+        import hashlib
+        import json
+
+        from soundguide.core.files import atomic_write
+
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        path = self.cache_path(kind, f"{digest[:32]}.pt")
+        if path.is_file():
+            try:
+                value = torch.load(path, weights_only=True, map_location="cpu")
+                if isinstance(value, torch.Tensor) and torch.isfinite(value).all():
+                    return value.to(self.device)
+            except Exception:
+                pass
+        value = compute()
+        cpu = value.detach().to("cpu").clone()
+        atomic_write(path, lambda fh: torch.save(cpu, fh))
+        return value
 
     def resolve_weights(self, name_or_path: str | os.PathLike[str]) -> Path:
         """A local file: an existing path as given, else a known-weights name (downloaded)."""
@@ -216,7 +262,7 @@ class Regularizer(abc.ABC):
         self.config = config
         self.context = context
 
-    def setup(self, w0: torch.Tensor, image0: torch.Tensor | None) -> None:
+    def setup(self, w0: torch.Tensor, image0: torch.Tensor | None) -> None:  # noqa: B027
         """Called once before the loop with the source latent (n, L, D) and image."""
 
     @abc.abstractmethod
@@ -229,7 +275,7 @@ class Regularizer(abc.ABC):
     ) -> torch.Tensor:
         """Unweighted penalty per batch item. Output: (n,)."""
 
-    def after_step(self, w: torch.Tensor, w0: torch.Tensor) -> None:
+    def after_step(self, w: torch.Tensor, w0: torch.Tensor) -> None:  # noqa: B027
         """Called after every optimizer update (adaptive schedules live here)."""
 
     def files(self) -> list[Path]:

@@ -64,9 +64,7 @@ class AdaptiveLayerWeights:
         self.logits = self.logits - self.rate * d * (1.0 - d)
 
 
-def cosine_ramp_lr(
-    t: float, lr: float, *, rampdown: float = 0.25, rampup: float = 0.05
-) -> float:
+def cosine_ramp_lr(t: float, lr: float, *, rampdown: float = 0.25, rampup: float = 0.05) -> float:
     """StyleCLIP's schedule at progress ``t = step / steps``.
 
     ``lr * min(1, t / rampup) * (0.5 - 0.5 cos(pi * min(1, (1 - t) / rampdown)))``:

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from soundguide.core.files import atomic_write, atomic_write_text, sha256_file
 from soundguide.core.errors import OutputError
+from soundguide.core.files import atomic_write, atomic_write_text, sha256_file
 
 OUTPUT_FILES = (
     "source.png",
@@ -81,7 +81,9 @@ def grid(rows: list[list[torch.Tensor]], *, pad: int = 2) -> Image.Image:
     h = max(t.height for row in tiles for t in row)
     w = max(t.width for row in tiles for t in row)
     cols = max(len(row) for row in tiles)
-    canvas = Image.new("RGB", (cols * w + (cols - 1) * pad, len(tiles) * h + (len(tiles) - 1) * pad), "white")
+    canvas = Image.new(
+        "RGB", (cols * w + (cols - 1) * pad, len(tiles) * h + (len(tiles) - 1) * pad), "white"
+    )
     for r, row in enumerate(tiles):
         for c, tile in enumerate(row):
             canvas.paste(tile, (c * (w + pad), r * (h + pad)))
@@ -168,7 +170,9 @@ class RunWriter:
             "edited.png": save_png(f / "edited.png", batch_column(result.edited_image)),
             "comparison.png": save_png(
                 f / "comparison.png",
-                grid([[s, e] for s, e in zip(result.source_image, result.edited_image, strict=True)]),
+                grid(
+                    [[s, e] for s, e in zip(result.source_image, result.edited_image, strict=True)]
+                ),
             ),
             "latent_source.pt": save_tensor(f / "latent_source.pt", result.source_latent),
             "latent_edited.pt": save_tensor(f / "latent_edited.pt", result.edited_latent),
@@ -190,7 +194,9 @@ class RunWriter:
             "losses": result.history,
             **(extra or {}),
         }
-        written["run.json"] = atomic_write_text(f / "run.json", json.dumps(manifest, indent=2) + "\n")
+        written["run.json"] = atomic_write_text(
+            f / "run.json", json.dumps(manifest, indent=2) + "\n"
+        )
         return written
 
 
@@ -198,7 +204,9 @@ class StepWriter:
     """Step-event subscriber: ``steps/NNNNN.pt`` and ``.png`` every ``save_every`` updates,
     and the frames of ``trajectory.gif``."""
 
-    def __init__(self, folder: Path, *, save_every: int, gif: bool, steps: int, max_frame: int = 256):
+    def __init__(
+        self, folder: Path, *, save_every: int, gif: bool, steps: int, max_frame: int = 256
+    ):
         self.folder = folder
         self.save_every = save_every
         self.gif = gif
@@ -222,5 +230,7 @@ class StepWriter:
         first, *rest = self.frames
         return atomic_write(
             self.folder / "trajectory.gif",
-            lambda fh: first.save(fh, format="GIF", save_all=True, append_images=rest, duration=80, loop=0),
+            lambda fh: first.save(
+                fh, format="GIF", save_all=True, append_images=rest, duration=80, loop=0
+            ),
         )

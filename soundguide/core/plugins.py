@@ -28,6 +28,9 @@ COMMAND_LINE = "-p"
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.stylegan2",
+    "soundguide.plugins.audio",
+    "soundguide.plugins.text",
+    "soundguide.plugins.image",
     "soundguide.plugins.latent_l2",
 )
 """Modules of the built-in plugins, registered like any third-party plugin."""

@@ -29,7 +29,10 @@ class TestLoadCheckpoint:
         assert torch.equal(load_checkpoint(tmp_path / "a.pt")["w"], torch.ones(2))
 
     def test_rosinality_training_checkpoint_with_namespace(self, tmp_path):
-        data = {"g_ema": {"w": torch.zeros(3)}, "args": argparse.Namespace(size=256, channel_multiplier=2)}
+        data = {
+            "g_ema": {"w": torch.zeros(3)},
+            "args": argparse.Namespace(size=256, channel_multiplier=2),
+        }
         torch.save(data, tmp_path / "ckpt.pt")
         loaded = load_checkpoint(tmp_path / "ckpt.pt")
         assert loaded["args"].size == 256
@@ -137,7 +140,9 @@ class TestWeightsRegistry:
     def test_unknown_and_duplicate_names(self, tmp_path):
         registry = WeightsRegistry(home=tmp_path)
         registry.add(KnownWeights("landscape", "file:///a", "a.pt", "MIT"))
-        with pytest.raises(WeightsError, match="unknown known weights 'landscap'.*did you mean 'landscape'"):
+        with pytest.raises(
+            WeightsError, match="unknown known weights 'landscap'.*did you mean 'landscape'"
+        ):
             registry.get("landscap")
         with pytest.raises(DuplicatePluginError, match="registered twice"):
             registry.add(KnownWeights("landscape", "file:///b", "b.pt", "MIT"))
@@ -146,7 +151,9 @@ class TestWeightsRegistry:
 def test_entry_without_public_download_says_where_to_put_the_file(tmp_path):
     registry = WeightsRegistry(home=tmp_path)
     registry.add(KnownWeights("manual", None, "m.pt", "?", description="convert it with X"))
-    with pytest.raises(WeightsError, match=r"'manual' has no public download; put the file at .*m\.pt") as info:
+    with pytest.raises(
+        WeightsError, match=r"'manual' has no public download; put the file at .*m\.pt"
+    ) as info:
         registry.fetch("manual", progress=False)
     assert info.value.hint == "convert it with X"
     (tmp_path / "weights").mkdir(exist_ok=True)

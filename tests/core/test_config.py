@@ -20,14 +20,38 @@ def test_valid_config_loads_with_plugin_models(registries, write_config):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (("[[guidance]]\ntype = 'toy-target'\nwieght = 2\n", None), r"guidance\.2\.wieght: extra inputs are not permitted"),
-        (("[optimization]\nstepz = 3\n", "[optimization]\nsteps = 12\nseed = 7"), r"optimization\.stepz: extra inputs are not permitted"),
-        (("[optimization]\nsteps = 'many'\n", "[optimization]\nsteps = 12\nseed = 7"), r"optimization\.steps: input should be a valid integer"),
-        (("[optimization]\nsteps = -5\n", "[optimization]\nsteps = 12\nseed = 7"), r"optimization\.steps: input should be greater than or equal to 0"),
-        (("[[guidance]]\ntype = 'toy-targit'\n", None), r"guidance\.2\.type: unknown guidance 'toy-targit'; available: toy-target \(did you mean 'toy-target'\?\)"),
-        (("[[guidance]]\nweight = 1\n", None), r"guidance\.2\.type: missing; available guidances: toy-target"),
-        (("[[guidance]]\ntype = 'toy-target'\nweight = nan\n", None), r"guidance\.2\.weight: input should be a finite number"),
-        (("[[regularizer]]\ntype = 'latent_l2'\nweight = -1\n", None), r"regularizer\.1\.weight: input should be greater than or equal to 0"),
+        (
+            ("[[guidance]]\ntype = 'toy-target'\nwieght = 2\n", None),
+            r"guidance\.2\.wieght: extra inputs are not permitted",
+        ),
+        (
+            ("[optimization]\nstepz = 3\n", "[optimization]\nsteps = 12\nseed = 7"),
+            r"optimization\.stepz: extra inputs are not permitted",
+        ),
+        (
+            ("[optimization]\nsteps = 'many'\n", "[optimization]\nsteps = 12\nseed = 7"),
+            r"optimization\.steps: input should be a valid integer",
+        ),
+        (
+            ("[optimization]\nsteps = -5\n", "[optimization]\nsteps = 12\nseed = 7"),
+            r"optimization\.steps: input should be greater than or equal to 0",
+        ),
+        (
+            ("[[guidance]]\ntype = 'toy-targit'\n", None),
+            r"guidance\.2\.type: unknown guidance 'toy-targit'; available: audio, image, text, toy-target \(did you mean 'toy-target'\?\)",
+        ),
+        (
+            ("[[guidance]]\nweight = 1\n", None),
+            r"guidance\.2\.type: missing; available guidances: audio, image, text, toy-target",
+        ),
+        (
+            ("[[guidance]]\ntype = 'toy-target'\nweight = nan\n", None),
+            r"guidance\.2\.weight: input should be a finite number",
+        ),
+        (
+            ("[[regularizer]]\ntype = 'latent_l2'\nweight = -1\n", None),
+            r"regularizer\.1\.weight: input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_errors_name_their_location(registries, write_config, edit, message):
@@ -46,12 +70,15 @@ def test_errors_name_their_location(registries, write_config, edit, message):
 
 def test_unknown_generator_type(registries, write_config):
     text = TOY_CONFIG.replace('type = "toy"\n', 'type = "stylegan"\n', 1)
-    with pytest.raises(ConfigError, match=r"generator\.type: unknown generator 'stylegan'; available: toy"):
+    with pytest.raises(
+        ConfigError,
+        match=r"generator\.type: unknown generator 'stylegan'; available: stylegan2, toy \(did you mean 'stylegan2'\?\)",
+    ):
         load_config(write_config(text), registries)
 
 
 def test_malformed_toml_names_the_line(registries, write_config):
-    path = write_config("[generator]\ntype = \"toy\"\n\n[optimization\nsteps = 3\n")
+    path = write_config('[generator]\ntype = "toy"\n\n[optimization\nsteps = 3\n')
     with pytest.raises(ConfigError, match=r"run\.toml: invalid TOML: .*line 4"):
         load_config(path, registries)
 
@@ -70,7 +97,9 @@ def test_no_guidance_is_an_error(registries):
 
 def test_guidance_must_be_an_array_of_tables(registries):
     with pytest.raises(ConfigError, match=r"guidance: expected an array of tables"):
-        config_from_dict({"generator": {"type": "toy"}, "guidance": {"type": "toy-target"}}, registries)
+        config_from_dict(
+            {"generator": {"type": "toy"}, "guidance": {"type": "toy-target"}}, registries
+        )
 
 
 def test_relative_paths_resolve_against_the_config_folder(registries, tmp_path):
@@ -119,7 +148,9 @@ class TestOverrides:
             apply_overrides({"optimization": {"steps": 3}}, ["optimization.steps.x=1"])
 
     def test_override_is_validated_like_the_file(self, registries, write_config):
-        with pytest.raises(ConfigError, match=r"optimization\.steps: input should be greater than or equal to 0"):
+        with pytest.raises(
+            ConfigError, match=r"optimization\.steps: input should be greater than or equal to 0"
+        ):
             load_config(write_config(TOY_CONFIG), registries, ["optimization.steps=-1"])
 
 

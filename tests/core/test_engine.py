@@ -26,7 +26,9 @@ def make_config(registries, *, guidance=None, regularizer=None, **optimization):
             {"type": "toy-target", "weight": 1.0},
             {"type": "toy-target", "weight": 0.5, "seed": 3, "space_name": "other"},
         ],
-        "regularizer": regularizer if regularizer is not None else [{"type": "latent_l2", "weight": 0.01}],
+        "regularizer": regularizer
+        if regularizer is not None
+        else [{"type": "latent_l2", "weight": 0.01}],
         "optimization": {"steps": 10, "seed": 7, **optimization},
     }
     return config_from_dict(data, registries)
@@ -75,7 +77,10 @@ def test_weight_zero_source_gives_exactly_the_result_without_it(registries):
     alone = run(registries, guidance=[{"type": "toy-target", "weight": 1.0}])
     with_zero = run(
         registries,
-        guidance=[{"type": "toy-target", "weight": 1.0}, {"type": "toy-target", "weight": 0.0, "seed": 9}],
+        guidance=[
+            {"type": "toy-target", "weight": 1.0},
+            {"type": "toy-target", "weight": 0.0, "seed": 9},
+        ],
     )
     assert torch.equal(alone.edited_latent, with_zero.edited_latent)
 
@@ -100,7 +105,11 @@ def test_a_space_shares_one_encoder_and_is_encoded_once_per_step(registries):
 
 
 def _grad(registries, guidance, regularizer=()):
-    editor = Editor(make_config(registries, guidance=guidance, regularizer=list(regularizer)), registries, progress=False)
+    editor = Editor(
+        make_config(registries, guidance=guidance, regularizer=list(regularizer)),
+        registries,
+        progress=False,
+    )
     editor.prepare()
     w = editor.w0.clone().requires_grad_(True)
     total = torch.stack(list(editor.losses(w).values())).sum()
@@ -123,7 +132,9 @@ def test_mixing_is_linear_in_the_weights(registries):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_latent(registries):
     guidance = [{"type": "toy-target", "weight": 1.0, "nan_after": 4}]
-    editor = Editor(make_config(registries, guidance=guidance, steps=10), registries, progress=False)
+    editor = Editor(
+        make_config(registries, guidance=guidance, steps=10), registries, progress=False
+    )
     events = []
     editor.subscribe(events.append)
     result = editor.run()
@@ -186,7 +197,9 @@ def test_learning_rate_schedule_and_events(registries):
 
 
 def test_constant_schedule(registries):
-    editor = Editor(make_config(registries, steps=5, lr=0.3, schedule="constant"), registries, progress=False)
+    editor = Editor(
+        make_config(registries, steps=5, lr=0.3, schedule="constant"), registries, progress=False
+    )
     events = []
     editor.subscribe(events.append)
     editor.run()
@@ -199,7 +212,9 @@ class TestBatches:
         assert batch.edited_latent.shape[0] == 3
         for i, seed in enumerate([3, 5, 8]):
             alone = run(registries, seed=seed, steps=8)
-            torch.testing.assert_close(batch.edited_latent[i : i + 1], alone.edited_latent, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                batch.edited_latent[i : i + 1], alone.edited_latent, rtol=1e-5, atol=1e-6
+            )
 
     def test_integer_seed_with_batch_uses_consecutive_seeds(self, registries):
         batch = run(registries, seed=10, batch=2, steps=2)
@@ -207,14 +222,19 @@ class TestBatches:
 
     def test_per_item_targets(self, registries):
         guidance = [{"type": "toy-target", "weight": 1.0, "items": 3}]
-        editor = Editor(make_config(registries, guidance=guidance, steps=4), registries, progress=False)
+        editor = Editor(
+            make_config(registries, guidance=guidance, steps=4), registries, progress=False
+        )
         result = editor.run()
         assert result.edited_latent.shape[0] == 3
         assert editor.targets["toy-target"].shape == (3, 16)
 
     def test_disagreeing_batch_sizes(self, registries):
         guidance = [{"type": "toy-target", "weight": 1.0, "items": 3}]
-        with pytest.raises(ConfigError, match=r"batch size disagrees: optimization.batch says 2, guidance.0 \(toy-target\) says 3"):
+        with pytest.raises(
+            ConfigError,
+            match=r"batch size disagrees: optimization.batch says 2, guidance.0 \(toy-target\) says 3",
+        ):
             run(registries, guidance=guidance, batch=2)
 
 
@@ -238,12 +258,22 @@ def test_start_from_a_latent_file(registries, tmp_path):
 
 
 def test_edit_from_a_toml_file_writes_every_output(registries, write_config, tmp_path):
-    path = write_config(TOY_CONFIG.replace('dir = "out"', 'dir = "out"\nsave_every = 4\ngif = true'))
+    path = write_config(
+        TOY_CONFIG.replace('dir = "out"', 'dir = "out"\nsave_every = 4\ngif = true')
+    )
     cfg = load_config(path, registries)
     result = soundguide.edit(cfg, registries=registries, progress=False)
     out = tmp_path / "out"
     assert result.ok
-    for name in ("source.png", "edited.png", "comparison.png", "latent_source.pt", "latent_edited.pt", "run.json", "trajectory.gif"):
+    for name in (
+        "source.png",
+        "edited.png",
+        "comparison.png",
+        "latent_source.pt",
+        "latent_edited.pt",
+        "run.json",
+        "trajectory.gif",
+    ):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "steps").iterdir()) == [
         f"{k:05d}.{ext}" for k in (0, 4, 8, 12) for ext in ("png", "pt")

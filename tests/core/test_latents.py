@@ -12,7 +12,13 @@ L, D = 4, 8
 
 @pytest.mark.parametrize(
     "shape, expected",
-    [((1, L, D), (1, L, D)), ((L, D), (1, L, D)), ((1, D), (1, L, D)), ((D,), (1, L, D)), ((5, L, D), (5, L, D))],
+    [
+        ((1, L, D), (1, L, D)),
+        ((L, D), (1, L, D)),
+        ((1, D), (1, L, D)),
+        ((D,), (1, L, D)),
+        ((5, L, D), (5, L, D)),
+    ],
 )
 @pytest.mark.parametrize("suffix", [".pt", ".npy"])
 def test_accepted_shapes(tmp_path, shape, expected, suffix):
@@ -33,7 +39,9 @@ def test_stack_index_and_dict(tmp_path):
     stack = torch.randn(5, L, D)
     torch.save({"latents": stack}, tmp_path / "e4e.pt")
     torch.testing.assert_close(load_latent_file(tmp_path / "e4e.pt", L, D, index=2), stack[2:3])
-    torch.testing.assert_close(load_latent_file(tmp_path / "e4e.pt", L, D, index=[0, 4]), stack[[0, 4]])
+    torch.testing.assert_close(
+        load_latent_file(tmp_path / "e4e.pt", L, D, index=[0, 4]), stack[[0, 4]]
+    )
     with pytest.raises(LatentError, match=r"latent index \[7\] out of range .* holds 5 latents"):
         load_latent_file(tmp_path / "e4e.pt", L, D, index=7)
 
@@ -41,7 +49,12 @@ def test_stack_index_and_dict(tmp_path):
 @pytest.mark.parametrize("shape", [(3, 5, D), (L, D + 1), (2, 3, 4, 5), (7,)])
 def test_wrong_shapes_name_the_shape_and_the_generator(tmp_path, shape):
     torch.save(torch.randn(shape), tmp_path / "w.pt")
-    with pytest.raises(LatentError, match=rf"has shape {tuple(shape)}.*L={L} layers of D={D}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        LatentError,
+        match=rf"has shape {tuple(shape)}.*L={L} layers of D={D}".replace("(", r"\(").replace(
+            ")", r"\)"
+        ),
+    ):
         load_latent_file(tmp_path / "w.pt", L, D)
 
 

@@ -22,7 +22,9 @@ def test_cosine_distance_shapes_scale_and_gradient():
     assert d.shape == (3,)
     torch.testing.assert_close(d, 1 - F.cosine_similarity(a, b[None].expand(3, -1)))
     paper = cosine_distance(a, b, scale=math.exp(0.07))
-    torch.testing.assert_close(paper, 1 - math.exp(0.07) * F.cosine_similarity(a, b[None].expand(3, -1)))
+    torch.testing.assert_close(
+        paper, 1 - math.exp(0.07) * F.cosine_similarity(a, b[None].expand(3, -1))
+    )
     paper.sum().backward()
     assert a.grad is not None and torch.isfinite(a.grad).all()
 

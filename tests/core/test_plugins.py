@@ -37,14 +37,19 @@ class TestRegistry:
     def test_unknown_name_lists_available_and_closest(self):
         registry = GuidanceRegistry()
         registry.add(toy_plugins.ToyGuidance)
-        with pytest.raises(UnknownPluginError, match=r"unknown guidance 'toy-targte'; available: toy-target \(did you mean 'toy-target'\?\)"):
+        with pytest.raises(
+            UnknownPluginError,
+            match=r"unknown guidance 'toy-targte'; available: toy-target \(did you mean 'toy-target'\?\)",
+        ):
             registry.get("toy-targte")
 
     def test_message_without_close_match(self):
         assert unknown_name_message("guidance", "xyz", ["audio", "text"]) == (
             "unknown guidance 'xyz'; available: audio, text"
         )
-        assert "did you mean 'audio'" in unknown_name_message("guidance", "adio", ["audio", "image", "text"])
+        assert "did you mean 'audio'" in unknown_name_message(
+            "guidance", "adio", ["audio", "image", "text"]
+        )
 
     def test_wrong_base_class_is_refused(self):
         registry = GuidanceRegistry()
@@ -74,7 +79,10 @@ class TestRegistry:
                 registry.add(Again)
             """,
         )
-        with pytest.raises(DuplicatePluginError, match=r"guidance 'toy-target' is registered twice: by plugin 'tests.toy_plugins' .* and by plugin 'dup_plugin'"):
+        with pytest.raises(
+            DuplicatePluginError,
+            match=r"guidance 'toy-target' is registered twice: by plugin 'tests.toy_plugins' .* and by plugin 'dup_plugin'",
+        ):
             load_registries(entry_points=False, plugins=[toy_plugins, dup])
 
 
@@ -176,7 +184,9 @@ class TestEntryPoints:
 
     def test_broken_plugin_is_reported_and_others_keep_working(self, site):
         write_distribution(site, "sg-echo", "sg_echo_plugin", GOOD_PLUGIN, "echo")
-        write_distribution(site, "sg-broken", "sg_broken_plugin", "raise ImportError('missing dep')\n", "broken")
+        write_distribution(
+            site, "sg-broken", "sg_broken_plugin", "raise ImportError('missing dep')\n", "broken"
+        )
         with pytest.warns(PluginLoadWarning) as caught:
             registries = load_registries()
         messages = [str(w.message) for w in caught]
@@ -188,6 +198,13 @@ class TestEntryPoints:
 
 
 def test_plugin_api_is_importable_from_the_package_root():
-    for name in ("hookimpl", "Generator", "Guidance", "Regularizer", "GuidanceConfig", "ConfigPath"):
+    for name in (
+        "hookimpl",
+        "Generator",
+        "Guidance",
+        "Regularizer",
+        "GuidanceConfig",
+        "ConfigPath",
+    ):
         assert hasattr(soundguide, name)
     assert isinstance(Literal, object)

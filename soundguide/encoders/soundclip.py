@@ -1,0 +1,440 @@
+"""SoundCLIP: the mel front end of the original code and its ResNet18 audio encoder.
+
+The front end reproduces, in torch and on any device, the preprocessing the
+released encoder was trained and used with (librosa 0.8 + OpenCV):
+
+1. waveform at 44.1 kHz, mono (see :mod:`soundguide.encoders.audio`);
+2. mel power spectrogram: n_fft 2048, hop 512, periodic Hann window, centred
+   frames with *reflect* padding (librosa 0.8's default; 0.10 changed it to
+   zeros), 128 Slaney mel bands with Slaney area normalization, 0 Hz to sr/2,
+   power 2;
+3. ``power_to_db(S, ref=max, top_db=80) / 80 + 1``, per item, so values lie in [0, 1];
+4. time axis to exactly 864 frames: longer clips are cropped (:data:`CropPolicy`),
+   shorter ones zero-padded at the end (0 is the -80 dB floor);
+5. ``cv2.resize(S, (128, 512))``, bilinear with half-pixel centres and no
+   antialiasing (OpenCV's dsize is (width, height): 128 x 864 becomes 512 x 128),
+   then a plain *reshape* (not a transpose) to (1, 128, 512).
+
+Shapes: waveform (B, T) -> spectrogram (B, 128, F) with F = 1 + T // 512 ->
+encoder input (B, 1, 128, 512) -> embedding (B, 512).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from soundguide.core.checkpoints import KnownWeights, load_checkpoint
+from soundguide.core.errors import AudioError, CheckpointError
+
+SAMPLE_RATE = 44100
+N_FFT = 2048
+HOP_LENGTH = 512
+N_MELS = 128
+TOP_DB = 80.0
+AMIN = 1e-10
+NUM_FRAMES = 864
+"""Frames per encoder input: 864 * 512 / 44100 = 10.03 s of audio."""
+INPUT_SHAPE = (1, 128, 512)
+EMBED_DIM = 512
+
+CropPolicy = Literal["start", "center", "random"]
+"""Where a clip longer than 864 frames is cut: at the start (deterministic, the
+default), in the centre, or at a random offset (what the original code did;
+pass a ``torch.Generator`` for reproducibility). Whole-clip coverage is
+:meth:`SoundCLIPFrontend.windows`."""
+
+RESNET18_57 = KnownWeights(
+    name="soundclip-resnet18-57",
+    url="https://kr.object.ncloudstorage.com/cvpr2022/resnet18_57.pth",
+    filename="resnet18_57.pth",
+    license="CC BY-NC-SA 4.0",
+    description="SoundCLIP ResNet18 audio encoder of Lee et al., CVPR 2022 (the released weights)",
+)
+"""The paper's released audio encoder (no published checksum: pinned on first download)."""
+
+
+# -- the math -------------------------------------------------------------------------
+
+
+def reflect_pad(wave: torch.Tensor, pad: int) -> torch.Tensor:
+    """Reflect-pad the last axis like ``numpy.pad(mode="reflect")``, for any length.
+
+    ``torch``'s reflect padding needs ``pad < T``; numpy (and so librosa) keeps
+    reflecting back and forth when the signal is shorter than the pad, and
+    repeats the single sample of a length-1 signal. This does the same, so
+    clips shorter than one FFT window match the original code too.
+
+    Input: (..., T), T >= 1. Output: (..., T + 2 * pad).
+    """
+    length = wave.shape[-1]
+    if pad == 0:
+        return wave
+    if length > pad:
+        shape = wave.shape
+        padded = F.pad(wave.reshape(-1, 1, length), (pad, pad), mode="reflect")
+        return padded.reshape(*shape[:-1], length + 2 * pad)
+    if length == 1:
+        return wave.expand(*wave.shape[:-1], 1 + 2 * pad)
+    period = 2 * (length - 1)
+    index = torch.arange(-pad, length + pad, device=wave.device).remainder(period)
+    index = torch.where(index >= length, period - index, index)
+    return wave[..., index]
+
+
+def power_to_unit_db(power: torch.Tensor, top_db: float = TOP_DB) -> torch.Tensor:
+    """``librosa.power_to_db(S, ref=np.max, top_db=80) / 80 + 1``, per batch item.
+
+    Input: (B, M, F) power. Output: (B, M, F) in [0, 1]; the loudest bin is 1.
+    """
+    db = 10.0 * torch.log10(power.clamp(min=AMIN))
+    ref = power.amax(dim=(-2, -1), keepdim=True).clamp(min=AMIN)
+    db = db - 10.0 * torch.log10(ref)
+    db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - top_db)
+    return db / top_db + 1.0
+
+
+def fit_frames(
+    spec: torch.Tensor, starts: Iterable[int] | None = None, num_frames: int = NUM_FRAMES
+) -> torch.Tensor:
+    """Crop (at per-item ``starts``) or zero-pad at the end to ``num_frames`` frames.
+
+    Input: (B, M, F). Output: (B, M, num_frames).
+    """
+    frames = spec.shape[-1]
+    if frames < num_frames:
+        return F.pad(spec, (0, num_frames - frames))
+    starts = [0] * spec.shape[0] if starts is None else list(starts)
+    if all(s == starts[0] for s in starts):
+        return spec[..., starts[0] : starts[0] + num_frames]
+    return torch.stack([s[..., j : j + num_frames] for s, j in zip(spec, starts, strict=True)])
+
+
+def spectrogram_to_input(spec: torch.Tensor) -> torch.Tensor:
+    """``cv2.resize(S, (128, 512))`` then ``reshape(1, 128, 512)``, batched.
+
+    OpenCV's INTER_LINEAR on float arrays is separable bilinear interpolation
+    with half-pixel centres, edge clamping and no antialiasing, which is
+    ``F.interpolate(mode="bilinear", align_corners=False, antialias=False)``.
+
+    Input: (B, 128, 864). Output: (B, 1, 128, 512).
+    """
+    batch = spec.shape[0]
+    resized = F.interpolate(
+        spec.unsqueeze(1), size=(512, 128), mode="bilinear", align_corners=False, antialias=False
+    )
+    return resized.reshape(batch, *INPUT_SHAPE)
+
+
+def window_starts(num_frames: int, hop_frames: int = NUM_FRAMES) -> list[int]:
+    """Start frames of the 864-frame windows covering a spectrogram.
+
+    Windows start every ``hop_frames`` (non-overlapping by default); when the
+    last one stops short of the end, one more window ending exactly at the end
+    is added, so every frame is covered and no window is padded. A spectrogram
+    of at most 864 frames has the single window ``[0]`` (zero-padded).
+    """
+    if hop_frames < 1:
+        raise AudioError(f"hop_frames must be >= 1, got {hop_frames}")
+    if num_frames <= NUM_FRAMES:
+        return [0]
+    starts = list(range(0, num_frames - NUM_FRAMES + 1, hop_frames))
+    if starts[-1] + NUM_FRAMES < num_frames:
+        starts.append(num_frames - NUM_FRAMES)
+    return starts
+
+
+class SoundCLIPFrontend(nn.Module):
+    """Waveform at 44.1 kHz to the SoundCLIP encoder input, as the original code computes it.
+
+    Input: (B, T) or (T,) float waveform at 44.1 kHz, any T >= 1, computed in the
+    dtype of the module's buffers (float32 unless moved with ``.to(dtype)``).
+    Output: (B, 1, 128, 512) in [0, 1].
+
+    The Hann window and the mel filter bank are buffers of the inner
+    ``torchaudio`` MelSpectrogram, so ``.to(device)`` moves them. Frames are
+    centred by padding with :func:`reflect_pad` (numpy semantics, so inputs
+    shorter than half a window work and match librosa) and analysed uncentred.
+
+    Args:
+        crop: default :data:`CropPolicy` for clips longer than 864 frames.
+    """
+
+    def __init__(self, crop: CropPolicy = "start") -> None:
+        super().__init__()
+        import torchaudio
+
+        _check_crop(crop, windows=False)
+        self.crop = crop
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE,
+            n_fft=N_FFT,
+            win_length=N_FFT,
+            hop_length=HOP_LENGTH,
+            f_min=0.0,
+            f_max=SAMPLE_RATE / 2,
+            n_mels=N_MELS,
+            window_fn=torch.hann_window,
+            power=2.0,
+            normalized=False,
+            center=False,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+
+    @staticmethod
+    def num_frames(num_samples: int) -> int:
+        """Spectrogram frames for a waveform of ``num_samples`` samples: 1 + T // 512."""
+        return 1 + num_samples // HOP_LENGTH
+
+    def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        """Steps 2 and 3: normalized log-mel spectrogram of the whole clip.
+
+        Input: (B, T) or (T,). Output: (B, 128, 1 + T // 512) in [0, 1].
+        """
+        wave = _check_batch(wave).to(self.mel.spectrogram.window.dtype)
+        padded = reflect_pad(wave, N_FFT // 2)
+        return power_to_unit_db(self.mel(padded))
+
+    def forward(
+        self,
+        wave: torch.Tensor,
+        *,
+        crop: CropPolicy | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Input: (B, T) or (T,). Output: (B, 1, 128, 512).
+
+        ``crop`` overrides the default policy; ``generator`` seeds ``"random"``
+        (one offset per batch item, drawn on the generator's device).
+        """
+        crop = self.crop if crop is None else crop
+        _check_crop(crop, windows=False)
+        spec = self.spectrogram(wave)
+        starts = crop_starts(spec.shape[-1], spec.shape[0], crop, generator=generator)
+        return spectrogram_to_input(fit_frames(spec, starts))
+
+    def windows(self, wave: torch.Tensor, *, hop_frames: int = NUM_FRAMES) -> torch.Tensor:
+        """Every 864-frame window of the clip (see :func:`window_starts`).
+
+        Input: (B, T) or (T,). Output: (B, W, 1, 128, 512), W = ``len(window_starts(F, hop_frames))``.
+        All windows share the whole clip's dB reference, as a crop does.
+        """
+        spec = self.spectrogram(wave)
+        starts = window_starts(spec.shape[-1], hop_frames)
+        crops = [spectrogram_to_input(fit_frames(spec, [s] * spec.shape[0])) for s in starts]
+        return torch.stack(crops, dim=1)
+
+
+def crop_starts(
+    num_frames: int,
+    batch: int,
+    crop: CropPolicy,
+    *,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Start frame per batch item for ``crop`` on a spectrogram of ``num_frames`` frames."""
+    excess = num_frames - NUM_FRAMES
+    if excess <= 0 or crop == "start":
+        return [0] * batch
+    if crop == "center":
+        return [excess // 2] * batch
+    device = generator.device if generator is not None else "cpu"
+    drawn = torch.randint(0, excess + 1, (batch,), generator=generator, device=device)
+    return [int(j) for j in drawn.tolist()]
+
+
+def _check_crop(crop: str, *, windows: bool) -> None:
+    allowed = ("start", "center", "random", "windows") if windows else ("start", "center", "random")
+    if crop not in allowed:
+        raise AudioError(f"unknown crop policy {crop!r}; available: {', '.join(allowed)}")
+
+
+def _check_batch(wave: torch.Tensor) -> torch.Tensor:
+    if not isinstance(wave, torch.Tensor) or not wave.is_floating_point():
+        got = wave.dtype if isinstance(wave, torch.Tensor) else type(wave).__name__
+        raise AudioError(f"expected a floating-point waveform tensor, got {got}")
+    if wave.dim() == 1:
+        wave = wave.unsqueeze(0)
+    if wave.dim() != 2 or wave.shape[-1] == 0 or wave.shape[0] == 0:
+        raise AudioError(
+            f"expected a waveform of shape (B, T) or (T,) with T >= 1, got {tuple(wave.shape)}"
+        )
+    return wave
+
+
+# -- the encoder ----------------------------------------------------------------------
+
+
+class SoundCLIPEncoder(nn.Module):
+    """The SoundCLIP audio encoder: a 3x3 convolution to 3 channels, then ResNet18.
+
+    Input: (B, 1, 128, 512) from :class:`SoundCLIPFrontend`.
+    Output: (B, embed_dim) embeddings in the CLIP space, not normalized.
+    """
+
+    def __init__(self, embed_dim: int = EMBED_DIM) -> None:
+        super().__init__()
+        import torchvision
+
+        # `conv` and `feature_extractor` (a timm/torchvision ResNet18 with a
+        # 512-way `fc`) are the key names of the released checkpoint.
+        self.conv = nn.Conv2d(1, 3, kernel_size=3)
+        self.feature_extractor = torchvision.models.resnet18(weights=None, num_classes=embed_dim)
+        self.embed_dim = embed_dim
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        if spec.dim() != 4 or tuple(spec.shape[1:]) != INPUT_SHAPE:
+            raise AudioError(
+                f"SoundCLIP expects spectrograms of shape (B, 1, 128, 512), got {tuple(spec.shape)}"
+            )
+        return self.feature_extractor(self.conv(spec))
+
+
+def soundclip_state_dict(obj: Any, source: str = "<state dict>") -> dict[str, torch.Tensor]:
+    """The encoder's state dict inside a loaded checkpoint.
+
+    Unwraps ``{"state_dict": ...}``, ``{"model": ...}`` (and similar) containers
+    and strips a ``module.`` prefix (DataParallel / DDP). Raises
+    :class:`CheckpointError` when no tensor mapping is found.
+    """
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    for _ in range(3):
+        if not isinstance(obj, Mapping):
+            break
+        inner = next(
+            (
+                obj[key]
+                for key in ("state_dict", "model_state_dict", "model", "audio_encoder", "net")
+                if isinstance(obj.get(key), Mapping | nn.Module)
+            ),
+            None,
+        )
+        if inner is None:
+            break
+        obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"checkpoint {source} holds no state dict (got {type(obj).__name__})")
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} is not a state dict: {_names(bad)} are not tensors"
+        )
+    state = {str(k): v for k, v in obj.items()}
+    for prefix in ("module.", "audio_encoder.", "encoder."):
+        while state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def load_soundclip(
+    path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    trust: bool = False,
+    map_location: Any = "cpu",
+) -> SoundCLIPEncoder:
+    """Build a :class:`SoundCLIPEncoder` from a checkpoint file or a state dict.
+
+    Files are read with :func:`soundguide.core.checkpoints.load_checkpoint`
+    (no pickled code unless ``trust``). Loading is strict: a checkpoint with
+    missing, unexpected or wrongly shaped keys raises one
+    :class:`CheckpointError` line naming them. The embedding size follows
+    ``feature_extractor.fc``. Returns the encoder in eval mode.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source, obj = "<state dict>", path_or_state_dict
+    else:
+        source = str(Path(path_or_state_dict).expanduser())
+        obj = load_checkpoint(source, trust=trust, map_location=map_location)
+    state = soundclip_state_dict(obj, source)
+    fc = state.get("feature_extractor.fc.weight")
+    embed_dim = fc.shape[0] if isinstance(fc, torch.Tensor) and fc.dim() == 2 else EMBED_DIM
+    model = SoundCLIPEncoder(embed_dim=embed_dim)
+    expected = model.state_dict()
+    # Counters of batch-norm updates do not affect eval; older exports drop them.
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_names(unexpected)}")
+        if mismatched:
+            parts.append(f"wrong shapes (checkpoint vs model) {_names(mismatched)}")
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the SoundCLIP ResNet18 encoder: " + "; ".join(parts),
+            hint="expected the keys of resnet18_57.pth (conv.*, feature_extractor.*)",
+        )
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _names(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return f"{shown} (+{len(items) - limit} more)" if len(items) > limit else shown
+
+
+# -- embedding audio -------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed_audio(
+    encoder: SoundCLIPEncoder,
+    audio: str | os.PathLike[str] | torch.Tensor | np.ndarray,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    frontend: SoundCLIPFrontend | None = None,
+    crop: CropPolicy | Literal["windows"] = "start",
+    generator: torch.Generator | None = None,
+    hop_frames: int = NUM_FRAMES,
+    max_seconds: float = 600.0,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Embed one clip: a file path, or a waveform (T,) / (C, T) at ``sample_rate``.
+
+    Files go through :func:`~soundguide.encoders.audio.load_audio`, arrays
+    through :func:`~soundguide.encoders.audio.prepare_waveform` (checked, mono,
+    resampled to 44.1 kHz). With ``crop="windows"`` every window of
+    :meth:`SoundCLIPFrontend.windows` is embedded (``batch_size`` at a time) and
+    the result is the mean of the L2-normalized window embeddings; otherwise a
+    single 864-frame crop is embedded and returned unnormalized.
+
+    Output: (embed_dim,) float32 on the encoder's device, without gradient.
+    """
+    from soundguide.encoders.audio import load_audio, prepare_waveform
+
+    _check_crop(crop, windows=True)
+    if isinstance(audio, str | os.PathLike):
+        wave = load_audio(audio, SAMPLE_RATE, max_seconds=max_seconds)
+    else:
+        wave = prepare_waveform(audio, sample_rate, SAMPLE_RATE, name="audio waveform")
+    param = next(encoder.parameters())
+    if frontend is None:
+        frontend = SoundCLIPFrontend()
+    frontend = frontend.to(param.device)
+    wave = wave.to(param.device)
+    if crop == "windows":
+        specs = frontend.windows(wave, hop_frames=hop_frames)[0]
+        embeddings = torch.cat(
+            [encoder(chunk.to(param.dtype)) for chunk in specs.split(batch_size)]
+        ).float()
+        return F.normalize(embeddings, dim=-1).mean(dim=0)
+    spec = frontend(wave, crop=crop, generator=generator)
+    return encoder(spec.to(param.dtype))[0].float()

@@ -1,0 +1,1 @@
+"""Image generators: ``nn.Module``s that know nothing about plugins."""

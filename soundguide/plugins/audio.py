@@ -1,0 +1,103 @@
+"""Guidance ``audio``: pull the image towards the SoundCLIP embedding of a sound.
+
+SoundCLIP encodes audio into CLIP ViT-B/32's image-text space, so an audio
+source mixes with text and image sources by weight. The embedding is computed
+once per run (and cached on disk by the file's content and the settings).
+A list of paths gives one target per batch item.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+import soundguide
+from soundguide import ConfigPath, WeightsRef
+from soundguide.plugins.clip_space import CLIPGuidance, CLIPGuidanceConfig
+
+
+class AudioGuidance(CLIPGuidance):
+    class Config(CLIPGuidanceConfig):
+        type: Literal["audio"] = "audio"
+        path: ConfigPath | list[ConfigPath] = Field(
+            description="An audio file (WAV, FLAC, OGG, MP3...), or a list: one per batch item."
+        )
+        encoder: WeightsRef = Field(
+            "soundclip-resnet18-57",
+            description="SoundCLIP weights: a known-weights name or a checkpoint file.",
+        )
+        crop: Literal["start", "center", "random", "windows"] = Field(
+            "start",
+            description="Which 10 s of a longer clip: start, center, random (seeded) or "
+            "windows (all windows, embeddings averaged).",
+        )
+        crop_seed: int = Field(0, description="Seed of the random crop.")
+        max_seconds: float = Field(600.0, gt=0, description="Longer files are refused.")
+
+    config: Config
+
+    def __init__(self, config: Config, context) -> None:
+        super().__init__(config, context)
+        from soundguide.core.errors import AudioError
+
+        for path in self.paths:
+            if not path.is_file():
+                what = "is a directory" if path.is_dir() else "does not exist"
+                raise AudioError(f"audio source {path} {what}")
+
+    @property
+    def paths(self) -> list[Path]:
+        p = self.config.path
+        return list(p) if isinstance(p, list) else [p]
+
+    @property
+    def num_items(self) -> int | None:
+        return len(self.paths) if isinstance(self.config.path, list) else None
+
+    def encoder_path(self) -> Path:
+        return self.context.resolve_weights(self.config.encoder)
+
+    def target(self, encoder) -> torch.Tensor:
+        from soundguide.core.files import sha256_file
+
+        c = self.config
+        weights = self.encoder_path()
+        key = {
+            "audio": [sha256_file(p) for p in self.paths],
+            "encoder": sha256_file(weights),
+            "crop": c.crop,
+            "crop_seed": c.crop_seed if c.crop == "random" else None,
+        }
+        target = self.context.cached_tensor("audio_targets", key, lambda: self._embed(weights))
+        return target if isinstance(c.path, list) else target[0]
+
+    def _embed(self, weights: Path) -> torch.Tensor:
+        from soundguide.encoders.soundclip import embed_audio, load_soundclip
+
+        c = self.config
+        model = load_soundclip(weights, trust=self.context.trust_checkpoint).to(self.context.device)
+        generator = torch.Generator().manual_seed(c.crop_seed)
+        return torch.stack(
+            [
+                embed_audio(model, p, crop=c.crop, generator=generator, max_seconds=c.max_seconds)
+                for p in self.paths
+            ]
+        )
+
+    def files(self) -> list[Path]:
+        return [*self.paths, self.encoder_path()]
+
+
+@soundguide.hookimpl
+def register_guidances(registry):
+    registry.add(AudioGuidance)
+
+
+@soundguide.hookimpl
+def register_weights(registry):
+    from soundguide.encoders.soundclip import RESNET18_57
+
+    registry.add(RESNET18_57)

@@ -1,0 +1,190 @@
+"""Generator ``stylegan2``: rosinality-format StyleGAN2 checkpoints, with presets.
+
+``preset`` picks a known model (and its known-weights entry); ``checkpoint``
+points at a local file instead. The mean latent (4096 mapping passes, seeded)
+is computed once per checkpoint and cached under ``$SOUNDGUIDE_HOME/cache``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+import soundguide
+from soundguide import ConfigPath, Generator, GeneratorConfig, KnownWeights
+
+
+@dataclass(frozen=True)
+class Preset:
+    size: int
+    channel_multiplier: int
+    weights: str
+    content_box: tuple[int, int, int, int] | None = None
+
+
+_NVIDIA = "http://d36zk2xti64re0.cloudfront.net/stylegan2/networks"
+_CONVERT = (
+    "convert NVIDIA's {pkl} ({url}/{pkl}) with rosinality's stylegan2-pytorch "
+    "convert_weight.py and put the .pt file there, or set checkpoint = 'path/to/file.pt'"
+)
+
+PRESETS: dict[str, Preset] = {
+    "ffhq": Preset(1024, 2, "stylegan2-ffhq"),
+    "landscape": Preset(256, 2, "stylegan2-landscape"),
+    "lsun-church": Preset(256, 2, "stylegan2-lsun-church"),
+    # LSUN cars are 512x384 pictures centred in the 512x512 output
+    "lsun-car": Preset(512, 2, "stylegan2-lsun-car", content_box=(64, 0, 384, 512)),
+    "lsun-cat": Preset(256, 2, "stylegan2-lsun-cat"),
+    "lsun-horse": Preset(256, 2, "stylegan2-lsun-horse"),
+}
+
+KNOWN_WEIGHTS = [
+    KnownWeights(
+        "stylegan2-ffhq",
+        "https://drive.usercontent.google.com/download?id=1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT"
+        "&export=download&confirm=t",
+        "stylegan2-ffhq-config-f.pt",
+        "Nvidia Source Code License-NC",
+        "FFHQ 1024 px, config-f, rosinality's conversion of NVIDIA's model",
+    ),
+    KnownWeights(
+        "stylegan2-landscape",
+        "https://kr.object.ncloudstorage.com/cvpr2022/landscape.pt",
+        "landscape.pt",
+        "CC BY-NC-SA 4.0",
+        "the paper's 256 px landscape model (Lee et al., CVPR 2022)",
+    ),
+]
+for _name, _pkl in [
+    ("church", "stylegan2-church-config-f.pkl"),
+    ("car", "stylegan2-car-config-f.pkl"),
+    ("cat", "stylegan2-cat-config-f.pkl"),
+    ("horse", "stylegan2-horse-config-f.pkl"),
+]:
+    KNOWN_WEIGHTS.append(
+        KnownWeights(
+            f"stylegan2-lsun-{_name}",
+            None,
+            _pkl.replace(".pkl", ".pt"),
+            "Nvidia Source Code License-NC",
+            _CONVERT.format(pkl=_pkl, url=_NVIDIA),
+        )
+    )
+
+
+class StyleGAN2(Generator):
+    """A rosinality-format StyleGAN2 generator editing in W+ (L = 2 log2(size) - 2)."""
+
+    class Config(GeneratorConfig):
+        type: Literal["stylegan2"] = "stylegan2"
+        preset: (
+            Literal["ffhq", "landscape", "lsun-church", "lsun-car", "lsun-cat", "lsun-horse"] | None
+        ) = Field(None, description="A known model; its weights are downloaded on first use.")
+        checkpoint: ConfigPath | None = Field(
+            None,
+            description="A local rosinality-format checkpoint (overrides the preset's weights).",
+        )
+        size: int | None = Field(None, description="Checked against the checkpoint when given.")
+        channel_multiplier: int | None = Field(None, ge=1)
+        mean_samples: int = Field(4096, ge=1, description="Mapping passes for the mean latent.")
+        mean_seed: int = Field(0, description="Seed of the mean-latent samples.")
+        precision: Literal["fp32", "bf16"] = Field(
+            "fp32",
+            description="bf16 runs the network under bfloat16 autocast (faster, less exact).",
+        )
+        channels_last: bool = Field(False, description="channels-last memory format.")
+
+        @model_validator(mode="after")
+        def _needs_weights(self):
+            if self.preset is None and self.checkpoint is None:
+                raise ValueError("set preset (e.g. 'landscape') or checkpoint = 'file.pt'")
+            return self
+
+    config: Config
+
+    def __init__(self, config: Config, context) -> None:
+        super().__init__(config, context)
+        from soundguide.core.files import sha256_file
+        from soundguide.generators.stylegan2 import load_stylegan2
+
+        preset = PRESETS.get(config.preset) if config.preset else None
+        if config.checkpoint is not None:
+            path = context.resolve_weights(config.checkpoint)
+        else:
+            assert preset is not None
+            path = context.resolve_weights(preset.weights)
+        size = config.size if config.size is not None else (preset.size if preset else None)
+        cm = config.channel_multiplier
+        if cm is None and preset is not None and config.checkpoint is None:
+            cm = preset.channel_multiplier
+        self.path = Path(path)
+        self.model = load_stylegan2(
+            self.path, size=size, channel_multiplier=cm, trust=context.trust_checkpoint
+        ).to(context.device)
+        self.model.channels_last = config.channels_last
+        self._box = preset.content_box if preset is not None else None
+        self._sha256 = sha256_file(self.path)
+        self._mean: torch.Tensor | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.style_dim
+
+    @property
+    def resolution(self) -> int:
+        return self.model.size
+
+    @property
+    def content_box(self):
+        return self._box
+
+    def _mean_w(self) -> torch.Tensor:
+        """(1, D) mean of the mapping network's outputs, cached per checkpoint."""
+        if self._mean is None:
+            c = self.config
+            key = {"checkpoint": self._sha256, "samples": c.mean_samples, "seed": c.mean_seed}
+            self._mean = self.context.cached_tensor("mean_latent", key, self._compute_mean)
+        return self._mean
+
+    def _compute_mean(self) -> torch.Tensor:
+        # z on the CPU, so the mean is the same whichever device computes it
+        c = self.config
+        g = torch.Generator().manual_seed(c.mean_seed)
+        z = torch.randn(c.mean_samples, self.latent_dim, generator=g).to(self.context.device)
+        with torch.no_grad():
+            return self.model.mapping(z).mean(0, keepdim=True)
+
+    def mean_latent(self) -> torch.Tensor:
+        return self._mean_w()[:, None, :].expand(1, self.num_layers, -1).clone()
+
+    def sample_latent(self, n, truncation, generator=None):
+        # z is drawn on the CPU so a seed gives the same start on every device
+        z = torch.randn(n, self.latent_dim, generator=generator).to(self.context.device)
+        with torch.no_grad():
+            w = self.model.truncate(self.model.mapping(z), truncation, self._mean_w())
+        return w[:, None, :].expand(n, self.num_layers, -1).clone()
+
+    def synthesize(self, latent):
+        return self.model.synthesize(latent, precision=self.config.precision)
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+
+@soundguide.hookimpl
+def register_generators(registry):
+    registry.add(StyleGAN2)
+
+
+@soundguide.hookimpl
+def register_weights(registry):
+    for entry in KNOWN_WEIGHTS:
+        registry.add(entry)
