@@ -57,13 +57,24 @@ def _registries(ctx: click.Context):
     return obj["registries"]
 
 
-set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override a config value (repeatable), e.g. --set optimization.steps=100.",
-)
+def set_option(func):
+    func = click.option(
+        "--preset",
+        type=click.Choice(["paper"]),
+        default=None,
+        help="Run preset: 'paper' reproduces the original code's settings (see the README).",
+    )(func)
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override a config value (repeatable), e.g. --set optimization.steps=100.",
+    )(func)
+
+
+def _overrides(overrides: tuple[str, ...], preset: str | None) -> list[str]:
+    return ([f'optimization.preset="{preset}"'] if preset else []) + list(overrides)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,6 +109,7 @@ def edit(
     ctx: click.Context,
     config: Path,
     overrides: tuple[str, ...],
+    preset: str | None,
     out: Path | None,
     overwrite: bool,
     device: str,
@@ -109,7 +121,7 @@ def edit(
     from soundguide.core.config import load_config
 
     registries = _registries(ctx)
-    run_config = load_config(config, registries, overrides)
+    run_config = load_config(config, registries, _overrides(overrides, preset))
     folder = out if out is not None else run_config.output.dir
     result = run_edit(
         run_config,
@@ -161,11 +173,13 @@ def config() -> None:
 @set_option
 @plugin_option
 @click.pass_context
-def config_check(ctx: click.Context, path: Path, overrides: tuple[str, ...]) -> None:
+def config_check(
+    ctx: click.Context, path: Path, overrides: tuple[str, ...], preset: str | None
+) -> None:
     """Validate a run config without running it."""
     from soundguide.core.config import load_config
 
-    cfg = load_config(path, _registries(ctx), overrides)
+    cfg = load_config(path, _registries(ctx), _overrides(overrides, preset))
     sources = ", ".join(f"{g.type}@{g.weight:g}" for g in cfg.guidance)
     regs = ", ".join(f"{r.type}@{r.weight:g}" for r in cfg.regularizer) or "none"
     click.echo(
@@ -179,11 +193,13 @@ def config_check(ctx: click.Context, path: Path, overrides: tuple[str, ...]) -> 
 @set_option
 @plugin_option
 @click.pass_context
-def config_show(ctx: click.Context, path: Path, overrides: tuple[str, ...]) -> None:
+def config_show(
+    ctx: click.Context, path: Path, overrides: tuple[str, ...], preset: str | None
+) -> None:
     """Print the resolved config (defaults filled in, paths absolute) as JSON."""
     from soundguide.core.config import load_config
 
-    cfg = load_config(path, _registries(ctx), overrides)
+    cfg = load_config(path, _registries(ctx), _overrides(overrides, preset))
     click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
 

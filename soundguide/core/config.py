@@ -11,17 +11,23 @@ its location, e.g. ``guidance.1.wieght: extra inputs are not permitted``
 
 from __future__ import annotations
 
+import copy
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import tomllib
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from soundguide.core.errors import ConfigError
 from soundguide.core.interfaces import ConfigPath, PluginConfig, StrictModel
 from soundguide.core.registry import Registries, Registry, unknown_name_message
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 PLUGIN_SECTIONS: dict[str, str] = {
     "generator": "generators",
@@ -31,7 +37,30 @@ PLUGIN_SECTIONS: dict[str, str] = {
 """Config section -> attribute of :class:`Registries`. ``generator`` is one table, the others lists."""
 
 
+RUN_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "optimization": {
+            "lr": 0.1,
+            "schedule": "cosine",
+            "rampup": 0.05,
+            "rampdown": 0.25,
+            "mode": "edit",
+            "truncation": 0.7,
+        },
+        # the original code always adds lambda * sum((w0 - w)^2) in edit mode
+        "regularizer": [{"type": "latent_l2"}],
+    }
+}
+"""Run presets: defaults for [optimization] and required terms. Each plugin adds its
+own defaults for a preset in its ``presets`` class attribute. Values written in
+the config (or with --set) always win."""
+
+
 class OptimizationConfig(StrictModel):
+    preset: Literal["paper"] | None = Field(
+        None,
+        description="'paper': the original code's settings as defaults (see the README).",
+    )
     steps: int = Field(300, ge=0, description="Number of optimizer updates.")
     lr: float = Field(0.1, gt=0, allow_inf_nan=False, description="Peak learning rate of Adam.")
     schedule: Literal["cosine", "constant"] = Field(
@@ -236,6 +265,38 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
+def apply_preset(data: dict[str, Any], registries: Registries) -> dict[str, Any]:
+    """Fill in the defaults of ``optimization.preset`` where the config is silent."""
+    optimization = data.get("optimization")
+    name = optimization.get("preset") if isinstance(optimization, dict) else None
+    if name not in RUN_PRESETS:
+        return data  # no preset, or an unknown one that validation reports
+    preset = RUN_PRESETS[name]
+    for key, value in preset["optimization"].items():
+        optimization.setdefault(key, value)
+    regularizers = data.setdefault("regularizer", [])
+    if isinstance(regularizers, list):
+        present = {r.get("type") for r in regularizers if isinstance(r, dict)}
+        for required in preset["regularizer"]:
+            if required["type"] not in present and required["type"] in registries.regularizers:
+                regularizers.append(dict(required))
+    for section, attr in PLUGIN_SECTIONS.items():
+        registry: Registry = getattr(registries, attr)
+        entries = data.get(section)
+        entries = [entries] if section == "generator" else entries
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("type") not in registry:
+                continue
+            cls = registry.get(entry["type"])
+            fields = cls.Config.model_fields
+            for key, value in getattr(cls, "presets", {}).get(name, {}).items():
+                if key in fields:
+                    entry.setdefault(key, value)
+    return data
+
+
 def config_from_dict(
     data: Mapping[str, Any],
     registries: Registries,
@@ -249,6 +310,7 @@ def config_from_dict(
     problems = _check_plugin_types(data, registries)
     if problems:
         _raise_config_error(source, problems)
+    data = apply_preset(copy.deepcopy(dict(data)), registries)
     model = run_config_model(registries)
     context = {"base_dir": Path(base_dir).resolve() if base_dir is not None else None}
     try:

@@ -148,6 +148,8 @@ class Generator(abc.ABC):
     """Owns a latent space of shape (L, D) and makes images from it."""
 
     Config: ClassVar[type[GeneratorConfig]]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Config defaults per run preset, e.g. ``{"paper": {"loss": "paper"}}``."""
 
     def __init__(self, config: GeneratorConfig, context: RunContext) -> None:
         self.config = config
@@ -210,6 +212,8 @@ class Guidance(abc.ABC):
     """A target in some embedding space and how far an image is from it."""
 
     Config: ClassVar[type[GuidanceConfig]]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Config defaults per run preset, e.g. ``{"paper": {"loss": "paper"}}``."""
 
     def __init__(self, config: GuidanceConfig, context: RunContext) -> None:
         self.config = config
@@ -255,6 +259,8 @@ class Regularizer(abc.ABC):
     """A penalty that keeps the edit close to its source."""
 
     Config: ClassVar[type[RegularizerConfig]]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Config defaults per run preset, e.g. ``{"paper": {"loss": "paper"}}``."""
     needs_image: ClassVar[bool] = False
     """True when :meth:`loss` uses the images (the engine passes None otherwise)."""
 

@@ -38,6 +38,7 @@ class AudioGuidance(CLIPGuidance):
         max_seconds: float = Field(600.0, gt=0, description="Longer files are refused.")
 
     config: Config
+    presets = {"paper": {**CLIPGuidance.presets["paper"], "crop": "start"}}
 
     def __init__(self, config: Config, context) -> None:
         super().__init__(config, context)

@@ -45,6 +45,7 @@ class CLIPGuidance(Guidance):
     """Base of guidance sources compared with generator images in CLIP space."""
 
     config: CLIPGuidanceConfig
+    presets = {"paper": {"clip_preprocess": "paper", "loss": "paper", "clip_dtype": "float32"}}
 
     @property
     def space(self) -> str:

@@ -27,6 +27,7 @@ class LatentL2(Regularizer):
         )
 
     config: Config
+    presets = {"paper": {"weight": 0.002}}
 
     def setup(self, w0: torch.Tensor, image0: torch.Tensor | None) -> None:
         from soundguide.core.losses import AdaptiveLayerWeights
