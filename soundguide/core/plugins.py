@@ -32,6 +32,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.text",
     "soundguide.plugins.image",
     "soundguide.plugins.latent_l2",
+    "soundguide.plugins.identity",
 )
 """Modules of the built-in plugins, registered like any third-party plugin."""
 

@@ -1,0 +1,271 @@
+"""ArcFace IR-SE50: the face-recognition network behind the identity regularizer.
+
+The architecture is TreB1eN's InsightFace_Pytorch ``Backbone(input_size=112,
+num_layers=50, mode="ir_se", drop_ratio=0.6)``, the one pSp, e4e, StyleCLIP and
+the paper's original code load ``model_ir_se50.pth`` into:
+
+- ``input_layer``: 3x3 convolution 3 -> 64, batch norm, PReLU;
+- ``body``: 24 improved-residual units with squeeze-and-excitation, in stages of
+  3, 4, 14 and 3 units of 64, 128, 256 and 512 channels; each stage's first
+  unit has stride 2 (112 -> 56 -> 28 -> 14 -> 7 px);
+- ``output_layer``: batch norm, dropout, flatten, linear 512*7*7 -> 512, batch norm;
+- the output is L2-normalized.
+
+The face crop (:func:`face_crop`) is the one of the original code's ID loss,
+tuned to aligned FFHQ faces at 256 px: pool to 256x256 if needed, keep rows
+35:223 and columns 32:220, pool to 112x112. It means nothing for other domains.
+
+Shapes: image (n, 3, H, W) in [-1, 1] -> crop (n, 3, 112, 112) -> embedding (n, 512).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from soundguide.core.checkpoints import KnownWeights, load_checkpoint
+from soundguide.core.errors import CheckpointError, ImageError
+
+INPUT_SIZE = 112
+EMBED_DIM = 512
+ALIGNED_SIZE = 256
+"""The original code pools every image to this size before cropping."""
+CROP_ROWS = (35, 223)
+CROP_COLS = (32, 220)
+IR_SE50_STAGES: tuple[tuple[int, int], ...] = ((64, 3), (128, 4), (256, 14), (512, 3))
+"""(channels, units) per stage of IR-SE50."""
+SE_REDUCTION = 16
+
+ARCFACE_IR_SE50 = KnownWeights(
+    name="arcface-ir-se50",
+    url="https://drive.usercontent.google.com/download?id=1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn"
+    "&export=download&confirm=t",
+    filename="model_ir_se50.pth",
+    license="MIT",
+    description="ArcFace IR-SE50 face recognition (TreB1eN/InsightFace_Pytorch), "
+    "the model_ir_se50.pth linked from the pSp README",
+)
+"""The IR-SE50 weights pSp, e4e and StyleCLIP use for their ID loss (no published
+checksum: pinned on first download)."""
+
+
+# -- the network ----------------------------------------------------------------------
+# Attribute names (input_layer, body, output_layer, shortcut_layer, res_layer,
+# fc1, fc2) and the Sequential indices are the key names of model_ir_se50.pth.
+
+
+class SEModule(nn.Module):
+    """Squeeze-and-excitation: scale channels by a gate computed from their means.
+
+    Input: (n, C, H, W). Output: (n, C, H, W).
+    """
+
+    def __init__(self, channels: int, reduction: int = SE_REDUCTION) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, bias=False)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+        return x * gate
+
+
+class BottleneckIRSE(nn.Module):
+    """One improved-residual unit with squeeze-and-excitation (``bottleneck_IR_SE``).
+
+    The residual branch is BN, 3x3 conv, PReLU, 3x3 conv (with the stride), BN, SE.
+    The shortcut subsamples (1x1 max-pool) when the channels stay, and is a
+    strided 1x1 convolution + BN when they change.
+
+    Input: (n, in_channels, H, W). Output: (n, depth, H / stride, W / stride).
+    """
+
+    def __init__(self, in_channels: int, depth: int, stride: int) -> None:
+        super().__init__()
+        if in_channels == depth:
+            self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
+        else:
+            self.shortcut_layer = nn.Sequential(
+                nn.Conv2d(in_channels, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)
+            )
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_channels),
+            nn.Conv2d(in_channels, depth, 3, 1, 1, bias=False),
+            nn.PReLU(depth),
+            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(depth),
+            SEModule(depth),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class ArcFaceIRSE50(nn.Module):
+    """ArcFace IR-SE50 face embedding network.
+
+    Input: (n, 3, 112, 112) aligned face crops in [-1, 1] (see :func:`face_crop`),
+    any float dtype. Output: (n, 512) L2-normalized embeddings in the input's dtype.
+
+    Args:
+        drop_ratio: dropout before the final linear layer (active in training only).
+    """
+
+    def __init__(self, drop_ratio: float = 0.6) -> None:
+        super().__init__()
+        # defined in the order of the checkpoint's keys
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64)
+        )
+        final = IR_SE50_STAGES[-1][0]
+        side = INPUT_SIZE // 2 ** len(IR_SE50_STAGES)
+        self.output_layer = nn.Sequential(
+            nn.BatchNorm2d(final),
+            nn.Dropout(drop_ratio),
+            nn.Flatten(),
+            nn.Linear(final * side * side, EMBED_DIM),
+            nn.BatchNorm1d(EMBED_DIM, affine=True),
+        )
+        units: list[nn.Module] = []
+        in_channels = 64
+        for depth, count in IR_SE50_STAGES:
+            for i in range(count):
+                units.append(BottleneckIRSE(in_channels, depth, stride=2 if i == 0 else 1))
+                in_channels = depth
+        self.body = nn.Sequential(*units)
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        if face.dim() != 4 or tuple(face.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ImageError(
+                f"ArcFace expects face crops of shape (n, 3, 112, 112), got {tuple(face.shape)}"
+            )
+        # computed in the weights' dtype, returned in the input's (generators may run in bf16)
+        x = face.to(self.input_layer[0].weight.dtype)
+        x = self.output_layer(self.body(self.input_layer(x)))
+        return F.normalize(x, dim=1).to(face.dtype)
+
+
+# -- the crop and the loss --------------------------------------------------------------
+
+
+def face_crop(image: torch.Tensor) -> torch.Tensor:
+    """The original code's face crop for aligned FFHQ images.
+
+    Images not 256x256 are first adaptive-average-pooled to 256x256 (the
+    original checks only the height; generators make square images), then rows
+    35:223 and columns 32:220 are kept and pooled to 112x112. Differentiable.
+
+    Input: (n, 3, H, W) in [-1, 1]. Output: (n, 3, 112, 112).
+    """
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        got = image.dtype if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ImageError(f"face_crop expects a floating-point image tensor, got {got}")
+    if image.dim() != 4 or image.shape[1] != 3 or min(image.shape) == 0:
+        raise ImageError(
+            f"face_crop expects images of shape (n, 3, H, W), got {tuple(image.shape)}"
+        )
+    if tuple(image.shape[-2:]) != (ALIGNED_SIZE, ALIGNED_SIZE):
+        image = F.adaptive_avg_pool2d(image, ALIGNED_SIZE)
+    crop = image[:, :, CROP_ROWS[0] : CROP_ROWS[1], CROP_COLS[0] : CROP_COLS[1]]
+    return F.adaptive_avg_pool2d(crop, INPUT_SIZE)
+
+
+def face_features(network: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """Identity embeddings of generator images: ``network(face_crop(image))``.
+
+    Input: (n, 3, H, W) in [-1, 1]. Output: (n, 512), unit norm.
+    """
+    return network(face_crop(image))
+
+
+def identity_loss(features: torch.Tensor, source_features: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(features, source_features)`` per item (the original ID loss per image).
+
+    Input: (n, 512) and (n, 512) or (512,). Output: (n,), 0 for the same face.
+    """
+    from soundguide.core.losses import cosine_distance
+
+    return cosine_distance(features, source_features)
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def arcface_state_dict(obj: Any, source: str = "<state dict>") -> dict[str, torch.Tensor]:
+    """The network's state dict inside a loaded checkpoint, without a ``module.`` prefix.
+
+    Raises :class:`CheckpointError` when ``obj`` is not a mapping of tensors.
+    """
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"checkpoint {source} holds no state dict (got {type(obj).__name__})")
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} is not a state dict: {_names(bad)} are not tensors"
+        )
+    state = {str(k): v for k, v in obj.items()}
+    while all(k.startswith("module.") for k in state):  # DataParallel / DDP
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_arcface(
+    path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    trust: bool = False,
+    map_location: Any = "cpu",
+) -> ArcFaceIRSE50:
+    """Build :class:`ArcFaceIRSE50` from ``model_ir_se50.pth`` (a file) or a state dict.
+
+    Files are read with :func:`soundguide.core.checkpoints.load_checkpoint`
+    (no pickled code unless ``trust``). Loading is strict: missing,
+    unexpected or wrongly shaped keys raise one :class:`CheckpointError` line
+    naming them. Returns the network in eval mode, without gradients.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source, obj = "<state dict>", path_or_state_dict
+    else:
+        source = str(Path(path_or_state_dict).expanduser())
+        obj = load_checkpoint(source, trust=trust, map_location=map_location)
+    state = arcface_state_dict(obj, source)
+    model = ArcFaceIRSE50()
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_names(unexpected)}")
+        if mismatched:
+            parts.append(f"wrong shapes (checkpoint vs model) {_names(mismatched)}")
+        raise CheckpointError(
+            f"checkpoint {source} does not fit ArcFace IR-SE50: " + "; ".join(parts),
+            hint="expected the keys of model_ir_se50.pth (input_layer.*, body.*, output_layer.*)",
+        )
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def _names(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return f"{shown} (+{len(items) - limit} more)" if len(items) > limit else shown
