@@ -145,6 +145,26 @@ def edit(
 
 
 @cli.command()
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True
+)
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def demo(out: Path, steps: int, overwrite: bool, quiet: bool) -> None:
+    """Run the whole pipeline offline in seconds with tiny RANDOM models.
+
+    No pretrained weights are needed; the pictures mean nothing. It shows that
+    the installation works and writes every output a real run writes.
+    """
+    from soundguide.demo import BANNER, run_demo
+
+    click.echo(BANNER, err=True)
+    result = run_demo(out, steps=steps, overwrite=overwrite, progress=not quiet)
+    click.echo(f"{result.message}; outputs in {out} (inputs in {out / 'demo-inputs'})")
+
+
+@cli.command()
 @plugin_option
 @click.pass_context
 def plugins(ctx: click.Context) -> None:

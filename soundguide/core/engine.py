@@ -219,6 +219,12 @@ class Editor:
                 target = g.target(self.encoders[g.space])
             self.targets[term.label] = self._check_target(term, target, n).to(ctx.device)
 
+        for encoder in self.encoders.values():
+            # the loop only encodes images: an encoder may free what targets needed
+            release = getattr(encoder, "after_targets", None)
+            if callable(release):
+                release()
+
         self.seeds: list[int] | None = None
         self.w0 = self._initial_latent(n, w0_file).to(ctx.device)
         with torch.no_grad():

@@ -203,7 +203,12 @@ class Generator(abc.ABC):
 
 @runtime_checkable
 class ImageEncoder(Protocol):
-    """Maps generator images (n, 3, H, W) in [-1, 1] to embeddings (n, D)."""
+    """Maps generator images (n, 3, H, W) in [-1, 1] to embeddings (n, D).
+
+    An encoder may also have ``after_targets()``: the engine calls it once
+    every target is computed, so it can free what only targets needed (the
+    CLIP encoder frees its text tower).
+    """
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
 

@@ -100,7 +100,9 @@ def load_clip(
         )
         url = clip.clip._MODELS[name]
         try:
-            model, _ = clip.load(name, device="cpu", jit=False, download_root=str(root))
+            # the clip package downloads once and checks the file's sha256;
+            # the weights are then read as for a local file (no second copy)
+            cached = Path(clip.clip._download(url, str(root)))
         except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise WeightsError(
@@ -108,8 +110,9 @@ def load_clip(
                 f"download failed ({_first_line(reason)})",
                 hint=f"download {url} yourself into {root}, or pass the path of a local CLIP file",
             ) from None
+        model = _load_clip_file(cached, trust=trust, dtype=dtype)
     elif path.is_file():
-        model = _load_clip_file(path, trust=trust)
+        model = _load_clip_file(path, trust=trust, dtype=dtype)
     elif path.is_dir():
         raise CheckpointError(f"CLIP model path is a directory, not a file: {path}")
     else:
@@ -124,7 +127,7 @@ def load_clip(
     return model.eval()
 
 
-def _load_clip_file(path: Path, *, trust: bool) -> CLIP:
+def _load_clip_file(path: Path, *, trust: bool, dtype: torch.dtype = torch.float32) -> CLIP:
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():
@@ -146,14 +149,21 @@ def _load_clip_file(path: Path, *, trust: bool) -> CLIP:
         if not isinstance(obj, Mapping):
             raise CheckpointError(f"{path} is not a CLIP model: it holds a {type(obj).__name__}")
         state = obj
-    return build_clip(state, source=str(path))
+    return build_clip(state, source=str(path), dtype=dtype)
 
 
-def build_clip(state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>") -> CLIP:
-    """A float32 ``clip.model.CLIP`` from its state dict (architecture inferred from the keys).
+def build_clip(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str = "<state dict>",
+    dtype: torch.dtype = torch.float32,
+) -> CLIP:
+    """A ``clip.model.CLIP`` in ``dtype`` from its state dict (architecture read off the keys).
 
-    ``clip.model.build_model`` rounds every weight through float16; the state
-    dict is loaded a second time after ``.float()`` so float32 weights stay exact.
+    Memory-frugal: the module is built on the meta device and takes the state
+    dict's tensors as its parameters (no second copy of the weights), then
+    each tensor is cast on its own, so loading ViT-B/32 never holds more than
+    its weights once plus one tensor. Float32 weights stay exact.
     """
     clip = _import_clip()
     state = {
@@ -167,14 +177,37 @@ def build_clip(state_dict: Mapping[str, torch.Tensor], *, source: str = "<state 
             hint="expected an OpenAI CLIP file (e.g. ViT-B-32.pt) or its state dict",
         )
     try:
-        model = clip.model.build_model(state)  # deletes the metadata keys from `state`
-        model.float()
-        model.load_state_dict(state)
+        with torch.device("meta"), warnings.catch_warnings():
+            # build_model reads the architecture off the shapes; on the meta
+            # device it allocates nothing (it also drops the metadata keys),
+            # and its own copy into meta parameters is a no-op it warns about
+            warnings.simplefilter("ignore", UserWarning)
+            model = clip.model.build_model(state)
+        model.load_state_dict(state, strict=True, assign=True)
     except Exception as exc:
         raise CheckpointError(
             f"{source} does not fit a CLIP architecture: {_first_line(exc)}"
         ) from None
+    del state
+    _cast_each(model, dtype)
+    # the causal text mask is a plain attribute, made on the meta device above
+    mask = model.build_attention_mask()
+    for block in model.transformer.resblocks:
+        block.attn_mask = mask
     return model.eval()
+
+
+def _cast_each(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating parameters and buffers one by one, freeing each old tensor at once."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_floating_point() and param.dtype != dtype:
+                module._parameters[name] = nn.Parameter(
+                    param.detach().to(dtype), requires_grad=False
+                )
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
+                module._buffers[name] = buf.to(dtype)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -357,6 +390,7 @@ class CLIPEncoder(nn.Module):
         self.cutout_scale = (float(low), float(high))
         self.cutout_degrees = float(cutout_degrees)
         self.generator = torch.Generator().manual_seed(seed)
+        self._text_released = False
 
     @classmethod
     def load(
@@ -383,11 +417,15 @@ class CLIPEncoder(nn.Module):
     @property
     def embed_dim(self) -> int:
         """D: the size of text and image embeddings (512 for ViT-B/32)."""
+        if self._text_released:
+            return self._embed_dim
         return int(self.model.text_projection.shape[1])
 
     @property
     def context_length(self) -> int:
         """Maximum tokens per prompt, start and end tokens included (77)."""
+        if self._text_released:
+            return self._context_length
         return int(self.model.context_length)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
@@ -456,7 +494,28 @@ class CLIPEncoder(nn.Module):
 
     def encode_text(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Input: N prompts (a string counts as one). Output: (N, D) float32."""
+        if self._text_released:
+            raise RuntimeError("encode_text after release_text(): the text tower was freed")
         return self.model.encode_text(self.tokenize(prompts)).float()
+
+    def release_text(self) -> None:
+        """Free the text tower (about 40 % of ViT-B/32's weights); image encoding keeps working.
+
+        The engine calls this (as :meth:`after_targets`) once every target is
+        computed: the optimization loop only encodes images.
+        """
+        if self._text_released:
+            return
+        self._embed_dim = self.embed_dim
+        self._context_length = self.context_length
+        model = self.model
+        for name in ("transformer", "token_embedding", "ln_final"):
+            setattr(model, name, None)
+        for name in ("positional_embedding", "text_projection"):
+            model._parameters.pop(name, None)
+        self._text_released = True
+
+    after_targets = release_text
 
 
 @functools.cache

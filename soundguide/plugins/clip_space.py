@@ -20,7 +20,6 @@ PAPER_SCALE = math.exp(0.07)
 """The original code's ``1 - exp(0.07) * cos`` guidance loss."""
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_MODELS: dict[tuple[str, str, str], Any] = {}
 
 
 class CLIPGuidanceConfig(GuidanceConfig):
@@ -53,19 +52,16 @@ class CLIPGuidance(Guidance):
         return f"clip:{c.clip_model}:{c.clip_preprocess}:cutouts={c.clip_cutouts}:{c.clip_dtype}"
 
     def clip_model(self):
-        """The CLIP model, loaded once per (model, device, dtype) in this process."""
+        """The CLIP model (loaded for this run; the engine frees its text tower after the targets)."""
         from soundguide.encoders.clip import load_clip
 
         c = self.config
-        key = (c.clip_model, str(self.context.device), c.clip_dtype)
-        if key not in _MODELS:
-            _MODELS[key] = load_clip(
-                c.clip_model,
-                device=self.context.device,
-                dtype=_DTYPES[c.clip_dtype],
-                trust=self.context.trust_checkpoint,
-            )
-        return _MODELS[key]
+        return load_clip(
+            c.clip_model,
+            device=self.context.device,
+            dtype=_DTYPES[c.clip_dtype],
+            trust=self.context.trust_checkpoint,
+        )
 
     def build_encoder(self):
         from soundguide.encoders.clip import CLIPEncoder

@@ -94,6 +94,7 @@ def test_a_space_shares_one_encoder_and_is_encoded_once_per_step(registries):
     editor = Editor(make_config(registries, guidance=guidance, steps=6), registries, progress=False)
     editor.prepare()
     assert CALLS["encoder.build.toy:toy"] == 1 and CALLS["encoder.build.toy:b"] == 1
+    assert CALLS["encoder.after_targets"] == 2  # once per encoder, after all targets
     assert set(editor.encoders) == {"toy:toy", "toy:b"}
     assert all(not p.requires_grad for p in editor.encoders["toy:toy"].parameters())
     CALLS.clear()

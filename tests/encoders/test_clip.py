@@ -339,3 +339,24 @@ class TestLoadClip:
         state["ln_final.weight"] = torch.zeros(128)  # width 128 implies 2 heads: nothing fits
         with pytest.raises(CheckpointError, match="does not fit a CLIP architecture"):
             build_clip(state)
+
+
+def test_release_text_frees_the_text_tower_and_keeps_images(model, tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    encoder = CLIPEncoder(load_clip(path))
+    image = torch.rand(1, 3, 224, 224) * 2 - 1
+    before = encoder.encode_image(image)
+    text_params = sum(
+        p.numel() for n, p in encoder.model.named_parameters() if not n.startswith("visual.")
+    )
+    assert text_params > 0
+    encoder.after_targets()
+    assert not any(
+        not n.startswith("visual.") and n != "logit_scale"
+        for n, _ in encoder.model.named_parameters()
+    )
+    torch.testing.assert_close(encoder.encode_image(image), before)
+    assert encoder.embed_dim == 32 and encoder.context_length == 77
+    with pytest.raises(RuntimeError, match="text tower was freed"):
+        encoder.encode_text("a dog")

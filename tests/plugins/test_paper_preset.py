@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from soundguide.cli import main
 from soundguide.core.config import config_from_dict
 from soundguide.core.engine import Editor
+from soundguide.encoders.audio import load_audio
 from soundguide.encoders.clip import load_clip
 from soundguide.encoders.soundclip import SoundCLIPFrontend, load_soundclip
-from soundguide.encoders.audio import load_audio
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,198 @@
+"""Seconds per edit step and peak memory: soundguide against the original code's loop.
+
+A full edit step at 256 px (the landscape model's size): StyleGAN2 256 px,
+channel multiplier 2, audio guidance through a full-size ViT-B/32, identity
+weight 0, float32, batch 1, random weights everywhere (same shapes as the
+released files). Two modes, each run in its own process so peak RSS is its own:
+
+- ``soundguide``: ``soundguide edit`` on a config with the paper preset
+  (target computed once, the exact paper preprocessing without the 7x image,
+  identity never built at weight 0);
+- ``original``: the original code's loop written out: rosinality's generator
+  (native upfirdn2d, weight modulation), the audio re-encoded by SoundCLIP every
+  step, a literal 7x nearest upsampling + average pooling, and the IR-SE50 face
+  network run every step even at lambda 0.
+
+Each mode runs two step counts so start-up cancels out:
+seconds/step = (t(long) - t(short)) / (long - short).
+
+    python benchmarks/edit_step.py [--steps 2 6] [--modes soundguide original]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def write_inputs(folder: Path) -> None:
+    import soundfile as sf
+
+    from soundguide.encoders.clip import _import_clip
+    from soundguide.encoders.soundclip import SoundCLIPEncoder
+    from soundguide.generators.stylegan2 import StyleGAN2Generator
+
+    torch.manual_seed(0)
+    torch.save({"g_ema": StyleGAN2Generator(256, 512, 8, 2).state_dict()}, folder / "g.pt")
+    clip = _import_clip()
+    vit = clip.model.CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)  # ViT-B/32's shapes
+    torch.save(vit.state_dict(), folder / "clip.pt")
+    torch.save(SoundCLIPEncoder().state_dict(), folder / "soundclip.pt")
+    rng = np.random.default_rng(0)
+    t = np.arange(10 * 44100) / 44100
+    sf.write(
+        folder / "sound.wav",
+        (0.3 * rng.standard_normal(t.size) * np.exp(-0.3 * t)).astype(np.float32),
+        44100,
+    )
+    (folder / "run.toml").write_text(
+        """
+[generator]
+type = "stylegan2"
+checkpoint = "g.pt"
+
+[[guidance]]
+type = "audio"
+path = "sound.wav"
+encoder = "soundclip.pt"
+clip_model = "clip.pt"
+
+[[regularizer]]
+type = "identity"
+weight = 0.0
+
+[optimization]
+preset = "paper"
+seed = 0
+"""
+    )
+
+
+def run_soundguide(folder: Path, steps: int) -> None:
+    from soundguide.cli import main
+
+    code = main(
+        [
+            "edit",
+            str(folder / "run.toml"),
+            "--set",
+            f"optimization.steps={steps}",
+            "--out",
+            str(folder / f"out{steps}"),
+            "--overwrite",
+            "-q",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+
+
+def run_original(folder: Path, steps: int) -> None:
+    """The original code's per-step work, written out (see the module docstring)."""
+    from soundguide.encoders.arcface import ArcFaceIRSE50
+    from soundguide.encoders.audio import load_audio
+    from soundguide.encoders.clip import load_clip
+    from soundguide.encoders.soundclip import SoundCLIPFrontend, load_soundclip
+    from tests.generators.rosinality_reference import Generator
+
+    g = Generator(256, 512, 8, channel_multiplier=2)
+    g.load_state_dict(torch.load(folder / "g.pt", weights_only=True)["g_ema"])
+    g.eval()
+    clip_model = load_clip(folder / "clip.pt")
+    audio_encoder = load_soundclip(folder / "soundclip.pt")
+    face = ArcFaceIRSE50().eval()
+    spec = SoundCLIPFrontend()(load_audio(folder / "sound.wav")[None])
+    upsample = torch.nn.Upsample(scale_factor=7)
+    pool = torch.nn.AvgPool2d(kernel_size=256 // 32)
+    with torch.no_grad():
+        mean = g.mean_latent(4096)
+        z = torch.randn(1, 512)
+        img_orig, w0 = g([z], return_latents=True, truncation=0.7, truncation_latent=mean)
+    latent = w0.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([latent], lr=0.1)
+    for i in range(steps):
+        t = i / steps
+        optimizer.param_groups[0]["lr"] = (
+            0.1 * min(1, t / 0.05) * (0.5 - 0.5 * math.cos(math.pi * min(1, (1 - t) / 0.25)))
+        )
+        img, _ = g([latent], input_is_latent=True, randomize_noise=False)
+        image_features = clip_model.encode_image(pool(upsample(img))).float()
+        audio_features = audio_encoder(spec).float()  # every step, as the original
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        audio_features = audio_features / audio_features.norm(dim=-1, keepdim=True)
+        guidance = 1 - (image_features @ audio_features.T)[0] * math.exp(0.07)
+        crop = torch.nn.functional.adaptive_avg_pool2d(img_orig[:, :, 35:223, 32:220], 112)
+        crop_gen = torch.nn.functional.adaptive_avg_pool2d(img[:, :, 35:223, 32:220], 112)
+        identity = 1 - (face(crop) * face(crop_gen).detach()).sum()  # run even at lambda 0
+        loss = 0.002 * ((w0 - latent) ** 2).sum() + guidance + 0.0 * identity
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def child(mode: str, folder: Path, steps: int) -> None:
+    start = time.perf_counter()
+    (run_soundguide if mode == "soundguide" else run_original)(folder, steps)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb}))
+
+
+def measure(mode: str, folder: Path, steps: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(folder), str(steps)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, nargs=2, default=[2, 6])
+    parser.add_argument(
+        "--modes", nargs="+", default=["soundguide", "original"], choices=["soundguide", "original"]
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, folder, steps = args.child
+        child(mode, Path(folder), int(steps))
+        return
+    short, long = sorted(args.steps)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; steps {short} and {long}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_inputs(folder)
+        for mode in args.modes:
+            a, b = measure(mode, folder, short), measure(mode, folder, long)
+            per_step = (b["seconds"] - a["seconds"]) / (long - short)
+            peak = max(a["peak_rss_mb"], b["peak_rss_mb"])
+            results[mode] = per_step
+            print(
+                f"{mode:>10}: {per_step:6.2f} s/step   peak RSS {peak:7.0f} MB   ({short} steps {a['seconds']:.1f} s, {long} steps {b['seconds']:.1f} s)"
+            )
+    if len(results) == 2:
+        print(f"soundguide / original: {results['soundguide'] / results['original']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
