@@ -278,6 +278,16 @@ def weights_verify(ctx: click.Context, names: tuple[str, ...]) -> None:
         ctx.exit(EXIT_BAD_INPUT)
 
 
+def _add_subcommands() -> None:
+    from soundguide.evaluation.cli import probe, zeroshot
+
+    cli.add_command(zeroshot)
+    cli.add_command(probe)
+
+
+_add_subcommands()
+
+
 def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
     click.echo(f"warning: {message}", err=True)
 

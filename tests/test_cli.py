@@ -137,3 +137,15 @@ def test_console_script_prints_no_traceback(tmp_path):
 @pytest.mark.parametrize("argv", [["edit"], ["nonsense"]])
 def test_usage_errors_exit_2(argv, capsys):
     assert main(argv) == 2
+
+
+def test_zeroshot_bad_layout_exits_2_with_one_line(tmp_path, capsys):
+    assert main(["zeroshot", "esc50", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"error: dataset metadata not found: {tmp_path / 'meta' / 'esc50.csv'}"
+
+
+def test_every_command_is_wired():
+    from soundguide.cli import cli as group
+
+    assert {"edit", "demo", "plugins", "config", "weights", "zeroshot", "probe"} <= set(group.commands)

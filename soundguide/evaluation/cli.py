@@ -1,0 +1,296 @@
+"""``soundguide zeroshot`` and ``soundguide probe``: click commands for the main group.
+
+Both take a dataset name and the dataset's root folder as downloaded, embed
+every clip with the audio encoder of a guidance plugin (``--guidance audio``,
+SoundCLIP, by default; ``--encoder`` is a known-weights name or a checkpoint
+file), cache the embeddings, and write their reports into ``--out``.
+Errors are :class:`~soundguide.core.errors.SoundguideError` and propagate to
+the main entry point, which prints them as one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from soundguide.evaluation.embedders import EVAL_CROPS
+from soundguide.evaluation.probe import DEFAULT_CS
+
+if TYPE_CHECKING:
+    import torch
+
+    from soundguide.evaluation.embedders import AudioEmbedder
+    from soundguide.evaluation.encoding import DatasetEmbeddings
+
+DATASET_CHOICES = ("esc50", "urbansound8k", "us8k")
+
+
+def _add_plugins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    from soundguide.cli import _add_plugins as add
+
+    add(ctx, param, value)
+
+
+def _plugin_option(func):
+    return click.option(
+        "-p",
+        "--plugin",
+        "plugins",
+        multiple=True,
+        metavar="MODULE",
+        expose_value=False,
+        callback=_add_plugins,
+        help="Register a plugin module by import path (repeatable), like pytest's -p.",
+    )(func)
+
+
+def _common_options(func):
+    """Dataset, encoder and encoding options shared by both commands."""
+    options = [
+        click.argument(
+            "dataset", type=click.Choice(DATASET_CHOICES, case_sensitive=False), metavar="DATASET"
+        ),
+        click.argument("root", type=click.Path(path_type=Path)),
+        click.option(
+            "--out",
+            type=click.Path(path_type=Path),
+            required=True,
+            help="Folder for the reports (created; existing reports need --overwrite).",
+        ),
+        click.option(
+            "--encoder",
+            default="soundclip-resnet18-57",
+            show_default=True,
+            help="Audio encoder weights: a known-weights name or a checkpoint file.",
+        ),
+        click.option(
+            "--guidance",
+            default="audio",
+            show_default=True,
+            help="Guidance plugin whose audio encoder is evaluated (it must offer audio_embedder).",
+        ),
+        click.option(
+            "--crop",
+            type=click.Choice(EVAL_CROPS),
+            default="start",
+            show_default=True,
+            help="Which 10 s of a longer clip: start, center, or windows (all windows averaged).",
+        ),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=2,
+            show_default=True,
+            help="Threads reading audio ahead of the encoder (0: none).",
+        ),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ..."),
+        click.option(
+            "--cache-dir",
+            type=click.Path(path_type=Path),
+            help="Embedding cache (default: $SOUNDGUIDE_HOME/cache/embeddings).",
+        ),
+        click.option("--no-cache", is_flag=True, help="Neither read nor write cached embeddings."),
+        click.option(
+            "--skip-bad-audio",
+            is_flag=True,
+            help="Leave out clips that cannot be read (listed in the report) instead of stopping.",
+        ),
+        click.option(
+            "--trust-checkpoint",
+            is_flag=True,
+            help="Allow checkpoints that unpickle arbitrary Python objects (only files you trust).",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace existing reports in --out."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        _plugin_option,
+        click.pass_context,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _embedder(
+    ctx: click.Context,
+    encoder: str,
+    guidance: str,
+    crop: str,
+    device: torch.device,
+    trust: bool,
+    quiet: bool,
+) -> AudioEmbedder:
+    from soundguide.cli import _registries
+    from soundguide.evaluation.embedders import embedder_from_guidance
+
+    return embedder_from_guidance(
+        _registries(ctx),
+        guidance,
+        encoder,
+        crop=crop,
+        device=device,
+        trust=trust,
+        progress=not quiet,
+    )
+
+
+@click.command("zeroshot")
+@_common_options
+@click.option(
+    "--clip-model",
+    default="ViT-B/32",
+    show_default=True,
+    help="CLIP model for the class prompts: a name of the clip package or a local file.",
+)
+@click.option(
+    "--template",
+    "templates",
+    multiple=True,
+    metavar="TEXT",
+    help='Prompt template with {label} (repeatable; default: "the sound of a {label}", '
+    '"a recording of {label}", "{label}").',
+)
+def zeroshot(
+    ctx: click.Context,
+    dataset: str,
+    root: Path,
+    out: Path,
+    encoder: str,
+    guidance: str,
+    crop: str,
+    batch_size: int,
+    workers: int,
+    device: str,
+    cache_dir: Path | None,
+    no_cache: bool,
+    skip_bad_audio: bool,
+    trust_checkpoint: bool,
+    overwrite: bool,
+    quiet: bool,
+    clip_model: str,
+    templates: tuple[str, ...],
+) -> None:
+    """Zero-shot classification of DATASET (esc50, urbansound8k) found at ROOT.
+
+    Writes zeroshot.json, zeroshot.md, zeroshot_confusion.png and
+    zeroshot_predictions.csv into --out.
+    """
+    from soundguide.core.engine import resolve_device
+    from soundguide.encoders.clip import CLIPEncoder, load_clip
+    from soundguide.evaluation.datasets import load_dataset
+    from soundguide.evaluation.reports import ZEROSHOT_FILES, prepare_output, write_zeroshot_report
+    from soundguide.evaluation.zeroshot import DEFAULT_TEMPLATES, check_templates, zero_shot
+
+    chosen = check_templates(templates or DEFAULT_TEMPLATES)
+    prepare_output(out, ZEROSHOT_FILES, overwrite)  # fail before any encoding
+    data = load_dataset(dataset, root)
+    torch_device = resolve_device(device)
+    embedder = _embedder(ctx, encoder, guidance, crop, torch_device, trust_checkpoint, quiet)
+    text = CLIPEncoder(load_clip(clip_model, device=torch_device, trust=trust_checkpoint))
+    result = zero_shot(
+        data,
+        embedder,
+        text,
+        templates=chosen,
+        text_model=clip_model,
+        batch_size=batch_size,
+        workers=workers,
+        cache=not no_cache,
+        cache_dir=cache_dir,
+        skip_bad_audio=skip_bad_audio,
+        progress=not quiet,
+    )
+    write_zeroshot_report(result, out, overwrite=overwrite)
+    m, enc = result.metrics, result.encoding
+    click.echo(
+        f"{data.title} zero-shot: top-1 {100 * m['top1']:.1f} %, top-{m['top_k']} "
+        f"{100 * m['top5']:.1f} % over {m['clips']} clips (mean of folds "
+        f"{100 * m['mean_fold_top1']:.1f} %); {_speed(enc)}; report in {out}"
+    )
+
+
+@click.command("probe")
+@_common_options
+@click.option(
+    "--c-grid",
+    default=",".join(f"{c:g}" for c in DEFAULT_CS),
+    show_default=True,
+    metavar="C1,C2,...",
+    help="Inverse regularization strengths to choose from (on the training folds only).",
+)
+@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True)
+def probe(
+    ctx: click.Context,
+    dataset: str,
+    root: Path,
+    out: Path,
+    encoder: str,
+    guidance: str,
+    crop: str,
+    batch_size: int,
+    workers: int,
+    device: str,
+    cache_dir: Path | None,
+    no_cache: bool,
+    skip_bad_audio: bool,
+    trust_checkpoint: bool,
+    overwrite: bool,
+    quiet: bool,
+    c_grid: str,
+    max_iter: int,
+) -> None:
+    """Linear probe (logistic regression, leave-one-official-fold-out) on DATASET at ROOT.
+
+    Writes probe.json, probe.md and probe_predictions.csv into --out.
+    """
+    from soundguide.core.engine import resolve_device
+    from soundguide.evaluation.datasets import load_dataset
+    from soundguide.evaluation.probe import _sklearn, probe_dataset
+    from soundguide.evaluation.reports import PROBE_FILES, prepare_output, write_probe_report
+
+    cs = _parse_grid(c_grid)
+    _sklearn()  # fail before any encoding when scikit-learn is missing
+    prepare_output(out, PROBE_FILES, overwrite)
+    data = load_dataset(dataset, root)
+    torch_device = resolve_device(device)
+    embedder = _embedder(ctx, encoder, guidance, crop, torch_device, trust_checkpoint, quiet)
+    report = probe_dataset(
+        data,
+        embedder,
+        Cs=cs,
+        max_iter=max_iter,
+        batch_size=batch_size,
+        workers=workers,
+        cache=not no_cache,
+        cache_dir=cache_dir,
+        skip_bad_audio=skip_bad_audio,
+        progress=not quiet,
+    )
+    write_probe_report(report, out, overwrite=overwrite)
+    r = report.result
+    chosen = ", ".join(f"{f.C:g}" for f in r.folds)
+    click.echo(
+        f"{data.title} linear probe: {100 * r.mean_accuracy:.1f} % mean over "
+        f"{len(r.folds)} folds (C per fold: {chosen}); {_speed(report.encoding)}; "
+        f"report in {out}"
+    )
+
+
+def _speed(encoding: DatasetEmbeddings) -> str:
+    if encoding.from_cache:
+        return "embeddings from the cache"
+    return f"encoded {len(encoding.indices)} clips at {encoding.clips_per_second:.1f} clips/s"
+
+
+def _parse_grid(text: str) -> tuple[float, ...]:
+    from soundguide.core.errors import ConfigError
+
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--c-grid must be comma-separated numbers, got {text!r}") from None
+    if not values or any(not (v > 0 and v != float("inf")) for v in values):
+        raise ConfigError(f"--c-grid values must be positive and finite, got {text!r}")
+    return values

@@ -1,0 +1,385 @@
+"""Writing evaluation reports: JSON, a Markdown table, a confusion-matrix PNG and predictions.
+
+Files, all in one output folder (zero-shot and probe reports can share it)::
+
+    zeroshot.json  zeroshot.md  zeroshot_confusion.png  zeroshot_predictions.csv
+    probe.json     probe.md     probe_predictions.csv
+
+Accuracies are fractions in [0, 1] in JSON and percentages in Markdown. The
+PNG is drawn with Pillow (no matplotlib needed): rows are true classes,
+columns predicted ones, shaded by the row-normalized share.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from soundguide.core.errors import OutputError
+from soundguide.core.files import atomic_write, atomic_write_text, sha256_file
+from soundguide.evaluation.datasets import AudioDataset, clean_label
+from soundguide.evaluation.probe import PAPER_PROBE_ACCURACY, ProbeReport
+from soundguide.evaluation.zeroshot import PAPER_ZEROSHOT_TOP1, ZeroShotResult
+
+PAPER = "Lee et al., CVPR 2022"
+ZEROSHOT_FILES = (
+    "zeroshot.json",
+    "zeroshot.md",
+    "zeroshot_confusion.png",
+    "zeroshot_predictions.csv",
+)
+PROBE_FILES = ("probe.json", "probe.md", "probe_predictions.csv")
+
+
+# -- output folder ------------------------------------------------------------------
+
+
+def prepare_output(out: str | os.PathLike[str], names: Iterable[str], overwrite: bool) -> Path:
+    """Create ``out``; refuse (one :class:`OutputError` line) to replace report files unless ``overwrite``."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path exists and is not a folder: {out}")
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not overwrite:
+        raise OutputError(
+            f"output folder {out} already holds {', '.join(existing)}",
+            hint="pass --overwrite to replace them, or choose another --out",
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    return out
+
+
+# -- JSON -----------------------------------------------------------------------------
+
+
+def dataset_info(dataset: AudioDataset) -> dict[str, Any]:
+    return {
+        "name": dataset.name,
+        "title": dataset.title,
+        "root": str(dataset.root.resolve()),
+        "csv": str(dataset.csv_path.resolve()),
+        "csv_sha256": sha256_file(dataset.csv_path),
+        "identity": dataset.identity(),
+        "clips": len(dataset),
+        "classes": len(dataset.class_names),
+        "official_folds": dataset.num_folds,
+        "class_names": list(dataset.class_names),
+        "class_ids": list(dataset.class_ids),
+        "labels": [clean_label(n) for n in dataset.class_names],
+    }
+
+
+def _header(task: str) -> dict[str, Any]:
+    from soundguide import __version__
+
+    return {
+        "task": task,
+        "soundguide_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def zeroshot_json(result: ZeroShotResult) -> dict[str, Any]:
+    """The zero-shot report as a JSON-ready dict (accuracies are fractions)."""
+    paper = PAPER_ZEROSHOT_TOP1.get(result.dataset.name)
+    return {
+        **_header("zeroshot"),
+        "dataset": dataset_info(result.dataset),
+        "embedder": result.embedder,
+        "text_model": result.text_model,
+        "templates": list(result.templates),
+        "prompts": result.prompts,
+        **result.metrics,
+        "skipped": result.encoding.skipped,
+        "encoding": result.encoding.timing(),
+        "paper": {"source": PAPER, "top1": paper} if paper is not None else None,
+    }
+
+
+def probe_json(report: ProbeReport) -> dict[str, Any]:
+    """The linear-probe report as a JSON-ready dict (accuracies are fractions)."""
+    paper = PAPER_PROBE_ACCURACY.get(report.dataset.name)
+    return {
+        **_header("probe"),
+        "dataset": dataset_info(report.dataset),
+        "embedder": report.embedder,
+        "classifier": "sklearn LogisticRegression (lbfgs, multinomial) on L2-normalized embeddings",
+        **report.result.to_dict(),
+        "skipped": report.encoding.skipped,
+        "encoding": report.encoding.timing(),
+        "paper": {"source": PAPER, "accuracy": paper} if paper is not None else None,
+    }
+
+
+# -- Markdown -------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _table(header: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join(":--" if a == "l" else "--:" for a in align) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _encoding_line(data: dict[str, Any]) -> str:
+    enc = data["encoding"]
+    speed = f"{enc['clips_per_second']:.1f} clips/s" if enc["clips_per_second"] else "n/a"
+    cached = "; read from the cache now" if enc["from_cache"] else ""
+    return (
+        f"Encoding: {enc['clips']} clips in {enc['seconds']:.1f} s ({speed}, "
+        f"batch size {enc['batch_size']}){cached}."
+    )
+
+
+def _skipped_lines(data: dict[str, Any]) -> list[str]:
+    skipped = data["skipped"]
+    if not skipped:
+        return []
+    lines = ["", f"Skipped {len(skipped)} unreadable clip(s) (not counted):", ""]
+    return lines + [f"- `{s['path']}`: {s['error']}" for s in skipped]
+
+
+def zeroshot_markdown(data: dict[str, Any]) -> str:
+    """A Markdown report from :func:`zeroshot_json`'s dict."""
+    ds = data["dataset"]
+    k = data["top_k"]
+    rows = [
+        (f"fold {f['fold']}", _pct(f["top1"]), _pct(f["top5"]), str(f["clips"]))
+        for f in data["per_fold"]
+    ]
+    rows.append(
+        ("**all clips**", f"**{_pct(data['top1'])}**", _pct(data["top5"]), str(data["clips"]))
+    )
+    rows.append(("mean of folds", _pct(data["mean_fold_top1"]), _pct(data["mean_fold_top5"]), ""))
+    if data["paper"]:
+        rows.append((f"paper ({PAPER})", _pct(data["paper"]["top1"]), "–", ""))
+    lines = [
+        f"# Zero-shot classification: {ds['title']}",
+        "",
+        f"Audio embedder `{data['embedder']['identity']}`; text: CLIP `{data['text_model']}`; "
+        f"{data['clips']} clips, {data['classes']} classes, {ds['official_folds']} official folds.",
+        "",
+        *_table(("", "top-1", f"top-{k}", "clips"), "lrrr", rows),
+        "",
+        "Prompt templates (class embedding = mean of normalized prompt embeddings): "
+        + ", ".join(f"`{t}`" for t in data["templates"])
+        + ".",
+        "",
+        _encoding_line(data),
+        *_skipped_lines(data),
+        "",
+        "## Per class",
+        "",
+        *_table(
+            ("class", "accuracy", "clips"),
+            "lrr",
+            (
+                (ds["labels"][c["index"]], _pct(c["accuracy"]), str(c["clips"]))
+                for c in data["per_class"]
+            ),
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def probe_markdown(data: dict[str, Any]) -> str:
+    """A Markdown report from :func:`probe_json`'s dict."""
+    ds = data["dataset"]
+    rows = [
+        (f"fold {f['fold']}", _pct(f["accuracy"]), f"{f['C']:g}", str(f["test_clips"]))
+        for f in data["per_fold"]
+    ]
+    rows.append(("**mean of folds**", f"**{_pct(data['mean_accuracy'])}**", "", ""))
+    rows.append(("all clips (pooled)", _pct(data["pooled_accuracy"]), "", ""))
+    if data["paper"]:
+        rows.append((f"paper ({PAPER})", _pct(data["paper"]["accuracy"]), "", ""))
+    lines = [
+        f"# Linear probe: {ds['title']}",
+        "",
+        f"Audio embedder `{data['embedder']['identity']}`; logistic regression on L2-normalized "
+        f"embeddings, leave-one-fold-out over the {ds['official_folds']} official folds; C chosen "
+        f"from {', '.join(f'{c:g}' for c in data['Cs'])} by cross-validation over the training "
+        "folds only.",
+        "",
+        *_table(("test fold", "accuracy", "C", "clips"), "lrrr", rows),
+        "",
+        _encoding_line(data),
+        *_skipped_lines(data),
+        "",
+    ]
+    if data["convergence_warnings"]:
+        lines.insert(
+            -1,
+            f"lbfgs did not converge in {data['max_iter']} iterations "
+            f"{data['convergence_warnings']} time(s).",
+        )
+    return "\n".join(lines)
+
+
+# -- confusion matrix PNG ---------------------------------------------------------------
+
+LABEL_SPACE = 150
+"""Pixels for the class names left of the rows and above the columns."""
+TITLE_SPACE = 28
+MARGIN = 10
+
+
+def confusion_cell_size(num_classes: int) -> int:
+    """Side of one cell in pixels: 32 for a few classes, down to 8 for many."""
+    return max(8, min(32, 640 // max(1, num_classes)))
+
+
+def confusion_png_size(num_classes: int) -> tuple[int, int]:
+    """(width, height) of :func:`confusion_png`'s image."""
+    grid = num_classes * confusion_cell_size(num_classes)
+    return LABEL_SPACE + grid + MARGIN, TITLE_SPACE + LABEL_SPACE + grid + MARGIN
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def confusion_png(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike[str], title: str
+) -> Path:
+    """Draw a confusion matrix (rows true, columns predicted) to a PNG with Pillow.
+
+    Cells are shaded by the row-normalized share (white 0 to dark blue 1);
+    counts are written in cells of at least 20 px. Size: :func:`confusion_png_size`.
+    """
+    from PIL import Image, ImageDraw
+
+    k = len(labels)
+    cell = confusion_cell_size(k)
+    width, height = confusion_png_size(k)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = _font(max(8, min(12, cell - 2)))
+    top, left = TITLE_SPACE + LABEL_SPACE, LABEL_SPACE
+    draw.text(
+        (MARGIN, 6), _fit(draw, title, _font(14), width - 2 * MARGIN), fill="black", font=_font(14)
+    )
+    draw.text((MARGIN, TITLE_SPACE + 8), "rows: true class", fill="gray", font=_font(11))
+    draw.text((MARGIN, TITLE_SPACE + 24), "columns: predicted", fill="gray", font=_font(11))
+    for i, row in enumerate(matrix):
+        total = sum(row)
+        for j, count in enumerate(row):
+            share = count / total if total else 0.0
+            color = tuple(int(round(255 - share * (255 - c))) for c in (8, 48, 107))
+            box = (
+                left + j * cell,
+                top + i * cell,
+                left + (j + 1) * cell - 1,
+                top + (i + 1) * cell - 1,
+            )
+            draw.rectangle(box, fill=color, outline=(220, 220, 220) if cell >= 16 else None)
+            if cell >= 20 and count:
+                text = str(count)
+                ink = "white" if share > 0.5 else "black"
+                tw = draw.textlength(text, font=font)
+                draw.text(
+                    (box[0] + (cell - tw) / 2, box[1] + cell / 2 - 6), text, fill=ink, font=font
+                )
+    for i, label in enumerate(labels):
+        text = _fit(draw, label, font, LABEL_SPACE - 8)
+        tw = draw.textlength(text, font=font)
+        draw.text((left - 4 - tw, top + i * cell + cell / 2 - 6), text, fill="black", font=font)
+        # column labels: drawn horizontally on a strip, then turned to read bottom-up
+        strip = Image.new("RGB", (LABEL_SPACE - 4, cell), "white")
+        ImageDraw.Draw(strip).text((2, cell / 2 - 6), text, fill="black", font=font)
+        image.paste(strip.rotate(90, expand=True), (left + i * cell, TITLE_SPACE + 4))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
+
+
+# -- predictions ----------------------------------------------------------------------
+
+
+def _predictions_csv(
+    dataset: AudioDataset, indices: Sequence[int], predicted: Sequence[int]
+) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "fold", "label", "predicted", "correct"])
+    for i, p in zip(indices, predicted, strict=True):
+        clip = dataset.clips[i]
+        writer.writerow(
+            [
+                clip.path.relative_to(dataset.root).as_posix(),
+                clip.fold,
+                dataset.class_names[clip.label],
+                dataset.class_names[p],
+                int(clip.label == p),
+            ]
+        )
+    return out.getvalue()
+
+
+# -- writing --------------------------------------------------------------------------
+
+
+def write_zeroshot_report(
+    result: ZeroShotResult, out: str | os.PathLike[str], *, overwrite: bool = False
+) -> dict[str, Path]:
+    """Write the zero-shot JSON, Markdown, confusion PNG and predictions CSV into ``out``."""
+    folder = prepare_output(out, ZEROSHOT_FILES, overwrite)
+    data = zeroshot_json(result)
+    paths = {
+        "json": atomic_write_text(folder / "zeroshot.json", json.dumps(data, indent=2) + "\n"),
+        "markdown": atomic_write_text(folder / "zeroshot.md", zeroshot_markdown(data)),
+        "confusion": confusion_png(
+            data["confusion_matrix"],
+            data["dataset"]["labels"],
+            folder / "zeroshot_confusion.png",
+            f"{result.dataset.title} zero-shot: top-1 {_pct(data['top1'])}",
+        ),
+        "predictions": atomic_write_text(
+            folder / "zeroshot_predictions.csv",
+            _predictions_csv(result.dataset, result.encoding.indices, result.predicted),
+        ),
+    }
+    return paths
+
+
+def write_probe_report(
+    report: ProbeReport, out: str | os.PathLike[str], *, overwrite: bool = False
+) -> dict[str, Path]:
+    """Write the linear-probe JSON, Markdown and predictions CSV into ``out``."""
+    folder = prepare_output(out, PROBE_FILES, overwrite)
+    data = probe_json(report)
+    return {
+        "json": atomic_write_text(folder / "probe.json", json.dumps(data, indent=2) + "\n"),
+        "markdown": atomic_write_text(folder / "probe.md", probe_markdown(data)),
+        "predictions": atomic_write_text(
+            folder / "probe_predictions.csv",
+            _predictions_csv(report.dataset, report.encoding.indices, report.result.predicted),
+        ),
+    }
