@@ -280,9 +280,10 @@ def weights_verify(ctx: click.Context, names: tuple[str, ...]) -> None:
 
 def _add_subcommands() -> None:
     from soundguide.evaluation.cli import probe, zeroshot
+    from soundguide.training.cli import curate, train
 
-    cli.add_command(zeroshot)
-    cli.add_command(probe)
+    for command in (curate, train, zeroshot, probe):
+        cli.add_command(command)
 
 
 _add_subcommands()

@@ -148,4 +148,10 @@ def test_zeroshot_bad_layout_exits_2_with_one_line(tmp_path, capsys):
 def test_every_command_is_wired():
     from soundguide.cli import cli as group
 
-    assert {"edit", "demo", "plugins", "config", "weights", "zeroshot", "probe"} <= set(group.commands)
+    assert {"edit", "demo", "plugins", "config", "weights", "curate", "train", "zeroshot", "probe"} <= set(group.commands)
+
+
+def test_curate_of_a_missing_folder_exits_2(tmp_path, capsys):
+    assert main(["curate", str(tmp_path / "nope"), str(tmp_path / "store"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope" in err.splitlines()[0]

@@ -1,0 +1,303 @@
+"""``soundguide curate`` and ``soundguide train``: click commands for the main CLI.
+
+Errors of soundguide's own types propagate to the main CLI, which prints one
+line and exits with the error's code. ``python -m soundguide.training.cli`` runs
+the two commands on their own (that is what ``torchrun -m`` needs until they are
+reachable as ``soundguide.cli``)::
+
+    torchrun --nproc_per_node 8 -m soundguide.training.cli train STORE OUT
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from soundguide.training.config import PAPER_SETTINGS, TrainConfig
+from soundguide.training.curation import DEFAULT_MAX_SECONDS, DEFAULT_SHARD_SIZE
+from soundguide.training.datasets import DEFAULT_PATTERN, LAYOUTS
+from soundguide.training.models import ARCHITECTURES
+
+_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(TrainConfig)
+    if f.default is not dataclasses.MISSING
+}
+
+
+@click.command("curate")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="auto",
+    show_default=True,
+    help="Dataset layout: a folder per class, a VGGSound CSV, or a CSV/JSONL manifest.",
+)
+@click.option(
+    "--pattern",
+    default=DEFAULT_PATTERN,
+    show_default=True,
+    help="VGGSound: audio file name from {ytid}, {start}, {end}, {label}, {split}.",
+)
+@click.option(
+    "--audio-dir",
+    type=click.Path(path_type=Path),
+    help="VGGSound: folder of the audio files (default: the CSV's folder).",
+)
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes computing shards.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SHARD_SIZE,
+    show_default=True,
+    help="Clips per shard (the unit of work and of resuming).",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_MAX_SECONDS,
+    show_default=True,
+    help="Keep at most this many seconds of each clip (from its start).",
+)
+@click.option(
+    "--clip",
+    default="ViT-B/32",
+    show_default=True,
+    help="CLIP model (name or file) embedding video frames; loaded only when the dataset has frames.",
+)
+@click.option("--no-images", is_flag=True, help="Ignore video frames in the manifest.")
+@click.option("--device", default="auto", show_default=True, help="Device for embedding frames.")
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow a CLIP file that unpickles arbitrary objects."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def curate(
+    dataset: Path,
+    out: Path,
+    layout: str,
+    pattern: str,
+    audio_dir: Path | None,
+    workers: int,
+    shard_size: int,
+    max_seconds: float,
+    clip: str,
+    no_images: bool,
+    device: str,
+    trust_checkpoint: bool,
+    quiet: bool,
+) -> None:
+    """Precompute the SoundCLIP front end of DATASET into the store folder OUT.
+
+    DATASET is a folder of class folders, a VGGSound CSV or a CSV/JSONL manifest.
+    Unusable files are skipped and listed in OUT/skipped.tsv. Rerunning resumes:
+    finished shards are kept.
+    """
+    from soundguide.training.curation import curate as run_curate
+    from soundguide.training.distributed import resolve_device
+
+    report = run_curate(
+        dataset,
+        out,
+        layout=layout,  # type: ignore[arg-type]
+        pattern=pattern,
+        audio_dir=audio_dir,
+        workers=workers,
+        shard_size=shard_size,
+        max_seconds=max_seconds,
+        clip=clip,
+        images=not no_images,
+        device=resolve_device(device),
+        trust_checkpoint=trust_checkpoint,
+        progress=not quiet,
+    )
+    click.echo(report.summary())
+
+
+def _option(name: str, help: str, **kwargs: Any):
+    field = name.lstrip("-").replace("-", "_")
+    return click.option(
+        name, field, default=_DEFAULTS.get(field), show_default=True, help=help, **kwargs
+    )
+
+
+@click.command("train")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@_option("--clip", "CLIP model (name or file) whose frozen text tower gives the targets.")
+@_option(
+    "--arch",
+    "Audio encoder architecture (tiny: tests and smoke runs).",
+    type=click.Choice(list(ARCHITECTURES)),
+)
+@click.option(
+    "--init",
+    type=click.Path(path_type=Path),
+    help="Start from these encoder weights (e.g. resnet18_57.pth).",
+)
+@click.option(
+    "--template",
+    "templates",
+    multiple=True,
+    help='Text template with {label} (repeatable; default: "the sound of {label}" and 3 more).',
+)
+@_option("--epochs", "Epochs.", type=click.IntRange(min=1))
+@_option(
+    "--batch-size",
+    "Global batch (all processes and accumulation steps).",
+    type=click.IntRange(min=1),
+)
+@_option(
+    "--accumulate",
+    "Micro-batches per optimizer step; negatives still span the global batch.",
+    type=click.IntRange(min=1),
+)
+@_option("--optimizer", "Optimizer.", type=click.Choice(["adamw", "sgd"]))
+@_option("--lr", "Peak learning rate (CyclicLR's max).", type=click.FloatRange(min=0))
+@_option("--min-lr", "Cosine floor; CyclicLR's base learning rate.", type=click.FloatRange(min=0))
+@_option("--weight-decay", "Weight decay.", type=click.FloatRange(min=0))
+@_option("--momentum", "SGD momentum.", type=click.FloatRange(min=0))
+@_option(
+    "--schedule", "Learning-rate schedule.", type=click.Choice(["cosine", "cyclic", "constant"])
+)
+@_option("--warmup-steps", "Linear warm-up steps (cosine, constant).", type=click.IntRange(min=0))
+@_option(
+    "--cycle-steps", "CyclicLR steps from base to max learning rate.", type=click.IntRange(min=1)
+)
+@click.option(
+    "--learnable-scale/--fixed-scale",
+    "learnable_scale",
+    default=_DEFAULTS["learnable_scale"],
+    show_default=True,
+    help="Learn the logit scale (CLIP) or keep it fixed (the paper).",
+)
+@click.option(
+    "--logit-scale",
+    "logit_scale",
+    type=float,
+    default=_DEFAULTS["logit_scale"],
+    show_default="log(1/0.07)",
+    help="Initial (or fixed) log of the logit scale (the paper: 0.07).",
+)
+@_option("--text-weight", "Weight of the audio-text term.", type=click.FloatRange(min=0))
+@_option("--augment-weight", "Weight of the audio-SpecAugment term.", type=click.FloatRange(min=0))
+@_option(
+    "--image-weight",
+    "Weight of the audio-video-frame term (when the store has frames).",
+    type=click.FloatRange(min=0),
+)
+@_option(
+    "--freq-mask", "SpecAugment: widest frequency mask (mel bands).", type=click.IntRange(min=0)
+)
+@_option(
+    "--time-mask", "SpecAugment: widest time mask (frames of 864).", type=click.IntRange(min=0)
+)
+@_option("--num-masks", "SpecAugment: masks of each kind.", type=click.IntRange(min=0))
+@_option(
+    "--val-fraction",
+    "Held out per label when the store has no test split.",
+    type=click.FloatRange(0, 1, max_open=True),
+)
+@_option("--seed", "Seed of initialization, shuffling and augmentation.", type=int)
+@_option(
+    "--precision",
+    "auto: fp16 autocast on CUDA, fp32 on the CPU.",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+)
+@_option("--device", "auto, cpu, cuda or cuda:N (torchrun: each rank's LOCAL_RANK).")
+@_option("--loader-workers", "DataLoader worker processes per rank.", type=click.IntRange(min=0))
+@_option("--log-every", "Log every N steps.", type=click.IntRange(min=1))
+@_option(
+    "--checkpoint-every",
+    "Also checkpoint every N steps (0: epoch ends only).",
+    type=click.IntRange(min=0),
+)
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), help="Stop (with a checkpoint) after N steps in all."
+)
+@click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across processes (CUDA only).")
+@click.option(
+    "--paper",
+    is_flag=True,
+    help="The original code's settings: SGD 0.9, wd 5e-4, CyclicLR 0.001-0.1, batch 320, "
+    "50 epochs, fixed scale exp(0.07), no image term (options given explicitly still win).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in OUT (or start it when there is none)."
+)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow CLIP and --init files that unpickle arbitrary objects (only files you trust).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    store: Path,
+    out: Path,
+    resume: bool,
+    trust_checkpoint: bool,
+    quiet: bool,
+    **options: Any,
+) -> None:
+    """Train the SoundCLIP audio encoder on the curated STORE; write the run to OUT.
+
+    Audio-text InfoNCE against frozen CLIP text embeddings, audio-audio InfoNCE
+    against a SpecAugment view, and audio-image InfoNCE when the store has video
+    frames. OUT gets checkpoints/last.pt (resume), encoder-best.pth and
+    encoder-last.pth (plain state dicts for the audio guidance), log.jsonl.
+    Under torchrun the same command trains on every process (DDP).
+    """
+    from soundguide.training.trainer import load_run_config
+    from soundguide.training.trainer import train as run_train
+
+    source = click.core.ParameterSource
+    given = {
+        name
+        for name in options
+        if ctx.get_parameter_source(name) in (source.COMMANDLINE, source.ENVIRONMENT)
+    }
+    overrides = {name: options[name] for name in given}
+    if "templates" in overrides:
+        overrides["templates"] = list(overrides["templates"])
+    for name in ("init",):
+        if overrides.get(name) is not None:
+            overrides[name] = str(overrides[name])
+    stored = load_run_config(out) if resume else None
+    if stored is not None:
+        values = {**stored.to_dict(), **overrides, "store": str(store), "out": str(out)}
+    else:
+        values = {name: options[name] for name in options if name in _DEFAULTS}
+        values.pop("templates", None)
+        values.pop("init", None)
+        if options.get("paper"):
+            values.update(PAPER_SETTINGS)
+        values.update(overrides)
+        values.update(store=str(store), out=str(out))
+    config = TrainConfig.from_dict(values)
+    result = run_train(config, resume=resume, trust_checkpoint=trust_checkpoint, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = ""
+        if result.best:
+            best = (
+                f"; best {result.best['metric']} {result.best['value']:.4f} "
+                f"at epoch {result.best['epoch'] + 1} ({result.best_encoder})"
+            )
+        state = "stopped" if result.stopped_early else "finished"
+        click.echo(
+            f"{state} after {result.global_step} steps ({result.epochs_done} epochs){best}; "
+            f"last encoder {result.last_encoder}"
+        )
