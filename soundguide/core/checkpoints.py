@@ -26,7 +26,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,3 +302,92 @@ def _progress_bar(total: int | None, desc: str, enabled: bool):
         disable=not enabled,
         leave=False,
     )
+
+
+# -- state dicts --------------------------------------------------------------------
+
+
+def names_preview(items: list[str], limit: int = 4) -> str:
+    """``a, b, c, d (+3 more)``."""
+    shown = ", ".join(items[:limit])
+    return f"{shown} (+{len(items) - limit} more)" if len(items) > limit else shown
+
+
+def read_checkpoint(
+    path_or_state_dict: str | os.PathLike[str] | Any,
+    *,
+    trust: bool = False,
+    map_location: Any = "cpu",
+) -> tuple[str, Any]:
+    """``(source, object)``: a mapping is passed through, a path is read with :func:`load_checkpoint`."""
+    if isinstance(path_or_state_dict, Mapping):
+        return "<state dict>", path_or_state_dict
+    source = str(Path(path_or_state_dict).expanduser())
+    return source, load_checkpoint(source, trust=trust, map_location=map_location)
+
+
+def unwrap_state_dict(
+    obj: Any,
+    source: str,
+    *,
+    containers: tuple[str, ...] = ("state_dict",),
+    prefixes: tuple[str, ...] = ("module.",),
+) -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a loaded checkpoint.
+
+    Unwraps ``{container: ...}`` dicts (and modules) and strips prefixes that
+    every key carries (``module.`` from DataParallel / DDP). Raises
+    :class:`CheckpointError` when no mapping of tensors is found.
+    """
+    for _ in range(3):
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+        if not isinstance(obj, Mapping):
+            break
+        inner = next(
+            (obj[k] for k in containers if isinstance(obj.get(k), Mapping | torch.nn.Module)), None
+        )
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"checkpoint {source} holds no state dict (got {type(obj).__name__})")
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} is not a state dict: {names_preview(bad)} are not tensors"
+        )
+    state = {str(k): v for k, v in obj.items()}
+    for prefix in prefixes:
+        while state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    what: str,
+    hint: str | None = None,
+) -> None:
+    """Raise one :class:`CheckpointError` line naming missing, unexpected and misshapen keys."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {names_preview(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {names_preview(unexpected)}")
+    if mismatched:
+        parts.append(f"wrong shapes (checkpoint vs model) {names_preview(mismatched)}")
+    if parts:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit {what}: " + "; ".join(parts), hint=hint
+        )

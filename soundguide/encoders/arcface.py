@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from soundguide.core.checkpoints import KnownWeights, load_checkpoint
-from soundguide.core.errors import CheckpointError, ImageError
+from soundguide.core.checkpoints import (
+    KnownWeights,
+    check_state_dict,
+    read_checkpoint,
+    unwrap_state_dict,
+)
+from soundguide.core.errors import ImageError
 
 INPUT_SIZE = 112
 EMBED_DIM = 512
@@ -205,21 +209,7 @@ def arcface_state_dict(obj: Any, source: str = "<state dict>") -> dict[str, torc
 
     Raises :class:`CheckpointError` when ``obj`` is not a mapping of tensors.
     """
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"checkpoint {source} holds no state dict (got {type(obj).__name__})")
-    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(
-            f"checkpoint {source} is not a state dict: {_names(bad)} are not tensors"
-        )
-    state = {str(k): v for k, v in obj.items()}
-    while all(k.startswith("module.") for k in state):  # DataParallel / DDP
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    return unwrap_state_dict(obj, source)
 
 
 def load_arcface(
@@ -235,37 +225,15 @@ def load_arcface(
     unexpected or wrongly shaped keys raise one :class:`CheckpointError` line
     naming them. Returns the network in eval mode, without gradients.
     """
-    if isinstance(path_or_state_dict, Mapping):
-        source, obj = "<state dict>", path_or_state_dict
-    else:
-        source = str(Path(path_or_state_dict).expanduser())
-        obj = load_checkpoint(source, trust=trust, map_location=map_location)
+    source, obj = read_checkpoint(path_or_state_dict, trust=trust, map_location=map_location)
     state = arcface_state_dict(obj, source)
     model = ArcFaceIRSE50()
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_names(unexpected)}")
-        if mismatched:
-            parts.append(f"wrong shapes (checkpoint vs model) {_names(mismatched)}")
-        raise CheckpointError(
-            f"checkpoint {source} does not fit ArcFace IR-SE50: " + "; ".join(parts),
-            hint="expected the keys of model_ir_se50.pth (input_layer.*, body.*, output_layer.*)",
-        )
+    check_state_dict(
+        model.state_dict(),
+        state,
+        source=source,
+        what="ArcFace IR-SE50",
+        hint="expected the keys of model_ir_se50.pth (input_layer.*, body.*, output_layer.*)",
+    )
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
-
-
-def _names(items: list[str], limit: int = 4) -> str:
-    shown = ", ".join(items[:limit])
-    return f"{shown} (+{len(items) - limit} more)" if len(items) > limit else shown

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -31,8 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from soundguide.core.checkpoints import KnownWeights, load_checkpoint
-from soundguide.core.errors import AudioError, CheckpointError
+from soundguide.core.checkpoints import (
+    KnownWeights,
+    check_state_dict,
+    read_checkpoint,
+    unwrap_state_dict,
+)
+from soundguide.core.errors import AudioError
 
 SAMPLE_RATE = 44100
 N_FFT = 2048
@@ -305,34 +309,12 @@ def soundclip_state_dict(obj: Any, source: str = "<state dict>") -> dict[str, to
     and strips a ``module.`` prefix (DataParallel / DDP). Raises
     :class:`CheckpointError` when no tensor mapping is found.
     """
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    for _ in range(3):
-        if not isinstance(obj, Mapping):
-            break
-        inner = next(
-            (
-                obj[key]
-                for key in ("state_dict", "model_state_dict", "model", "audio_encoder", "net")
-                if isinstance(obj.get(key), Mapping | nn.Module)
-            ),
-            None,
-        )
-        if inner is None:
-            break
-        obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"checkpoint {source} holds no state dict (got {type(obj).__name__})")
-    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(
-            f"checkpoint {source} is not a state dict: {_names(bad)} are not tensors"
-        )
-    state = {str(k): v for k, v in obj.items()}
-    for prefix in ("module.", "audio_encoder.", "encoder."):
-        while state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+    return unwrap_state_dict(
+        obj,
+        source,
+        containers=("state_dict", "model_state_dict", "model", "audio_encoder", "net"),
+        prefixes=("module.", "audio_encoder.", "encoder."),
+    )
 
 
 def load_soundclip(
@@ -349,11 +331,7 @@ def load_soundclip(
     :class:`CheckpointError` line naming them. The embedding size follows
     ``feature_extractor.fc``. Returns the encoder in eval mode.
     """
-    if isinstance(path_or_state_dict, Mapping):
-        source, obj = "<state dict>", path_or_state_dict
-    else:
-        source = str(Path(path_or_state_dict).expanduser())
-        obj = load_checkpoint(source, trust=trust, map_location=map_location)
+    source, obj = read_checkpoint(path_or_state_dict, trust=trust, map_location=map_location)
     state = soundclip_state_dict(obj, source)
     fc = state.get("feature_extractor.fc.weight")
     embed_dim = fc.shape[0] if isinstance(fc, torch.Tensor) and fc.dim() == 2 else EMBED_DIM
@@ -363,32 +341,15 @@ def load_soundclip(
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = value
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_names(unexpected)}")
-        if mismatched:
-            parts.append(f"wrong shapes (checkpoint vs model) {_names(mismatched)}")
-        raise CheckpointError(
-            f"checkpoint {source} does not fit the SoundCLIP ResNet18 encoder: " + "; ".join(parts),
-            hint="expected the keys of resnet18_57.pth (conv.*, feature_extractor.*)",
-        )
+    check_state_dict(
+        expected,
+        state,
+        source=source,
+        what="the SoundCLIP ResNet18 encoder",
+        hint="expected the keys of resnet18_57.pth (conv.*, feature_extractor.*)",
+    )
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def _names(items: list[str], limit: int = 4) -> str:
-    shown = ", ".join(items[:limit])
-    return f"{shown} (+{len(items) - limit} more)" if len(items) > limit else shown
 
 
 # -- embedding audio -------------------------------------------------------------------
