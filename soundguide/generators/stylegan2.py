@@ -6,13 +6,19 @@ up-sampling, noise injection, skip-connected ToRGB layers), so the state dict
 of a checkpoint's ``g_ema`` loads as it is.
 
 It is written for latent optimization, where the generator is frozen and the
-gradient is taken with respect to W+ only:
+gradient is taken with respect to W+ only. With frozen weights every
+StyledConv runs as one autograd Function (``_FrozenStyledConv``) that keeps
+only its input, style, demodulation and output for the backward pass and
+computes no weight gradients:
 
-* the style scales the *activations* (``conv(x * s) * d``) instead of the
-  weights; mathematically the same as ``conv(x, w * s) * d``, but backprop to
-  the latent needs no per-layer weight gradient;
 * demodulation coefficients come from a cached ``(w ** 2).sum((kh, kw))``
-  matrix: ``d = rsqrt(s ** 2 @ wsq.T + 1e-8)``;
+  matrix: ``d = rsqrt(s ** 2 @ wsq + 1e-8)``;
+* the style scales the *activations* (``conv(x * s) * d``), or, where the
+  weight is smaller than the activations (high-resolution layers), the
+  weights per sample as in the original; either way the backward pass needs
+  only the input gradient of an unmodulated convolution;
+* wide 3x3 layers on CPU run as Winograd F(4x4, 3x3) convolutions (4x fewer
+  multiplications; forward and exact adjoint);
 * FIR filters are depthwise convolutions, and the 2x FIR up-sampling of the
   RGB skip is a depthwise transposed convolution;
 * equalized-learning-rate weights (``weight * scale``) and other derived
@@ -20,16 +26,20 @@ gradient is taken with respect to W+ only:
   (new data, in-place update, ``load_state_dict``, ``.to()``); they are plain
   attributes, never state-dict entries.
 
-``fast=False`` on the generator switches every layer to the textbook
+When weights require gradients (training) the same formulas run through
+plain autograd. ``fast=False`` switches every layer to the textbook
 formulation (per-sample modulated weights, grouped convolutions), kept as a
 readable specification and a check of the fast path.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -96,6 +106,142 @@ def upfirdn2d(
     return out[:, :, ::down, ::down] if down > 1 else out
 
 
+@functools.cache
+def _winograd_f43() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Winograd F(4x4, 3x3) matrices (A^T (4, 6), G (6, 3), B^T (6, 6)), float64.
+
+    Interpolation points 0, -1, 1, 1/2, -2 and infinity: in float32 these keep
+    the error of a layer at the level of a direct convolution, unlike the
+    common 0, +-1, +-2 (about 3x worse).
+    """
+    points = torch.tensor([0.0, -1.0, 1.0, 0.5, -2.0], dtype=torch.float64)
+    m, r, n = 4, 3, 6
+    at = torch.zeros(m, n, dtype=torch.float64)
+    g = torch.zeros(n, r, dtype=torch.float64)
+    for j, p in enumerate(points):
+        at[:, j] = p ** torch.arange(m)
+        others = torch.cat([points[:j], points[j + 1 :]])
+        g[j] = p ** torch.arange(r) / torch.prod(p - others)
+    at[m - 1, n - 1] = 1.0
+    g[n - 1, r - 1] = 1.0
+    # B^T solves  sum_l at[i, l] g[l, k] bt[l, j] = [j == i + k]  for all i, k, j
+    coef = torch.einsum("il,lk->ikl", at, g).reshape(m * r, n)
+    system = torch.kron(coef, torch.eye(n, dtype=torch.float64))
+    target = torch.zeros(m, r, n, dtype=torch.float64)
+    for i in range(m):
+        for k in range(r):
+            target[i, k, i + k] = 1.0
+    bt = torch.linalg.lstsq(system, target.reshape(-1, 1)).solution.view(n, n)
+    return at, g, bt
+
+
+def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    """3x3 weights (C_out, C_in, 3, 3) in the F(4x4, 3x3) domain: (36, C_out, C_in)."""
+    _, g, _ = _winograd_f43()
+    g = g.to(weight.device)
+    u = torch.einsum("xa,ocab,yb->xyoc", g, weight.double(), g)
+    return u.reshape(36, *weight.shape[:2]).to(weight.dtype).contiguous()
+
+
+def _winograd_transforms(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    at, _, bt = _winograd_f43()
+    return (
+        torch.kron(bt, bt).to(device=like.device, dtype=like.dtype),
+        torch.kron(at, at).to(device=like.device, dtype=like.dtype),
+    )
+
+
+def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``conv2d(x, w, padding=1)`` by Winograd F(4x4, 3x3), with ``u = winograd_weight(w)``.
+
+    Four times fewer multiplications than a direct convolution; the input and
+    output transforms are two small matrix products. Input: (N, C_in, H, W)
+    with H and W multiples of 4. Output: (N, C_out, H, W), channels-last
+    when the input is (where the tile gathers are cheapest).
+    """
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return _winograd_nhwc(x, u)
+    n, c, h, w = x.shape
+    th, tw = h // 4, w // 4
+    bb, aa = _winograd_transforms(x)
+    tiles = F.pad(x, (1, 1, 1, 1)).unfold(2, 6, 4).unfold(3, 6, 4)  # (N, C, th, tw, 6, 6)
+    tiles = tiles.permute(4, 5, 1, 0, 2, 3).reshape(36, c * n * th * tw)
+    v = torch.mm(bb, tiles).view(36, c, n * th * tw)
+    m = torch.bmm(u, v)  # (36, C_out, N * th * tw)
+    y = torch.mm(aa, m.view(36, -1)).view(4, 4, -1, n, th, tw)
+    return y.permute(3, 2, 4, 0, 5, 1).reshape(n, -1, h, w)
+
+
+def winograd_conv3x3_backward(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`winograd_conv3x3` with respect to its input (its exact adjoint).
+
+    Input: grad (N, C_out, H, W). Output: (N, C_in, H, W).
+    """
+    if grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous():
+        return _winograd_nhwc_backward(grad, u)
+    n, c_out, h, w = grad.shape
+    c_in = u.shape[2]
+    th, tw = h // 4, w // 4
+    bb, aa = _winograd_transforms(grad)
+    g = grad.reshape(n, c_out, th, 4, tw, 4).permute(3, 5, 1, 0, 2, 4).reshape(16, -1)
+    gm = torch.mm(aa.t(), g).view(36, c_out, n * th * tw)
+    gv = torch.bmm(u.transpose(1, 2), gm)  # (36, C_in, N * th * tw)
+    gd = torch.mm(bb.t(), gv.view(36, -1)).view(6, 6, c_in, n, th * tw)
+    cols = gd.permute(3, 2, 0, 1, 4).reshape(n, c_in * 36, th * tw)
+    return F.fold(cols, (h + 2, w + 2), kernel_size=6, stride=4)[:, :, 1:-1, 1:-1]
+
+
+def _winograd_nhwc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    # channels-last: every gather moves whole channel vectors
+    n, c, h, w = x.shape
+    th, tw = h // 4, w // 4
+    bb, aa = _winograd_transforms(x)
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (N, H+2, W+2, C)
+    tiles = xp.unfold(1, 6, 4).unfold(2, 6, 4)  # (N, th, tw, C, 6, 6)
+    tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
+    v = torch.mm(bb, tiles).view(36, n * th * tw, c)
+    m = torch.bmm(v, u.transpose(1, 2))  # (36, N * th * tw, C_out)
+    y = torch.mm(aa, m.view(36, -1)).view(4, 4, n, th, tw, -1)
+    return y.permute(2, 3, 0, 4, 1, 5).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _winograd_nhwc_backward(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    n, c_out, h, w = grad.shape
+    c_in = u.shape[2]
+    th, tw = h // 4, w // 4
+    bb, aa = _winograd_transforms(grad)
+    g = grad.permute(0, 2, 3, 1).reshape(n, th, 4, tw, 4, c_out)
+    g = g.permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
+    gm = torch.mm(aa.t(), g).view(36, n * th * tw, c_out)
+    gv = torch.bmm(gm, u)  # (36, N * th * tw, C_in)
+    gd = torch.mm(bb.t(), gv.view(36, -1)).view(6, 6, n, th, tw, c_in)
+    # scatter-add the overlapping 6x6 tiles (stride 4) into the padded input
+    out = grad.new_zeros(n, th + 1, 4, tw + 1, 4, c_in)
+    out[:, :th, :, :tw] += gd[:4, :4].permute(2, 3, 0, 4, 1, 5)
+    out[:, 1:, :2, :tw] += gd[4:, :4].permute(2, 3, 0, 4, 1, 5)
+    out[:, :th, :, 1:, :2] += gd[:4, 4:].permute(2, 3, 0, 4, 1, 5)
+    out[:, 1:, :2, 1:, :2] += gd[4:, 4:].permute(2, 3, 0, 4, 1, 5)
+    out = out.view(n, 4 * th + 4, 4 * tw + 4, c_in)[:, 1 : h + 1, 1 : w + 1]
+    return out.contiguous().permute(0, 3, 1, 2)
+
+
+_SKIP_INIT = contextvars.ContextVar("soundguide_stylegan2_skip_init", default=False)
+
+
+@contextmanager
+def _skip_init() -> Iterator[None]:
+    """Build modules with uninitialized tensors (they are about to be loaded)."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.empty(*shape) if _SKIP_INIT.get() else torch.randn(*shape)
+
+
 def _cache_key(tensors: Sequence[torch.Tensor], extra: tuple[Any, ...]) -> tuple[Any, ...]:
     return (
         tuple((t.data_ptr(), t._version, t.device, t.dtype, tuple(t.shape)) for t in tensors),
@@ -109,7 +255,8 @@ class _Derived(nn.Module):
     A derived tensor is rebuilt when a source tensor's storage, version
     counter (bumped by every in-place update, ``load_state_dict`` included),
     device, dtype or shape changes. While gradients flow to the sources
-    (training), nothing is cached so autograd sees the computation.
+    (training), under ``torch.inference_mode`` and while compiling, nothing is
+    cached.
     """
 
     def __init__(self) -> None:
@@ -123,8 +270,10 @@ class _Derived(nn.Module):
         build: Callable[[], Any],
         extra: tuple[Any, ...] = (),
     ) -> Any:
-        if (torch.is_grad_enabled() and any(t.requires_grad for t in sources)) or (
-            torch.compiler.is_compiling()
+        if (
+            (torch.is_grad_enabled() and any(t.requires_grad for t in sources))
+            or torch.is_inference_mode_enabled()  # inference tensors must not leak out
+            or torch.compiler.is_compiling()
         ):
             return build()
         key = _cache_key(sources, extra)
@@ -169,7 +318,7 @@ class EqualLinear(_Derived):
         activation: bool = False,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.weight = nn.Parameter(_randn(out_dim, in_dim).div_(lr_mul))
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
         self.scale = lr_mul / math.sqrt(in_dim)
         self.lr_mul = lr_mul
@@ -195,7 +344,7 @@ class ConstantInput(nn.Module):
 
     def __init__(self, channel: int, size: int = 4) -> None:
         super().__init__()
-        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+        self.input = nn.Parameter(_randn(1, channel, size, size))
 
     def forward(self, batch: int) -> torch.Tensor:
         return self.input.expand(batch, -1, -1, -1)
@@ -225,12 +374,17 @@ class Blur(_Derived):
 
         return self.derived("depthwise", (self.kernel,), build, (channels, x.dtype, channels_last))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         c = x.shape[1]
         p0, p1 = self.pad
         if p0 == p1 and p0 >= 0:
-            return F.conv2d(x, self.depthwise(c, x), padding=p0, groups=c)
-        return F.conv2d(F.pad(x, (p0, p1, p0, p1)), self.depthwise(c, x), groups=c)
+            return F.conv2d(x, self.depthwise(c, x), bias, padding=p0, groups=c)
+        return F.conv2d(F.pad(x, (p0, p1, p0, p1)), self.depthwise(c, x), bias, groups=c)
+
+    def backward_input(self, grad: torch.Tensor) -> torch.Tensor:
+        """Gradient of :meth:`forward` with respect to its input (symmetric pads only)."""
+        c = grad.shape[1]
+        return F.conv_transpose2d(grad, self.depthwise(c, grad), padding=self.pad[0], groups=c)
 
 
 class Upsample(_Derived):
@@ -291,6 +445,7 @@ class ModulatedConv2d(_Derived):
         self.demodulate = demodulate
         self.upsample = upsample
         self.fast = True
+        self.winograd = True
         if upsample:
             factor = 2
             p = (len(blur_kernel) - factor) - (kernel_size - 1)
@@ -299,9 +454,7 @@ class ModulatedConv2d(_Derived):
             )
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
-        self.weight = nn.Parameter(
-            torch.randn(1, out_channel, in_channel, kernel_size, kernel_size)
-        )
+        self.weight = nn.Parameter(_randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1.0)
 
     def conv_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -348,6 +501,120 @@ class ModulatedConv2d(_Derived):
         else:
             out = F.conv2d(xs, weight, padding=self.padding)
         return out, (self.demodulation(s) if self.demodulate else None)
+
+    def modulate_weights(self, x: torch.Tensor) -> bool:
+        """Whether scaling the weights (per sample) is cheaper than scaling ``x``.
+
+        True when the weight is smaller than one sample's activations (the
+        high-resolution layers), and the batch can be one grouped convolution.
+        """
+        n, _, h, w = x.shape
+        if n > 1 and not x.is_contiguous():
+            return False
+        return self.out_channel * self.kernel_size**2 < h * w
+
+    def use_winograd(self, x: torch.Tensor) -> bool:
+        """Whether the frozen path runs this layer as a Winograd convolution.
+
+        On CPUs, for 3x3 layers of 256+ channels whose batch has at most 16384
+        pixels per channel (4096 in NCHW, where the tile gathers are slower):
+        there the 4x fewer multiplications outweigh the memory-bound
+        transforms. GPUs have their own (cuDNN).
+        """
+        n, _, h, w = x.shape
+        if x.is_contiguous():
+            max_pixels = 4096
+        elif x.is_contiguous(memory_format=torch.channels_last):
+            max_pixels = 16384
+        else:
+            return False
+        return (
+            self.winograd
+            and not self.upsample
+            and self.kernel_size == 3
+            and x.device.type == "cpu"
+            and min(self.in_channel, self.out_channel) >= 256
+            and h % 4 == 0
+            and w % 4 == 0
+            and h >= 8
+            and n * h * w <= max_pixels
+        )
+
+    def winograd_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The cached scaled weight in the Winograd domain: (36, C_out, C_in)."""
+        return self.derived(
+            "winograd",
+            (self.weight,),
+            lambda: winograd_weight((self.weight[0] * self.scale).to(x.dtype)),
+            (x.dtype,),
+        )
+
+    def frozen_forward(
+        self, x: torch.Tensor, s: torch.Tensor, d: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """``blur?(conv(x * s)) * d + bias`` without autograd, for frozen weights.
+
+        Input: x (N, C_in, H, W), s (N, C_in), d (N, C_out), bias (C_out,).
+        Output: (N, C_out, H', W').
+        """
+        n, c_in, h, w = x.shape
+        k = self.kernel_size
+        if self.use_winograd(x):
+            out = winograd_conv3x3(x * s[:, :, None, None], self.winograd_weight(x))
+            return out.mul_(d[:, :, None, None]).add_(bias[:, None, None])
+        weight = self.conv_weight(x)
+        if self.modulate_weights(x):
+            if self.upsample:  # weight: (C_in, C_out, k, k)
+                wm = weight[None] * (s[:, :, None, None, None] * d[:, None, :, None, None])
+                out = F.conv_transpose2d(
+                    x.view(1, n * c_in, h, w),
+                    wm.reshape(n * c_in, self.out_channel, k, k),
+                    stride=2,
+                    groups=n,
+                )
+                out = out.view(n, self.out_channel, *out.shape[2:])
+                return self.blur(out, bias)
+            wm = weight[None] * (d[:, :, None, None, None] * s[:, None, :, None, None])
+            out = F.conv2d(
+                x.view(1, n * c_in, h, w),
+                wm.reshape(n * self.out_channel, c_in, k, k),
+                bias.repeat(n),
+                padding=self.padding,
+                groups=n,
+            )
+            return out.view(n, self.out_channel, *out.shape[2:])
+        xs = x * s[:, :, None, None]
+        # with one sample the bias can ride on the convolution as bias / d
+        folded = bias / d[0] if n == 1 else None
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(xs, weight, stride=2), folded)
+        else:
+            out = F.conv2d(xs, weight, folded, padding=self.padding)
+        del xs
+        out.mul_(d[:, :, None, None])
+        return out if n == 1 else out.add_(bias[:, None, None])
+
+    def frozen_backward(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Gradient of ``blur?(conv(x))`` with respect to x (unmodulated weight)."""
+        if self.use_winograd(x):
+            return winograd_conv3x3_backward(grad, self.winograd_weight(x))
+        weight = self.conv_weight(x)
+        if self.upsample:
+            grad = self.blur.backward_input(grad)
+            return F.conv2d(grad, weight, stride=2)
+        return torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            weight,
+            None,
+            [1, 1],
+            [self.padding, self.padding],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [True, False, False],
+        )[0]
 
     def forward(self, x: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         out, d = self.forward_parts(x, latent)
@@ -424,8 +691,34 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
+    def _frozen(self, x: torch.Tensor) -> bool:
+        conv = self.conv
+        if torch.is_grad_enabled() and (
+            conv.weight.requires_grad
+            or self.noise.weight.requires_grad
+            or self.activate.bias.requires_grad
+        ):
+            return False
+        if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
+            return False
+        return not conv.upsample or conv.blur.pad[0] == conv.blur.pad[1]
+
     def forward(self, x: torch.Tensor, latent: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        out, d = self.conv.forward_parts(x, latent)
+        conv = self.conv
+        if conv.fast and self._frozen(x):
+            s = conv.modulation(latent).to(x.dtype)
+            d2 = (conv.demodulation(s) * SQRT2).to(x.dtype)
+            terms = conv.derived(
+                "noise_bias",
+                (noise, self.noise.weight, self.activate.bias),
+                lambda: (
+                    (noise * (self.noise.weight * SQRT2)).to(x.dtype),
+                    (self.activate.bias * SQRT2).to(x.dtype),
+                ),
+                (x.dtype,),
+            )
+            return _FrozenStyledConv.apply(x, s, d2, conv, *terms)
+        out, d = conv.forward_parts(x, latent)
         if d is None:
             return self.activate(self.noise(out, noise))
         # leaky_relu(z) * sqrt(2) == leaky_relu(sqrt(2) * z): the sqrt(2) rides on
@@ -438,6 +731,71 @@ class StyledConv(nn.Module):
         )
         z = z.add_((self.activate.bias * SQRT2)[:, None, None].to(dtype))
         return F.leaky_relu_(z, 0.2)
+
+
+def _dot_hw(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-channel dot products over the pixels of two (N, C, H, W) tensors.
+
+    Output: (N, C). Contiguous inputs go through one batched matmul, without
+    a temporary the size of the inputs.
+    """
+    n, c, h, w = a.shape
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.bmm(a.view(n * c, 1, h * w), b.view(n * c, h * w, 1)).view(n, c)
+    return (a * b).sum((2, 3))
+
+
+def _dot_map(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Dot products of every channel of a (N, C, H, W) with one (1, 1, H, W) map. Output: (N, C)."""
+    n, c, h, w = a.shape
+    m = m.reshape(h * w)
+    if a.is_contiguous():
+        return a.view(n, c, h * w) @ m
+    if a.is_contiguous(memory_format=torch.channels_last):
+        return (m @ a.permute(0, 2, 3, 1).reshape(n, h * w, c)).view(n, c)
+    return (a * m.view(1, 1, h, w)).sum((2, 3))
+
+
+class _FrozenStyledConv(torch.autograd.Function):
+    """StyledConv with frozen weights: gradients for x, s and d only.
+
+    Forward: ``a = leaky_relu(blur?(conv(x * s)) * d + noise_term + bias)``
+    (d, noise_term and bias already carry the sqrt(2) gain). Only x, s, d and
+    the output are kept for the backward pass; the pre-activation is
+    recovered from the output, since ``z * leaky_relu'(z) = leaky_relu(z)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        s: torch.Tensor,
+        d: torch.Tensor,
+        conv: ModulatedConv2d,
+        noise_term: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        out = conv.frozen_forward(x, s, d, bias)
+        out.add_(noise_term)
+        F.leaky_relu_(out, 0.2)
+        ctx.conv = conv
+        ctx.save_for_backward(x, s, d, noise_term, bias, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, s, d, noise_term, bias, out = ctx.saved_tensors
+        ga = torch.ops.aten.leaky_relu_backward(grad, out, 0.2, True)
+        # dL/dd = sum(ga * z_conv) with z_conv = (z - noise_term - bias) / d, and
+        # sum(ga * z) = sum(grad * out) because z * leaky_relu'(z) = leaky_relu(z)
+        grad_d = (_dot_hw(grad, out) - _dot_map(ga, noise_term) - ga.sum((2, 3)) * bias) / d
+        ga.mul_(d[:, :, None, None])
+        gx = ctx.conv.frozen_backward(ga, x)
+        del ga
+        grad_s = _dot_hw(gx, x)
+        grad_x = gx.mul_(s[:, :, None, None]) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_s, grad_d, None, None, None
 
 
 class ToRGB(nn.Module):
@@ -495,6 +853,8 @@ class StyleGAN2Generator(nn.Module):
         channel_multiplier: 2 for the released models, 1 for some small ones.
         blur_kernel: the FIR taps of up-sampling and blur.
         lr_mlp: learning-rate multiplier of the mapping network.
+        init: False leaves weights and noise maps uninitialized (``torch.empty``),
+            which is quicker when a state dict is loaded right after.
 
     ``synthesize`` takes W+ latents (N, L, D) with L = :attr:`num_layers` =
     2 * log2(size) - 2 and returns images (N, 3, size, size), roughly in
@@ -510,6 +870,7 @@ class StyleGAN2Generator(nn.Module):
         *,
         blur_kernel: Sequence[float] = BLUR_KERNEL,
         lr_mlp: float = 0.01,
+        init: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(size, int) or size < 8 or size & (size - 1):
@@ -527,12 +888,18 @@ class StyleGAN2Generator(nn.Module):
         self.log_size = int(math.log2(size))
         self.latent_avg: torch.Tensor | None = None
         """(1, style_dim) average W stored with converted checkpoints, else None."""
+        self.channels_last = False
+        """Run the synthesis network in channels-last memory format."""
+        with nullcontext() if init else _skip_init():
+            self._build(blur_kernel, lr_mlp)
 
+    def _build(self, blur_kernel: Sequence[float], lr_mlp: float) -> None:
+        style_dim, channel_multiplier = self.style_dim, self.channel_multiplier
         self.style = nn.Sequential(
             PixelNorm(),
             *(
                 EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True)
-                for _ in range(n_mlp)
+                for _ in range(self.n_mlp)
             ),
         )
         c4 = channels_at(4, channel_multiplier)
@@ -545,7 +912,7 @@ class StyleGAN2Generator(nn.Module):
         num_noise = 2 * (self.log_size - 2) + 1
         for i in range(num_noise):
             res = 2 ** ((i + 5) // 2)
-            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, res, res))
+            self.noises.register_buffer(f"noise_{i}", _randn(1, 1, res, res))
         in_channel = c4
         for i in range(3, self.log_size + 1):
             out_channel = channels_at(2**i, channel_multiplier)
@@ -557,8 +924,6 @@ class StyleGAN2Generator(nn.Module):
             self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim))
             self.to_rgbs.append(ToRGB(out_channel, style_dim, blur_kernel=blur_kernel))
             in_channel = out_channel
-        self.channels_last = False
-        """Run the synthesis network in channels-last memory format."""
 
     # -- configuration ---------------------------------------------------------
 
@@ -585,6 +950,17 @@ class StyleGAN2Generator(nn.Module):
     def num_layers(self) -> int:
         """Number of W+ latent vectors: 2 * log2(size) - 2 (14 at 256 px, 18 at 1024 px)."""
         return 2 * self.log_size - 2
+
+    @property
+    def winograd(self) -> bool:
+        """Use Winograd convolutions for the wide 3x3 layers on CPU (default True)."""
+        return self.conv1.conv.winograd
+
+    @winograd.setter
+    def winograd(self, value: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, ModulatedConv2d):
+                module.winograd = bool(value)
 
     @property
     def fast(self) -> bool:
@@ -841,16 +1217,14 @@ def load_stylegan2(
         cm = channel_multiplier if channel_multiplier is not None else 2
 
     try:
-        with torch.device("meta"):
-            generator = StyleGAN2Generator(
-                int(found["size"]), int(found["style_dim"]), int(found["n_mlp"]), int(cm)
-            )
+        generator = StyleGAN2Generator(
+            int(found["size"]), int(found["style_dim"]), int(found["n_mlp"]), int(cm), init=False
+        )
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint describes an unsupported generator: {exc}") from None
     _check_state_dict(generator, state, found)
     device = state["input.input"].device
-    generator.to_empty(device=device)
-    generator.load_state_dict(state, strict=True)
+    generator.to(device=device).load_state_dict(state, strict=True)
     generator.requires_grad_(False).eval()
     if latent_avg is not None:
         if latent_avg.numel() != generator.style_dim:
