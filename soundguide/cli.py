@@ -148,7 +148,7 @@ def edit(
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True
 )
-@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def demo(out: Path, steps: int, overwrite: bool, quiet: bool) -> None:

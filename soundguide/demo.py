@@ -38,7 +38,7 @@ def _sound(path: Path, seconds: float = 3.0, rate: int = 44100) -> Path:
     return path
 
 
-def write_demo_inputs(folder: Path, *, steps: int = 30) -> Path:
+def write_demo_inputs(folder: Path, *, steps: int = 20) -> Path:
     """Write the tiny random models, a sound and ``demo.toml``; return the config path."""
     from soundguide.encoders.clip import _import_clip
     from soundguide.encoders.soundclip import SoundCLIPEncoder
@@ -46,7 +46,7 @@ def write_demo_inputs(folder: Path, *, steps: int = 30) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    generator = StyleGAN2Generator(64, style_dim=64, n_mlp=2, channel_multiplier=1)
+    generator = StyleGAN2Generator(32, style_dim=64, n_mlp=2, channel_multiplier=1)
     torch.save({"g_ema": generator.state_dict()}, folder / "stylegan2-tiny.pt")
     clip_model = _import_clip().model.CLIP(
         embed_dim=EMBED_DIM,
@@ -103,7 +103,7 @@ gif = true
 def run_demo(
     out: str | os.PathLike[str],
     *,
-    steps: int = 30,
+    steps: int = 20,
     overwrite: bool = False,
     progress: bool = True,
 ):
