@@ -21,7 +21,7 @@ Usage::
 
     python benchmarks/stylegan2_speed.py                 # 64, 256, 1024 px; batch 1 and 4
     python benchmarks/stylegan2_speed.py --sizes 256 --batches 1 --reps 3
-    python benchmarks/stylegan2_speed.py --sizes 256 --no-bf16 --compile
+    python benchmarks/stylegan2_speed.py --sizes 64 --batches 1 --bf16 --compile
 """
 
 from __future__ import annotations
@@ -201,7 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time precision='bf16' (autocast); very slow on CPUs without bf16 units",
+    )
     parser.add_argument(
         "--compile", dest="compile_", action="store_true", help="also time torch.compile"
     )

@@ -38,6 +38,7 @@ import contextvars
 import functools
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
@@ -1065,6 +1066,7 @@ class StyleGAN2Generator(nn.Module):
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if precision == "bf16":
+            _warn_if_slow_bf16(wplus.device)
             with torch.autocast(wplus.device.type, dtype=torch.bfloat16):
                 image = self._synthesize(wplus)
             return image.to(wplus.dtype)
@@ -1086,6 +1088,17 @@ class StyleGAN2Generator(nn.Module):
             skip = to_rgb(x, wplus[:, i + 2], skip)
             i += 2
         return skip.contiguous()
+
+
+@functools.cache
+def _warn_if_slow_bf16(device: torch.device) -> None:
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn(
+            "precision='bf16' on a CPU without native bfloat16 support runs convolutions "
+            "in slow reference kernels (far slower than fp32); use fp32 here",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _shape_of(x: Any) -> str:

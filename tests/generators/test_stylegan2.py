@@ -115,11 +115,12 @@ def test_a_state_dict_built_from_the_manifest_loads_strictly(size: int) -> None:
     assert g.latent_avg is None
 
 
-def test_the_reference_has_the_same_keys_as_ours() -> None:
-    with torch.device("meta"):
-        ours = StyleGAN2Generator(64, 32, 2, 1).state_dict()
-        ref = rosinality.Generator(64, 32, 2, 1).state_dict()
-    assert [(k, v.shape) for k, v in ours.items()] == [(k, v.shape) for k, v in ref.items()]
+def test_the_reference_has_the_same_keys_as_ours(pair64) -> None:
+    ref, _ = pair64
+    ours = StyleGAN2Generator(64, 32, 2, 1, init=False).state_dict()
+    assert [(k, v.shape) for k, v in ours.items()] == [
+        (k, v.shape) for k, v in ref.state_dict().items()
+    ]
 
 
 @pytest.mark.parametrize(
@@ -438,6 +439,7 @@ def test_channels_last_gives_the_same_images(pair) -> None:
     assert relative_error(cl, plain) < 1e-4
 
 
+@pytest.mark.filterwarnings("ignore:precision='bf16' on a CPU")
 def test_bf16_mode_runs_and_is_close(pair8) -> None:
     _, g = pair8
     w = wplus_for(g).requires_grad_()
