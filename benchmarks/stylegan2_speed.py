@@ -5,14 +5,16 @@ is ``tests/generators/rosinality_reference.py``), run in this one process, and
 timed interleaved (reference, fast, fast bf16 in turn, every repetition) so
 that load from other processes hits them alike. Reported per size and batch:
 
-* ``fwd``: median seconds of ``synthesize(w)`` under ``torch.no_grad()``;
+* ``fwd``: median seconds of ``synthesize(w)`` under ``torch.no_grad()``
+  (after ``--warmup`` untimed calls, which build caches and first-touch memory);
 * ``fwd+bwd``: median seconds of a forward pass and ``backward()`` of a scalar
   loss with respect to W+ only (every parameter has ``requires_grad=False``);
 * ``saved MB``: bytes of the tensors autograd keeps for the backward pass
   (unique storages, counted with ``saved_tensors_hooks``);
 * ``peak MB``: the largest increase of the process's resident memory during
-  one fwd+bwd call over its value before the call, sampled every 0.5 ms from
-  ``/proc/self/statm`` after ``malloc_trim(0)`` (Linux only; approximate);
+  the last timed fwd+bwd call over its value before the call, sampled every
+  0.5 ms from ``/proc/self/statm`` after ``malloc_trim(0)`` (Linux only;
+  approximate);
 * ``max|diff|/mean|ref|``: the largest absolute difference from the reference
   output divided by the reference output's mean magnitude (fwd, float32);
 * the speed-up ratios (reference time / fast time).
@@ -94,8 +96,8 @@ class PeakRSS:
         self.peak = max(self.peak, rss_bytes() - self.base)
 
 
-def saved_bytes(fn: Fn, w: torch.Tensor) -> int:
-    """Bytes of unique storages autograd saves for the backward of ``fn(w)``."""
+def saved_bytes_fwd_bwd(fn: Fn, w: torch.Tensor) -> int:
+    """One untimed fwd+bwd; returns the bytes of unique storages autograd saved for it."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,7 @@ def saved_bytes(fn: Fn, w: torch.Tensor) -> int:
     ww = w.clone().requires_grad_()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn(ww)
-    del out
+    out.float().square().mean().backward()
     return sum(seen.values())
 
 
@@ -155,26 +157,35 @@ def bench_one(
         compiled = torch.compile(fast.synthesize)
         impls["fast compiled"] = compiled
 
-    with torch.no_grad():
-        outputs = {name: fn(w).float() for name, fn in impls.items()}
+    # the first, untimed calls warm up and give the outputs and saved-tensor sizes
+    outputs: dict[str, torch.Tensor] = {}
+    saved: dict[str, int] = {}
+    for name, fn in impls.items():
+        with torch.no_grad():
+            outputs[name] = fn(w).float()
+        saved[name] = saved_bytes_fwd_bwd(fn, w)
     ref_out = outputs["reference"]
     scale = ref_out.abs().mean().item()
 
     times: dict[str, dict[str, list[float]]] = {n: {"fwd": [], "fb": []} for n in impls}
     calls = {n: {"fwd": fwd_call(fn, w), "fb": fwd_bwd_call(fn, w)} for n, fn in impls.items()}
-    for _ in range(warmup):
+    for _ in range(warmup - 1):
         for name in impls:
             calls[name]["fwd"]()
             calls[name]["fb"]()
-    for _ in range(reps):
+    peaks: dict[str, int] = {}
+    for rep in range(reps):
         for name in impls:
-            for mode in ("fwd", "fb"):
-                times[name][mode].append(timed(calls[name][mode]))
+            times[name]["fwd"].append(timed(calls[name]["fwd"]))
+            if rep == reps - 1:  # the last fwd+bwd also gives the memory peak
+                with PeakRSS() as peak:
+                    times[name]["fb"].append(timed(calls[name]["fb"]))
+                peaks[name] = peak.peak
+            else:
+                times[name]["fb"].append(timed(calls[name]["fb"]))
 
     rows = []
-    for name, fn in impls.items():
-        with PeakRSS() as peak:
-            calls[name]["fb"]()
+    for name in impls:
         rows.append(
             {
                 "size": size,
@@ -182,8 +193,8 @@ def bench_one(
                 "impl": name,
                 "fwd": statistics.median(times[name]["fwd"]),
                 "fb": statistics.median(times[name]["fb"]),
-                "peak": peak.peak / 2**20,
-                "saved": saved_bytes(fn, w) / 2**20,
+                "peak": peaks[name] / 2**20,
+                "saved": saved[name] / 2**20,
                 "diff": (outputs[name] - ref_out).abs().max().item() / scale,
             }
         )
@@ -199,7 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--big-reps", type=int, default=1, help="timed repetitions at 1024 px and more"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed calls first (at least 1 is made)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
         "--bf16",
@@ -217,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs; channel multiplier 2, style_dim 512, n_mlp 8; "
-        f"median of {args.reps} after {args.warmup} warm-up"
+        f"median of {args.reps} ({args.big_reps} at 1024+ px) after {args.warmup} warm-up; "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     header = (
         f"{'size':>5} {'batch':>5}  {'impl':<13} {'fwd s':>7} {'fwd+bwd s':>9} "
@@ -227,8 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for size in args.sizes:
         for batch in args.batches:
+            reps = args.big_reps if size >= 1024 else args.reps
             for row in bench_one(
-                size, batch, args.reps, args.warmup, args.bf16, args.compile_, args.seed
+                size, batch, reps, args.warmup, args.bf16, args.compile_, args.seed
             ):
                 print(
                     f"{row['size']:>5} {row['batch']:>5}  {row['impl']:<13} {row['fwd']:>7.3f} "

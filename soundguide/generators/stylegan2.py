@@ -271,11 +271,11 @@ class _Derived(nn.Module):
         build: Callable[[], Any],
         extra: tuple[Any, ...] = (),
     ) -> Any:
+        if torch.compiler.is_compiling():  # first: dynamo then traces build() alone
+            return build()
         if (
-            (torch.is_grad_enabled() and any(t.requires_grad for t in sources))
-            or torch.is_inference_mode_enabled()  # inference tensors must not leak out
-            or torch.compiler.is_compiling()
-        ):
+            torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+        ) or torch.is_inference_mode_enabled():  # inference tensors must not leak out
             return build()
         key = _cache_key(sources, extra)
         hit = self._derived.get(name)
@@ -694,13 +694,15 @@ class StyledConv(nn.Module):
 
     def _frozen(self, x: torch.Tensor) -> bool:
         conv = self.conv
+        if torch.compiler.is_compiling():
+            return False
         if torch.is_grad_enabled() and (
             conv.weight.requires_grad
             or self.noise.weight.requires_grad
             or self.activate.bias.requires_grad
         ):
             return False
-        if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
+        if torch.is_autocast_enabled(x.device.type):
             return False
         return not conv.upsample or conv.blur.pad[0] == conv.blur.pad[1]
 
@@ -1054,15 +1056,24 @@ class StyleGAN2Generator(nn.Module):
             raise LatentShapeError(f"W+ latent must be a float tensor, got {wplus.dtype}")
         if wplus.shape[0] == 0:
             raise LatentShapeError("W+ latent has an empty batch (shape (0, ...))")
+        device = self._param().device
+        if wplus.device != device:
+            raise LatentError(
+                f"W+ latent is on {wplus.device} but the generator is on {device}",
+                hint="move one of them with .to(device)",
+            )
 
     def synthesize(self, wplus: torch.Tensor, *, precision: Precision = "fp32") -> torch.Tensor:
         """Render W+ latents with the stored noise maps (deterministic).
 
-        Input: (N, L, D). Output: (N, 3, size, size), in the latent's dtype
-        (float32 for ``precision="bf16"``, which runs the network under
-        bfloat16 autocast: faster on CPUs and GPUs with bf16 units, less exact).
+        Input: (N, L, D) on the generator's device (converted to its dtype).
+        Output: (N, 3, size, size) in the generator's dtype, also for
+        ``precision="bf16"``, which runs the network under bfloat16 autocast:
+        faster on GPUs and CPUs with bf16 units, less exact, and far slower
+        than fp32 on CPUs without them (a RuntimeWarning says so).
         """
         self.check_wplus(wplus)
+        wplus = wplus.to(self._param().dtype)
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if precision == "bf16":
@@ -1092,7 +1103,11 @@ class StyleGAN2Generator(nn.Module):
 
 @functools.cache
 def _warn_if_slow_bf16(device: torch.device) -> None:
-    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = True
+    if device.type == "cpu" and not native:
         warnings.warn(
             "precision='bf16' on a CPU without native bfloat16 support runs convolutions "
             "in slow reference kernels (far slower than fp32); use fp32 here",

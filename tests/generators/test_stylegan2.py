@@ -499,6 +499,15 @@ def test_dtype_follows_the_module() -> None:
     assert relative_error(fast, slow) < 1e-10
 
 
+def test_latents_take_the_generators_dtype(pair8) -> None:
+    _, g = pair8
+    w = wplus_for(g)
+    with torch.no_grad():
+        out = g.synthesize(w.double())
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, g.synthesize(w).detach())
+
+
 def test_mean_latent_and_truncation(pair) -> None:
     _, g = pair
     a = g.mean_latent(512, generator=torch.Generator().manual_seed(3))
