@@ -1216,12 +1216,9 @@ def load_stylegan2(
     Raises :class:`CheckpointError` when the file is not a StyleGAN2 generator
     or disagrees with the given settings.
     """
-    if isinstance(path_or_state_dict, Mapping):
-        obj: Any = path_or_state_dict
-    else:
-        from soundguide.core.checkpoints import load_checkpoint
+    from soundguide.core.checkpoints import read_checkpoint
 
-        obj = load_checkpoint(path_or_state_dict, trust=trust)
+    source, obj = read_checkpoint(path_or_state_dict, trust=trust)
     state, latent_avg = _generator_state_dict(obj)
     found = infer_stylegan2_config(state)
     layers = 2 * int(math.log2(found["size"] or 8)) - 2
@@ -1250,7 +1247,7 @@ def load_stylegan2(
         )
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint describes an unsupported generator: {exc}") from None
-    _check_state_dict(generator, state, found)
+    _check_state_dict(generator, state, found, source)
     device = state["input.input"].device
     generator.to(device=device).load_state_dict(state, strict=True)
     generator.requires_grad_(False).eval()
@@ -1267,33 +1264,17 @@ def load_stylegan2(
 
 
 def _check_state_dict(
-    generator: StyleGAN2Generator, state: Mapping[str, torch.Tensor], found: Mapping[str, Any]
+    generator: StyleGAN2Generator,
+    state: Mapping[str, torch.Tensor],
+    found: Mapping[str, Any],
+    source: str,
 ) -> None:
-    expected = generator.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
+    from soundguide.core.checkpoints import check_state_dict
+
     looks = (
         f"{found['size']} px, style_dim {found['style_dim']}, n_mlp {found['n_mlp']}, "
         f"channel multiplier {generator.channel_multiplier}"
     )
-    problems = []
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape {_few(wrong)}")
-    if problems:
-        raise CheckpointError(
-            f"StyleGAN2 checkpoint (looks like {looks}) does not load: {'; '.join(problems)}"
-        )
-
-
-def _few(items: Sequence[str], n: int = 3) -> str:
-    text = ", ".join(items[:n])
-    return text + (f" and {len(items) - n} more" if len(items) > n else "")
+    check_state_dict(
+        generator.state_dict(), state, source=source, what=f"StyleGAN2 (it looks like {looks})"
+    )
