@@ -41,14 +41,13 @@ sys.path.insert(0, str(ROOT))
 def write_inputs(folder: Path) -> None:
     import soundfile as sf
 
-    from soundguide.encoders.clip import _import_clip
+    from soundguide.encoders.clip_model import CLIP, VIT_B_32
     from soundguide.encoders.soundclip import SoundCLIPEncoder
     from soundguide.generators.stylegan2 import StyleGAN2Generator
 
     torch.manual_seed(0)
     torch.save({"g_ema": StyleGAN2Generator(256, 512, 8, 2).state_dict()}, folder / "g.pt")
-    clip = _import_clip()
-    vit = clip.model.CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)  # ViT-B/32's shapes
+    vit = CLIP(VIT_B_32)
     torch.save(vit.state_dict(), folder / "clip.pt")
     torch.save(SoundCLIPEncoder().state_dict(), folder / "soundclip.pt")
     rng = np.random.default_rng(0)

@@ -29,7 +29,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soundguide.encoders.clip import CLIPEncoder, _import_clip, paper_preprocess  # noqa: E402
+from soundguide.encoders.clip import CLIPEncoder, paper_preprocess  # noqa: E402
+from soundguide.encoders.clip_model import CLIP, VIT_B_32  # noqa: E402
 
 
 def literal_paper(image: torch.Tensor) -> torch.Tensor:
@@ -110,9 +111,8 @@ def main() -> None:
             line += f"   literal upsample+pool: {literal:9.2f} ms   ({literal / exact:.0f}x)"
         print(line)
 
-    clip = _import_clip()
     torch.manual_seed(0)
-    model = clip.model.CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)
+    model = CLIP(VIT_B_32)
     model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     encoder = CLIPEncoder(model, preprocess="paper")
     print("\nguidance step at 256 px, random ViT-B/32 float32, batch 1 (median ms)")

@@ -54,13 +54,21 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, trust: bool = False, map_location: Any = "cpu"
+    path: str | os.PathLike[str],
+    *,
+    trust: bool = False,
+    map_location: Any = "cpu",
+    mmap: bool = False,
 ) -> Any:
     """Load a torch checkpoint without executing pickled code.
 
     Only tensors, plain containers and ``argparse.Namespace`` are allowed unless
     ``trust`` is true. Raises :class:`CheckpointError` with one line naming the
     file and, for a refused pickle, the global it wanted to load.
+
+    ``mmap``: tensors of a zip-format file are mapped from the file rather than
+    read, so weights that are never touched never take memory (ignored for
+    the legacy format and off the CPU).
     """
     path = Path(path)
     if not path.exists():
@@ -69,16 +77,19 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint is a directory, not a file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    options: dict[str, Any] = {"map_location": map_location}
+    if mmap and str(map_location) == "cpu" and zipfile.is_zipfile(path):
+        options["mmap"] = True
     if trust:
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(path, weights_only=False, **options)
         except Exception as exc:  # a trusted file can still be corrupt
             raise CheckpointError(
                 f"cannot read checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}"
             ) from None
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, weights_only=True, **options)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         names = _unsafe_globals(path) if zipfile.is_zipfile(path) else []
@@ -224,54 +235,19 @@ class WeightsRegistry:
                 hint=entry.description
                 or f"or point the config at a local copy of {entry.filename}",
             )
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                try:
-                    response = urllib.request.urlopen(entry.url, timeout=30)  # noqa: S310
-                except (urllib.error.URLError, OSError, ValueError) as exc:
-                    reason = getattr(exc, "reason", exc)
-                    raise WeightsError(
-                        f"cannot download {name!r} from {entry.url} ({reason}); expected at {path}",
-                        hint=hint,
-                    ) from None
-                with response:
-                    if "text/html" in (response.headers.get("Content-Type") or ""):
-                        # file hosts answer quota or confirmation pages with HTML
-                        raise WeightsError(
-                            f"cannot download {name!r}: {entry.url} answered with a web page, "
-                            f"not the file; expected at {path}",
-                            hint=hint,
-                        )
-                    total = int(response.headers.get("Content-Length") or 0) or entry.size
-                    bar = _progress_bar(total, f"downloading {entry.filename}", progress)
-                    try:
-                        while block := response.read(1 << 20):
-                            out.write(block)
-                            digest.update(block)
-                            bar.update(len(block))
-                    except OSError as exc:
-                        raise WeightsError(
-                            f"download of {name!r} from {entry.url} failed: {exc}; expected at {path}",
-                            hint=hint,
-                        ) from None
-                    finally:
-                        bar.close()
-            got = digest.hexdigest()
-            expected = self.expected_sha256(name)
-            if expected is not None and got != expected:
-                raise WeightsError(
-                    f"sha256 mismatch for {name!r} from {entry.url}: got {got}, expected {expected}",
-                    hint="the download is corrupt or the file changed upstream; nothing was kept",
-                )
-            os.replace(tmp, path)
-            if expected is None:
-                self._pin(entry, got)
-            return path
-        finally:
-            tmp.unlink(missing_ok=True)
+        expected = self.expected_sha256(name)
+        digest = download_file(
+            entry.url,
+            path,
+            what=repr(name),
+            sha256=expected,
+            size=entry.size,
+            progress=progress,
+            hint=hint,
+        )
+        if expected is None:
+            self._pin(entry, digest)
+        return path
 
     def verify(self, name: str) -> tuple[str, str]:
         """Check a downloaded file. Returns ``(status, detail)``.
@@ -288,6 +264,70 @@ class WeightsRegistry:
         if got != expected:
             return "mismatch", f"got {got}, expected {expected}"
         return "ok", got
+
+
+def download_file(
+    url: str,
+    path: Path,
+    *,
+    what: str,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    hint: str | None = None,
+) -> str:
+    """Download ``url`` to ``path`` with a progress bar; return the file's sha256.
+
+    The file appears at ``path`` only once complete and, when ``sha256`` is
+    given, matching it; a failed or corrupt download leaves nothing behind.
+    Raises :class:`WeightsError` (one line, naming ``what``, the URL and the
+    path) when the download fails, answers with a web page, or mismatches.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=30)  # noqa: S310
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise WeightsError(
+                    f"cannot download {what} from {url} ({reason}); expected at {path}", hint=hint
+                ) from None
+            with response:
+                if "text/html" in (response.headers.get("Content-Type") or ""):
+                    # file hosts answer quota or confirmation pages with HTML
+                    raise WeightsError(
+                        f"cannot download {what}: {url} answered with a web page, "
+                        f"not the file; expected at {path}",
+                        hint=hint,
+                    )
+                total = int(response.headers.get("Content-Length") or 0) or size
+                bar = _progress_bar(total, f"downloading {path.name}", progress)
+                try:
+                    while block := response.read(1 << 20):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+                except OSError as exc:
+                    raise WeightsError(
+                        f"download of {what} from {url} failed: {exc}; expected at {path}",
+                        hint=hint,
+                    ) from None
+                finally:
+                    bar.close()
+        got = digest.hexdigest()
+        if sha256 is not None and got != sha256:
+            raise WeightsError(
+                f"sha256 mismatch for {what} from {url}: got {got}, expected {sha256}",
+                hint="the download is corrupt or the file changed upstream; nothing was kept",
+            )
+        os.replace(tmp, path)
+        return got
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _progress_bar(total: int | None, desc: str, enabled: bool):
@@ -318,12 +358,13 @@ def read_checkpoint(
     *,
     trust: bool = False,
     map_location: Any = "cpu",
+    mmap: bool = False,
 ) -> tuple[str, Any]:
     """``(source, object)``: a mapping is passed through, a path is read with :func:`load_checkpoint`."""
     if isinstance(path_or_state_dict, Mapping):
         return "<state dict>", path_or_state_dict
     source = str(Path(path_or_state_dict).expanduser())
-    return source, load_checkpoint(source, trust=trust, map_location=map_location)
+    return source, load_checkpoint(source, trust=trust, map_location=map_location, mmap=mmap)
 
 
 def unwrap_state_dict(

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 
+from soundguide.core.adam import LatentAdam
 from soundguide.core.errors import ConfigError, PluginError
 from soundguide.core.interfaces import (
     Generator,
@@ -337,7 +338,7 @@ class Editor:
         steps = opt_cfg.steps
         schedule = SCHEDULES[opt_cfg.schedule]
         w = self.w0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([w], lr=opt_cfg.lr)
+        optimizer = LatentAdam(w, lr=opt_cfg.lr)
         history: list[dict[str, Any]] = []
         seconds: list[float] = []
         status: Status = "finished"
@@ -352,8 +353,7 @@ class Editor:
                 lr = schedule(
                     step / steps, opt_cfg.lr, rampup=opt_cfg.rampup, rampdown=opt_cfg.rampdown
                 )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                optimizer.lr = lr
                 image = self.generator.synthesize(w)
                 terms = self.losses(w, image)
                 per_item = torch.stack(list(terms.values())).sum(dim=0)
@@ -375,7 +375,7 @@ class Editor:
                         step, steps, last_good, self.view(image), _detached(terms, per_item), lr
                     )
                 )
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 total.backward()
                 optimizer.step()
                 for term in self.regularizers:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import functools
 import math
 import os
-import urllib.error
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +33,14 @@ from torch import nn
 
 from soundguide.core.checkpoints import load_checkpoint
 from soundguide.core.errors import CheckpointError, ConfigError, ImageError, WeightsError
-
-if TYPE_CHECKING:
-    from clip.model import CLIP
+from soundguide.encoders.clip_model import (
+    CLIP,
+    METADATA_KEYS,
+    CLIPConfig,
+    cast_each,
+    is_text_key,
+    uninitialized,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -46,20 +50,78 @@ PreprocessMode = Literal["paper", "clip"]
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _import_clip() -> Any:
-    with warnings.catch_warnings():
-        # clip imports pkg_resources, which warns about its own deprecation.
-        warnings.simplefilter("ignore", UserWarning)
-        import clip
-    return clip
+CLIP_MODELS = {
+    "RN50": "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+    "RN101": "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
+    "RN50x4": "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
+    "RN50x16": "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa/RN50x16.pt",
+    "RN50x64": "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c/RN50x64.pt",
+    "ViT-B/32": "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": (
+        "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt"
+    ),
+}
+"""OpenAI's released models: ``<sha256 of the file>/<file name>`` under :data:`CLIP_URL`."""
+
+CLIP_URL = "https://openaipublic.azureedge.net/clip/models/"
+
+
+def available_models() -> list[str]:
+    """Names :func:`load_clip` can download (the same as ``clip.available_models()``)."""
+    return list(CLIP_MODELS)
 
 
 # -- loading ------------------------------------------------------------------------
 
 
 def default_download_root() -> Path:
-    """Where ``clip.load`` caches downloads by default: ``~/.cache/clip``."""
+    """Where the ``clip`` package caches downloads, shared with it: ``~/.cache/clip``."""
     return Path("~/.cache/clip").expanduser()
+
+
+def clip_file(
+    name_or_path: str | os.PathLike[str], *, download_root: str | os.PathLike[str] | None = None
+) -> Path:
+    """The local file of a CLIP model name (downloaded once, sha256-checked) or path.
+
+    Raises :class:`WeightsError` for an unknown name or a failed download and
+    :class:`CheckpointError` for a directory.
+    """
+    from soundguide.core.checkpoints import download_file
+    from soundguide.core.files import sha256_file
+
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if name in CLIP_MODELS and not path.is_file():
+        root = (
+            Path(download_root).expanduser()
+            if download_root is not None
+            else default_download_root()
+        )
+        digest, filename = CLIP_MODELS[name].split("/")
+        cached = root / filename
+        if cached.is_file() and sha256_file(cached) == digest:
+            return cached
+        download_file(
+            CLIP_URL + CLIP_MODELS[name],
+            cached,
+            what=f"CLIP model {name!r}",
+            sha256=digest,
+            hint=f"download it yourself into {root}, or pass the path of a local CLIP file",
+        )
+        return cached
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise CheckpointError(f"CLIP model path is a directory, not a file: {path}")
+    from soundguide.core.registry import unknown_name_message
+
+    raise WeightsError(
+        unknown_name_message("CLIP model", name, available_models()) + "; no such file either",
+        hint="pass a model name or the path of a local CLIP file",
+    )
 
 
 def load_clip(
@@ -69,10 +131,11 @@ def load_clip(
     dtype: torch.dtype = torch.float32,
     download_root: str | os.PathLike[str] | None = None,
     trust: bool = False,
+    text: bool = True,
 ) -> CLIP:
     """Load a CLIP model, frozen (no parameter requires grad) and in eval mode.
 
-    ``name_or_path`` is a model name of ``clip.available_models()`` (e.g.
+    ``name_or_path`` is a model name of :func:`available_models` (e.g.
     ``"ViT-B/32"``, downloaded once into ``download_root``, default
     ``~/.cache/clip``) or a local file: a TorchScript archive as OpenAI
     distributes them, or a plain state dict (read with
@@ -81,75 +144,50 @@ def load_clip(
 
     The weights stay float32 unless ``dtype`` asks for float16 or bfloat16
     (``clip.load`` alone would cast to float16 on CUDA, which breaks latent
-    optimization).
+    optimization). ``text=False`` loads the image tower only.
 
     Raises :class:`WeightsError` for an unknown name or a failed download and
     :class:`CheckpointError` for a file that is not a CLIP model.
     """
     if dtype not in _DTYPES:
         raise ConfigError(f"CLIP dtype must be float32, float16 or bfloat16, got {dtype}")
-    clip = _import_clip()
-    name = os.fspath(name_or_path)
-    path = Path(name).expanduser()
-    available = clip.available_models()
-    if name in available and not path.is_file():
-        root = (
-            Path(download_root).expanduser()
-            if download_root is not None
-            else default_download_root()
-        )
-        url = clip.clip._MODELS[name]
-        try:
-            # the clip package downloads once and checks the file's sha256;
-            # the weights are then read as for a local file (no second copy)
-            cached = Path(clip.clip._download(url, str(root)))
-        except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise WeightsError(
-                f"cannot load CLIP model {name!r}: no usable copy in the cache {root} and the "
-                f"download failed ({_first_line(reason)})",
-                hint=f"download {url} yourself into {root}, or pass the path of a local CLIP file",
-            ) from None
-        model = _load_clip_file(cached, trust=trust, dtype=dtype)
-    elif path.is_file():
-        model = _load_clip_file(path, trust=trust, dtype=dtype)
-    elif path.is_dir():
-        raise CheckpointError(f"CLIP model path is a directory, not a file: {path}")
-    else:
-        from soundguide.core.registry import unknown_name_message
-
-        raise WeightsError(
-            unknown_name_message("CLIP model", name, available) + "; no such file either",
-            hint="pass a model name or the path of a local CLIP file",
-        )
-    model = model.to(device=device, dtype=dtype)
-    model.requires_grad_(False)
-    return model.eval()
+    path = clip_file(name_or_path, download_root=download_root)
+    state = read_clip_state(path, trust=trust)
+    return build_clip(state, source=str(path), dtype=dtype, device=device, text=text)
 
 
-def _load_clip_file(path: Path, *, trust: bool, dtype: torch.dtype = torch.float32) -> CLIP:
+def read_clip_state(
+    path: str | os.PathLike[str], *, trust: bool = False
+) -> dict[str, torch.Tensor]:
+    """The state dict of a CLIP file: a TorchScript archive or a (wrapped) state dict.
+
+    Plain zip-format files are memory-mapped: weights that are never used
+    (the text tower of an image-only run) are never read.
+    """
+    path = Path(path)
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
-                state = torch.jit.load(str(path), map_location="cpu").state_dict()
+                module = torch.jit.load(str(path), map_location="cpu")
+            state = dict(module.state_dict())
+            del module
+            return state
         except Exception as exc:
             raise CheckpointError(
                 f"cannot read CLIP TorchScript archive {path}: {_first_line(exc)}"
             ) from None
-    else:
-        obj = load_checkpoint(path, trust=trust)
-        if isinstance(obj, nn.Module):
-            obj = obj.state_dict()
-        if isinstance(obj, Mapping):
-            for key in ("state_dict", "model"):
-                if isinstance(obj.get(key), Mapping):
-                    obj = obj[key]
-                    break
-        if not isinstance(obj, Mapping):
-            raise CheckpointError(f"{path} is not a CLIP model: it holds a {type(obj).__name__}")
-        state = obj
-    return build_clip(state, source=str(path), dtype=dtype)
+    obj = load_checkpoint(path, trust=trust, mmap=True)
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} is not a CLIP model: it holds a {type(obj).__name__}")
+    return dict(obj)
 
 
 def build_clip(
@@ -157,57 +195,46 @@ def build_clip(
     *,
     source: str = "<state dict>",
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    text: bool = True,
 ) -> CLIP:
-    """A ``clip.model.CLIP`` in ``dtype`` from its state dict (architecture read off the keys).
+    """A frozen :class:`~soundguide.encoders.clip_model.CLIP` from its state dict.
 
-    Memory-frugal: the module is built on the meta device and takes the state
-    dict's tensors as its parameters (no second copy of the weights), then
-    each tensor is cast on its own, so loading ViT-B/32 never holds more than
-    its weights once plus one tensor. Float32 weights stay exact.
+    The architecture is read off the keys and shapes. Memory-frugal: the
+    module is built uninitialized and takes the state dict's tensors as its
+    parameters (no second copy), then each tensor is cast on its own.
+    Float32 weights stay exact. ``text=False`` builds the image tower only
+    and ignores the text weights.
     """
-    clip = _import_clip()
     state = {
-        k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()
+        k[len("module.") :] if k.startswith("module.") else k: v
+        for k, v in state_dict.items()
+        if k not in METADATA_KEYS
     }
     has_visual = "visual.proj" in state or "visual.attnpool.positional_embedding" in state
-    if "text_projection" not in state or not has_visual:
+    if not has_visual or (text and "text_projection" not in state):
         raise CheckpointError(
             f"{source} is not a CLIP model: no text_projection and visual.proj "
             "(or visual.attnpool) weights",
             hint="expected an OpenAI CLIP file (e.g. ViT-B-32.pt) or its state dict",
         )
     try:
-        with torch.device("meta"), warnings.catch_warnings():
-            # build_model reads the architecture off the shapes; on the meta
-            # device it allocates nothing (it also drops the metadata keys),
-            # and its own copy into meta parameters is a no-op it warns about
-            warnings.simplefilter("ignore", UserWarning)
-            model = clip.model.build_model(state)
+        config = CLIPConfig.from_state_dict(state)
+        if not text:
+            state = {k: v for k, v in state.items() if not is_text_key(k)}
+        with uninitialized():
+            model = CLIP(config, text=text)
+        if "logit_scale" not in state:  # unused for encoding; image-only files may lack it
+            state["logit_scale"] = torch.full((), math.log(1 / 0.07))
         model.load_state_dict(state, strict=True, assign=True)
     except Exception as exc:
         raise CheckpointError(
             f"{source} does not fit a CLIP architecture: {_first_line(exc)}"
         ) from None
     del state
-    _cast_each(model, dtype)
-    # the causal text mask is a plain attribute, made on the meta device above
-    mask = model.build_attention_mask()
-    for block in model.transformer.resblocks:
-        block.attn_mask = mask
+    cast_each(model, dtype, device)
+    model.requires_grad_(False)
     return model.eval()
-
-
-def _cast_each(model: nn.Module, dtype: torch.dtype) -> None:
-    """Cast floating parameters and buffers one by one, freeing each old tensor at once."""
-    for module in model.modules():
-        for name, param in list(module._parameters.items()):
-            if param is not None and param.is_floating_point() and param.dtype != dtype:
-                module._parameters[name] = nn.Parameter(
-                    param.detach().to(dtype), requires_grad=False
-                )
-        for name, buf in list(module._buffers.items()):
-            if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
-                module._buffers[name] = buf.to(dtype)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -354,13 +381,17 @@ class CLIPEncoder(nn.Module):
     """Text and image encoding with a CLIP model, differentiable w.r.t. the image.
 
     Args:
-        model: a ``clip.model.CLIP`` (see :func:`load_clip`).
+        model: a :class:`~soundguide.encoders.clip_model.CLIP` (see :func:`load_clip`),
+            with or without its text tower.
         preprocess: ``"paper"`` (the original code's, the default) or ``"clip"``.
         cutouts: random cutouts per image whose embeddings are averaged; 0 (the
             default) turns augmentation off.
         cutout_scale: range of the cutout side as a fraction of the image side.
         cutout_degrees: maximum rotation of a cutout.
         seed: seeds :attr:`generator`, which draws the cutouts.
+        text_loader: returns a state dict holding the text tower's weights; called
+            the first time text is encoded while the model has no text tower
+            (:meth:`load` with ``lazy_text=True`` passes one that re-reads the file).
 
     ``encode_image``: (n, 3, H, W) in [-1, 1] -> (n, D).
     ``encode_text``: N prompts -> (N, D). Embeddings are not normalized.
@@ -375,6 +406,7 @@ class CLIPEncoder(nn.Module):
         cutout_scale: tuple[float, float] = (0.6, 1.0),
         cutout_degrees: float = 10.0,
         seed: int = 0,
+        text_loader: Callable[[], Mapping[str, torch.Tensor]] | None = None,
     ) -> None:
         super().__init__()
         if preprocess not in ("paper", "clip"):
@@ -390,7 +422,7 @@ class CLIPEncoder(nn.Module):
         self.cutout_scale = (float(low), float(high))
         self.cutout_degrees = float(cutout_degrees)
         self.generator = torch.Generator().manual_seed(seed)
-        self._text_released = False
+        self.text_loader = text_loader
 
     @classmethod
     def load(
@@ -401,32 +433,35 @@ class CLIPEncoder(nn.Module):
         dtype: torch.dtype = torch.float32,
         download_root: str | os.PathLike[str] | None = None,
         trust: bool = False,
+        lazy_text: bool = False,
         **options: Any,
     ) -> CLIPEncoder:
-        """:func:`load_clip` then wrap; ``options`` go to the constructor."""
-        model = load_clip(
-            name_or_path, device=device, dtype=dtype, download_root=download_root, trust=trust
+        """:func:`load_clip` then wrap; ``options`` go to the constructor.
+
+        ``lazy_text``: load the image tower only; the text tower is read from
+        the file when text is first encoded (never, in a run whose text
+        targets are all cached or that has no text source).
+        """
+        path = clip_file(name_or_path, download_root=download_root)
+        model = load_clip(path, device=device, dtype=dtype, trust=trust, text=not lazy_text)
+        return cls(
+            model, text_loader=functools.partial(read_clip_state, path, trust=trust), **options
         )
-        return cls(model, **options)
 
     @property
     def input_resolution(self) -> int:
         """Side of the square image the vision tower takes (224 for ViT-B/32)."""
-        return int(self.model.visual.input_resolution)
+        return self.model.config.image_resolution
 
     @property
     def embed_dim(self) -> int:
         """D: the size of text and image embeddings (512 for ViT-B/32)."""
-        if self._text_released:
-            return self._embed_dim
-        return int(self.model.text_projection.shape[1])
+        return self.model.config.embed_dim
 
     @property
     def context_length(self) -> int:
         """Maximum tokens per prompt, start and end tokens included (77)."""
-        if self._text_released:
-            return self._context_length
-        return int(self.model.context_length)
+        return self.model.config.context_length
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Input: (n, 3, H, W) in [-1, 1]. Output: (n, 3, R, R), R = :attr:`input_resolution`."""
@@ -467,7 +502,8 @@ class CLIPEncoder(nn.Module):
 
         Raises :class:`ConfigError` naming the prompt that is empty or too long.
         """
-        clip = _import_clip()
+        from soundguide.encoders.clip_tokenizer import tokenize
+
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ConfigError("no text prompts given")
@@ -476,52 +512,38 @@ class CLIPEncoder(nn.Module):
                 raise ConfigError(f"text prompt {i} is a {type(prompt).__name__}, not a string")
             if not prompt.strip():
                 raise ConfigError(f"text prompt {i} is empty")
-        try:
-            tokens = clip.tokenize(prompts, context_length=self.context_length)
-        except RuntimeError:
-            tokenizer = _tokenizer()
-            for i, prompt in enumerate(prompts, start=1):
-                count = len(tokenizer.encode(prompt)) + 2
-                if count > self.context_length:
-                    shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
-                    raise ConfigError(
-                        f"text prompt {i} ({shown!r}) is {count} tokens long; CLIP takes at most "
-                        f"{self.context_length}, start and end tokens included",
-                        hint="shorten the prompt",
-                    ) from None
-            raise
-        return tokens.to(self.model.text_projection.device)
+        return tokenize(prompts, context_length=self.context_length).to(
+            self.model.logit_scale.device
+        )
 
     def encode_text(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Input: N prompts (a string counts as one). Output: (N, D) float32."""
-        if self._text_released:
-            raise RuntimeError("encode_text after release_text(): the text tower was freed")
-        return self.model.encode_text(self.tokenize(prompts)).float()
+        tokens = self.tokenize(prompts)
+        if not self.model.has_text:
+            if self.text_loader is None:
+                raise RuntimeError(
+                    "this CLIP model has no text tower and the encoder has no text_loader"
+                )
+            try:
+                self.model.attach_text(self.text_loader())
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"cannot build CLIP's text tower: {_first_line(exc)}",
+                    hint="text guidance needs a CLIP file with its text weights",
+                ) from None
+            self.model.requires_grad_(False)
+        return self.model.encode_text(tokens).float()
 
     def release_text(self) -> None:
         """Free the text tower (about 40 % of ViT-B/32's weights); image encoding keeps working.
 
         The engine calls this (as :meth:`after_targets`) once every target is
-        computed: the optimization loop only encodes images.
+        computed: the optimization loop only encodes images. With a
+        ``text_loader`` a later :meth:`encode_text` loads the tower again.
         """
-        if self._text_released:
-            return
-        self._embed_dim = self.embed_dim
-        self._context_length = self.context_length
-        model = self.model
-        for name in ("transformer", "token_embedding", "ln_final"):
-            setattr(model, name, None)
-        for name in ("positional_embedding", "text_projection"):
-            model._parameters.pop(name, None)
-        self._text_released = True
+        self.model.release_text()
 
     after_targets = release_text
-
-
-@functools.cache
-def _tokenizer() -> Any:
-    clip = _import_clip()
-    return clip.simple_tokenizer.SimpleTokenizer()
 
 
 def _check_image(image: torch.Tensor) -> None:

@@ -107,15 +107,20 @@ def upfirdn2d(
     return out[:, :, ::down, ::down] if down > 1 else out
 
 
+WINOGRAD_POINTS = (0.0, -1.0, 1.0, 0.5, -2.0)
+
+
 @functools.cache
-def _winograd_f43() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _winograd_f43(
+    points: tuple[float, ...] = WINOGRAD_POINTS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Winograd F(4x4, 3x3) matrices (A^T (4, 6), G (6, 3), B^T (6, 6)), float64.
 
-    Interpolation points 0, -1, 1, 1/2, -2 and infinity: in float32 these keep
-    the error of a layer at the level of a direct convolution, unlike the
-    common 0, +-1, +-2 (about 3x worse).
+    Interpolation points 0, -1, 1, 1/2, -2 and infinity: in float32 they give
+    about half the error of the common 0, +-1, +-2 (a few times that of a
+    direct convolution, far below the 1e-4 parity tolerance).
     """
-    points = torch.tensor([0.0, -1.0, 1.0, 0.5, -2.0], dtype=torch.float64)
+    points = torch.tensor(points, dtype=torch.float64)
     m, r, n = 4, 3, 6
     at = torch.zeros(m, n, dtype=torch.float64)
     g = torch.zeros(n, r, dtype=torch.float64)
@@ -302,7 +307,7 @@ class PixelNorm(nn.Module):
         return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
 
 
-class EqualLinear(_Derived):
+class EqualLinear(nn.Module):
     """Linear layer with equalized learning rate (weights scaled at run time).
 
     Input: (N, in_dim). Output: (N, out_dim); with ``activation`` a leaky ReLU
@@ -325,19 +330,15 @@ class EqualLinear(_Derived):
         self.lr_mul = lr_mul
         self.activation = activation
 
-    def effective(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weight and bias actually applied: (out_dim, in_dim), (out_dim,)."""
-        return self.derived(
-            "effective",
-            (self.weight, self.bias),
-            lambda: (self.weight * self.scale, self.bias * self.lr_mul),
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.effective()
-        if self.activation:
-            return F.leaky_relu(F.linear(x, weight) + bias, 0.2) * SQRT2
-        return F.linear(x, weight, bias)
+        # alpha * (x @ W^T) + bias: the scale rides on the product, so no scaled
+        # copy of the weight is made or kept (17 MB over a 256 px generator)
+        bias = self.bias * self.lr_mul
+        if x.dim() == 2:
+            out = torch.addmm(bias.to(x.dtype), x, self.weight.t().to(x.dtype), alpha=self.scale)
+        else:
+            out = F.linear(x, self.weight * self.scale, bias)
+        return F.leaky_relu(out, 0.2) * SQRT2 if self.activation else out
 
 
 class ConstantInput(nn.Module):
@@ -459,22 +460,24 @@ class ModulatedConv2d(_Derived):
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1.0)
 
     def conv_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """The scaled weight in the layout the convolution wants.
+        """The weight, without the equalized-lr ``scale``, in the layout the convolution wants.
 
         (C_out, C_in, k, k), or (C_in, C_out, k, k) for the transposed
-        convolution; channels-last when ``x`` is.
+        convolution. A view of the parameter (no copy is kept: the scale rides
+        on the style), except for channels-last or a different dtype.
         """
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        w = self.weight[0]
+        if self.upsample:
+            w = w.transpose(0, 1)
+        if x.dtype == w.dtype and not (
+            x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ):
+            return w
 
         def build() -> torch.Tensor:
-            w = self.weight[0] * self.scale
-            if self.upsample:
-                w = w.transpose(0, 1)
-            w = w.to(x.dtype)
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            return w.contiguous(memory_format=fmt)
+            return w.to(x.dtype).contiguous(memory_format=torch.channels_last)
 
-        return self.derived("conv_weight", (self.weight,), build, (x.dtype, channels_last))
+        return self.derived("conv_weight", (self.weight,), build, (x.dtype,))
 
     def weight_sq(self) -> torch.Tensor:
         """Sum of squared scaled weights over the kernel window: (C_in, C_out)."""
@@ -496,7 +499,7 @@ class ModulatedConv2d(_Derived):
         if not self.fast:
             return self._forward_textbook(x, s), None
         weight = self.conv_weight(x)
-        xs = x * s[:, :, None, None].to(x.dtype)
+        xs = x * (s * self.scale)[:, :, None, None].to(x.dtype)
         if self.upsample:
             out = self.blur(F.conv_transpose2d(xs, weight, stride=2))
         else:
@@ -517,10 +520,12 @@ class ModulatedConv2d(_Derived):
     def use_winograd(self, x: torch.Tensor) -> bool:
         """Whether the frozen path runs this layer as a Winograd convolution.
 
-        On CPUs, for 3x3 layers of 256+ channels whose batch has at most 16384
-        pixels per channel (4096 in NCHW, where the tile gathers are slower):
-        there the 4x fewer multiplications outweigh the memory-bound
-        transforms. GPUs have their own (cuDNN).
+        On CPUs, for 3x3 layers of 256+ channels of at least 32x32 pixels
+        whose batch has at most 16384 pixels per channel (4096 in NCHW, where
+        the tile gathers are slower): there the 4x fewer multiplications
+        outweigh the memory-bound transforms. Below 32x32 the gain is a few
+        milliseconds per layer, not worth the cached weights (4x the layer's
+        weights: 38 MB for 512 channels). GPUs have their own (cuDNN).
         """
         n, _, h, w = x.shape
         if x.is_contiguous():
@@ -537,16 +542,16 @@ class ModulatedConv2d(_Derived):
             and min(self.in_channel, self.out_channel) >= 256
             and h % 4 == 0
             and w % 4 == 0
-            and h >= 8
+            and h * w >= 1024
             and n * h * w <= max_pixels
         )
 
     def winograd_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """The cached scaled weight in the Winograd domain: (36, C_out, C_in)."""
+        """The cached (unscaled) weight in the Winograd domain: (36, C_out, C_in)."""
         return self.derived(
             "winograd",
             (self.weight,),
-            lambda: winograd_weight((self.weight[0] * self.scale).to(x.dtype)),
+            lambda: winograd_weight(self.weight[0].to(x.dtype)),
             (x.dtype,),
         )
 
@@ -555,7 +560,8 @@ class ModulatedConv2d(_Derived):
     ) -> torch.Tensor:
         """``blur?(conv(x * s)) * d + bias`` without autograd, for frozen weights.
 
-        Input: x (N, C_in, H, W), s (N, C_in), d (N, C_out), bias (C_out,).
+        The convolution uses the unscaled weight: ``s`` carries the
+        equalized-lr scale. Input: x (N, C_in, H, W), s (N, C_in), d (N, C_out), bias (C_out,).
         Output: (N, C_out, H', W').
         """
         n, c_in, h, w = x.shape
@@ -596,7 +602,7 @@ class ModulatedConv2d(_Derived):
         return out if n == 1 else out.add_(bias[:, None, None])
 
     def frozen_backward(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Gradient of ``blur?(conv(x))`` with respect to x (unmodulated weight)."""
+        """Gradient of ``blur?(conv(x))`` with respect to x (unmodulated, unscaled weight)."""
         if self.use_winograd(x):
             return winograd_conv3x3_backward(grad, self.winograd_weight(x))
         weight = self.conv_weight(x)
@@ -720,7 +726,7 @@ class StyledConv(nn.Module):
                 ),
                 (x.dtype,),
             )
-            return _FrozenStyledConv.apply(x, s, d2, conv, *terms)
+            return _FrozenStyledConv.apply(x, s * conv.scale, d2, conv, *terms)
         out, d = conv.forward_parts(x, latent)
         if d is None:
             return self.activate(self.noise(out, noise))
@@ -1025,13 +1031,13 @@ class StyleGAN2Generator(nn.Module):
         w: torch.Tensor, truncation: float | torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         """``target + truncation * (w - target)``; ``target`` broadcasts against ``w``."""
-        try:
-            torch.broadcast_shapes(w.shape, target.shape)
-        except RuntimeError:
+        # checked by hand: torch.broadcast_shapes imports torch._refs and sympy (150 MB)
+        pairs = zip(reversed(w.shape), reversed(target.shape), strict=False)
+        if any(a != b and 1 not in (a, b) for a, b in pairs):
             raise LatentShapeError(
                 f"truncation target of shape {tuple(target.shape)} does not broadcast "
                 f"to the latent's shape {tuple(w.shape)}"
-            ) from None
+            )
         return target + truncation * (w - target)
 
     # -- synthesis -------------------------------------------------------------
@@ -1218,7 +1224,11 @@ def load_stylegan2(
     """
     from soundguide.core.checkpoints import read_checkpoint
 
-    source, obj = read_checkpoint(path_or_state_dict, trust=trust)
+    from_file = not isinstance(path_or_state_dict, Mapping)
+    # a file is memory-mapped and its tensors become the parameters: the
+    # weights are read once, never copied, and the rest of a training
+    # checkpoint (discriminator, optimizer states) is never read at all
+    source, obj = read_checkpoint(path_or_state_dict, trust=trust, mmap=from_file)
     state, latent_avg = _generator_state_dict(obj)
     found = infer_stylegan2_config(state)
     layers = 2 * int(math.log2(found["size"] or 8)) - 2
@@ -1249,7 +1259,7 @@ def load_stylegan2(
         raise CheckpointError(f"checkpoint describes an unsupported generator: {exc}") from None
     _check_state_dict(generator, state, found, source)
     device = state["input.input"].device
-    generator.to(device=device).load_state_dict(state, strict=True)
+    generator.to(device=device).load_state_dict(state, strict=True, assign=from_file)
     generator.requires_grad_(False).eval()
     if latent_avg is not None:
         if latent_avg.numel() != generator.style_dim:

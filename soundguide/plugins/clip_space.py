@@ -51,23 +51,20 @@ class CLIPGuidance(Guidance):
         c = self.config
         return f"clip:{c.clip_model}:{c.clip_preprocess}:cutouts={c.clip_cutouts}:{c.clip_dtype}"
 
-    def clip_model(self):
-        """The CLIP model (loaded for this run; the engine frees its text tower after the targets)."""
-        from soundguide.encoders.clip import load_clip
+    def build_encoder(self):
+        """One CLIP encoder per space; its text tower is read only if a text target needs it."""
+        from soundguide.encoders.clip import CLIPEncoder
 
         c = self.config
-        return load_clip(
+        return CLIPEncoder.load(
             c.clip_model,
             device=self.context.device,
             dtype=_DTYPES[c.clip_dtype],
             trust=self.context.trust_checkpoint,
+            lazy_text=True,
+            preprocess=c.clip_preprocess,
+            cutouts=c.clip_cutouts,
         )
-
-    def build_encoder(self):
-        from soundguide.encoders.clip import CLIPEncoder
-
-        c = self.config
-        return CLIPEncoder(self.clip_model(), preprocess=c.clip_preprocess, cutouts=c.clip_cutouts)
 
     def loss(self, embedding: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         from soundguide.core.losses import cosine_distance

@@ -13,9 +13,9 @@ from torch import nn
 from soundguide.core.errors import CheckpointError, ConfigError, ImageError, WeightsError
 from soundguide.encoders.clip import (
     CLIP_MEAN,
+    CLIP_MODELS,
     CLIP_STD,
     CLIPEncoder,
-    _import_clip,
     build_clip,
     clip_preprocess,
     load_clip,
@@ -23,8 +23,11 @@ from soundguide.encoders.clip import (
     paper_preprocess,
     random_cutouts,
 )
+from soundguide.encoders.clip_model import CLIP
 
-clip = _import_clip()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # clip imports pkg_resources, which warns about itself
+    import clip  # OpenAI's package: the reference for the released files' format
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,8 +49,8 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
-def tiny_clip(seed: int = 0) -> nn.Module:
-    """A ViT CLIP small enough for CPU tests that still takes 224 px input (7x7 patches).
+def tiny_reference(seed: int = 0) -> nn.Module:
+    """OpenAI's ViT CLIP, small enough for CPU tests, that still takes 224 px input (7x7 patches).
 
     Widths are multiples of 64 because ``clip.model.build_model`` infers heads as width // 64.
     """
@@ -67,9 +70,20 @@ def tiny_clip(seed: int = 0) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
+def tiny_clip(seed: int = 0) -> CLIP:
+    """soundguide's CLIP with :func:`tiny_reference`'s weights (what other test packages use)."""
+    return build_clip(tiny_reference(seed).state_dict())
+
+
 @pytest.fixture(scope="module")
-def model() -> nn.Module:
-    return tiny_clip()
+def reference() -> nn.Module:
+    return tiny_reference()
+
+
+@pytest.fixture(scope="module")
+def model(reference) -> CLIP:
+    """soundguide's CLIP holding the reference's weights."""
+    return build_clip(reference.state_dict())
 
 
 def literal_paper(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -269,55 +283,82 @@ class TestLoadClip:
         ):
             load_clip("ViT-B/33", download_root=tmp_path)
 
-    def test_offline_download_fails_in_one_line(self, tmp_path, monkeypatch):
-        calls = []
-
-        def offline(url, root):
-            calls.append((url, root))
-            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-        monkeypatch.setattr(clip.clip, "_download", offline)
+    def test_offline_download_fails_in_one_line(self, tmp_path):
+        # urlopen is patched to fail (autouse fixture)
         with pytest.raises(WeightsError) as info:
             load_clip("ViT-B/32", download_root=tmp_path / "cache")
         message = str(info.value)
         assert "\n" not in message
-        assert "'ViT-B/32'" in message and str(tmp_path / "cache") in message
-        assert "name resolution" in message
+        assert "'ViT-B/32'" in message and str(tmp_path / "cache" / "ViT-B-32.pt") in message
+        assert "network disabled" in message
         assert "local CLIP file" in info.value.hint
-        assert calls and calls[0][1] == str(tmp_path / "cache")
+        assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written is left
 
-    def test_offline_without_patching_the_downloader(self, tmp_path):
-        # urlopen is patched to fail (autouse fixture): clip's own downloader meets it.
-        with pytest.raises(WeightsError, match="cannot load CLIP model 'RN50'"):
-            load_clip("RN50", download_root=tmp_path)
+    def test_download_is_checked_and_then_cached(self, tmp_path, monkeypatch, reference):
+        import hashlib
+        import io
 
-    def test_state_dict_file_keeps_float32_exactly(self, tmp_path, model):
+        source = tmp_path / "tiny.pt"
+        torch.save(reference.state_dict(), source)
+        payload = source.read_bytes()
+        digest = hashlib.sha256(payload).hexdigest()
+        served = []
+
+        class Response(io.BytesIO):
+            headers = {"Content-Length": str(len(payload))}
+
+        def serve(url, timeout):
+            served.append(url)
+            return Response(payload)
+
+        monkeypatch.setattr(urllib.request, "urlopen", serve)
+        monkeypatch.setitem(CLIP_MODELS, "tiny", f"{digest}/tiny-clip.pt")
+        root = tmp_path / "cache"
+        loaded = load_clip("tiny", download_root=root)
+        assert served == [f"https://openaipublic.azureedge.net/clip/models/{digest}/tiny-clip.pt"]
+        assert (root / "tiny-clip.pt").read_bytes() == payload
+        load_clip("tiny", download_root=root)
+        assert len(served) == 1  # the cached copy matches its sha256: no second download
+        image = torch.rand(1, 3, 224, 224) * 2 - 1
+        torch.testing.assert_close(loaded.encode_image(image), reference.encode_image(image))
+
+        monkeypatch.setitem(CLIP_MODELS, "tiny", f"{'0' * 64}/other-clip.pt")
+        with pytest.raises(WeightsError, match="sha256 mismatch for CLIP model 'tiny'"):
+            load_clip("tiny", download_root=root)
+        assert not (root / "other-clip.pt").exists()
+
+    def test_state_dict_file_keeps_float32_exactly(self, tmp_path, reference):
         path = tmp_path / "tiny.pt"
-        torch.save(model.state_dict(), path)
+        torch.save(reference.state_dict(), path)
         loaded = load_clip(path)
         assert loaded.dtype == torch.float32 and not loaded.training
         assert not any(p.requires_grad for p in loaded.parameters())
-        for (key, a), b in zip(
-            model.state_dict().items(), loaded.state_dict().values(), strict=True
-        ):
-            assert torch.equal(a, b), key  # build_model alone rounds through float16
+        ours = loaded.state_dict()
+        assert set(ours) == set(reference.state_dict())
+        for key, value in reference.state_dict().items():
+            assert torch.equal(value, ours[key]), key  # clip.model.build_model rounds to float16
 
-    def test_torchscript_archive(self, tmp_path, model):
+    def test_torchscript_archive(self, tmp_path, reference):
+        # OpenAI distributes traced modules, with metadata integers beside the weights
         path = tmp_path / "tiny-jit.pt"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(
-                model, (torch.zeros(1, 3, 224, 224), clip.tokenize(["a"])), check_trace=False
+                reference, (torch.zeros(1, 3, 224, 224), clip.tokenize(["a"])), check_trace=False
             )
             traced.save(str(path))
-        encoder = CLIPEncoder.load(path, preprocess="clip")
-        assert isinstance(encoder.model, clip.model.CLIP)
-        image = torch.rand(1, 3, 224, 224) * 2 - 1
-        with torch.no_grad():
-            torch.testing.assert_close(
-                encoder.encode_image(image),
-                CLIPEncoder(model, preprocess="clip").encode_image(image),
-            )
+        for lazy in (False, True):
+            encoder = CLIPEncoder.load(path, preprocess="clip", lazy_text=lazy)
+            assert isinstance(encoder.model, CLIP) and encoder.model.has_text is not lazy
+            image = torch.rand(1, 3, 224, 224) * 2 - 1
+            with torch.no_grad():
+                torch.testing.assert_close(
+                    encoder.encode_image(image),
+                    reference.encode_image(clip_preprocess(image, 224)),
+                )
+                torch.testing.assert_close(
+                    encoder.encode_text("a dog"), reference.encode_text(clip.tokenize("a dog"))
+                )
 
     def test_half_precision_on_request(self, tmp_path, model):
         path = tmp_path / "tiny.pt"
@@ -341,9 +382,9 @@ class TestLoadClip:
             build_clip(state)
 
 
-def test_release_text_frees_the_text_tower_and_keeps_images(model, tmp_path):
+def test_release_text_frees_the_text_tower_and_keeps_images(reference, tmp_path):
     path = tmp_path / "tiny.pt"
-    torch.save(model.state_dict(), path)
+    torch.save(reference.state_dict(), path)
     encoder = CLIPEncoder(load_clip(path))
     image = torch.rand(1, 3, 224, 224) * 2 - 1
     before = encoder.encode_image(image)
@@ -358,5 +399,58 @@ def test_release_text_frees_the_text_tower_and_keeps_images(model, tmp_path):
     )
     torch.testing.assert_close(encoder.encode_image(image), before)
     assert encoder.embed_dim == 32 and encoder.context_length == 77
-    with pytest.raises(RuntimeError, match="text tower was freed"):
+    with pytest.raises(RuntimeError, match="no text tower"):
+        encoder.encode_text("a dog")  # built from a model, it has nowhere to reload from
+
+
+def test_lazy_text_is_read_only_when_text_is_encoded(reference, tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(reference.state_dict(), path)
+    encoder = CLIPEncoder.load(path, lazy_text=True)
+    assert not encoder.model.has_text
+    assert all(n.startswith("visual.") or n == "logit_scale" for n in encoder.model.state_dict())
+    image = torch.rand(2, 3, 224, 224) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            encoder.encode_image(image), reference.encode_image(paper_preprocess(image))
+        )
+    assert encoder.embed_dim == 32 and encoder.context_length == 77
+    expected = reference.encode_text(clip.tokenize(["rain", "a dog barking"]))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.encode_text(["rain", "a dog barking"]), expected)
+        assert encoder.model.has_text
+        assert not any(p.requires_grad for p in encoder.model.parameters())
+        encoder.release_text()
+        assert not encoder.model.has_text
+        torch.testing.assert_close(encoder.encode_text(["rain", "a dog barking"]), expected)
+
+
+def test_lazy_text_needs_no_text_weights_until_asked(reference, tmp_path):
+    path = tmp_path / "image-only.pt"
+    state = {k: v for k, v in reference.state_dict().items() if k.startswith("visual.")}
+    torch.save(state, path)
+    encoder = CLIPEncoder.load(path, lazy_text=True)
+    encoder.encode_image(torch.zeros(1, 3, 224, 224))
+    with pytest.raises(CheckpointError, match="cannot build CLIP's text tower: .*missing"):
         encoder.encode_text("a dog")
+    assert not encoder.model.has_text
+    with pytest.raises(CheckpointError, match="is not a CLIP model"):
+        load_clip(path)  # the whole model needs the text tower
+
+
+def test_image_guidance_never_imports_torchvision_or_clip(reference, tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "tiny.pt"
+    torch.save(reference.state_dict(), path)
+    code = (
+        "import sys, torch\n"
+        "from soundguide.encoders.clip import CLIPEncoder\n"
+        f"e = CLIPEncoder.load({str(path)!r}, lazy_text=True)\n"
+        "e.encode_image(torch.zeros(1, 3, 256, 256)).sum().backward\n"
+        "e.encode_text('a dog')\n"
+        "print(sorted(m for m in ('torchvision', 'clip') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

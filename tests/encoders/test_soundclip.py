@@ -406,3 +406,80 @@ class TestEmbedAudio:
         encoder = tiny
         with pytest.raises(AudioError, match="audio is silent"):
             embed_audio(encoder, torch.zeros(SR))
+
+
+@pytest.fixture(scope="module")
+def resnet_pair():
+    """torchvision's ResNet18 and ours with its weights (non-trivial batch-norm statistics)."""
+    import torchvision
+
+    from soundguide.encoders.soundclip import ResNet18
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None, num_classes=512)
+    with torch.no_grad():  # batch-norm statistics that are not the identity
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    ours = ResNet18(num_classes=512)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+class TestResNet18:
+    """The feature extractor is written here; torchvision is the reference."""
+
+    def test_keys_and_shapes_are_torchvisions(self, resnet_pair):
+        reference, ours = resnet_pair
+        assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
+            (k, v.shape) for k, v in reference.state_dict().items()
+        ]
+
+    def test_eval_outputs_and_gradients_equal(self, resnet_pair):
+        reference, ours = resnet_pair
+        reference.eval(), ours.eval()
+        x = torch.randn(2, 3, 126, 510, requires_grad=True)
+        out = ours(x)
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        x2 = x.detach().clone().requires_grad_(True)
+        expected = reference(x2)
+        expected.square().sum().backward()
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(grad, x2.grad)
+        assert grad.abs().sum() > 0
+
+    def test_train_mode_updates_the_same_statistics(self, resnet_pair):
+        import copy
+
+        reference, ours = (copy.deepcopy(m).train() for m in resnet_pair)
+        x = torch.randn(4, 3, 64, 96)
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=1e-5)
+        for (key, a), b in zip(
+            ours.state_dict().items(), reference.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(a, b, msg=key)
+
+    def test_default_initialization_follows_torchvision(self):
+        from soundguide.encoders.soundclip import ResNet18
+
+        model = ResNet18(num_classes=512)
+        assert torch.equal(model.bn1.weight, torch.ones(64))
+        std = model.layer1[0].conv1.weight.std().item()  # kaiming normal, fan_out, relu
+        assert abs(std - (2 / (64 * 9)) ** 0.5) < 0.01
+
+    def test_encoder_never_imports_torchvision(self):
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, torch\n"
+            "from soundguide.encoders.soundclip import SoundCLIPEncoder\n"
+            "SoundCLIPEncoder()(torch.zeros(1, 1, 128, 512))\n"
+            "print('torchvision' in sys.modules)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "False"
