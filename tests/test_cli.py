@@ -148,7 +148,17 @@ def test_zeroshot_bad_layout_exits_2_with_one_line(tmp_path, capsys):
 def test_every_command_is_wired():
     from soundguide.cli import cli as group
 
-    assert {"edit", "demo", "plugins", "config", "weights", "curate", "train", "zeroshot", "probe"} <= set(group.commands)
+    assert {
+        "edit",
+        "demo",
+        "plugins",
+        "config",
+        "weights",
+        "curate",
+        "train",
+        "zeroshot",
+        "probe",
+    } <= set(group.commands)
 
 
 def test_curate_of_a_missing_folder_exits_2(tmp_path, capsys):

@@ -15,9 +15,22 @@ def test_demo_end_to_end(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "RANDOM" in captured.err and "mean nothing" in captured.err
     assert "finished 4 steps" in captured.out
-    for name in ("source.png", "edited.png", "comparison.png", "latent_source.pt", "latent_edited.pt", "run.json", "trajectory.gif", "DEMO.txt"):
+    for name in (
+        "source.png",
+        "edited.png",
+        "comparison.png",
+        "latent_source.pt",
+        "latent_edited.pt",
+        "run.json",
+        "trajectory.gif",
+        "DEMO.txt",
+    ):
         assert (out / name).is_file(), name
-    assert {p.name for p in (out / "demo-inputs").iterdir()} >= {"demo.toml", "sound.wav", "clip-tiny.pt"}
+    assert {p.name for p in (out / "demo-inputs").iterdir()} >= {
+        "demo.toml",
+        "sound.wav",
+        "clip-tiny.pt",
+    }
     manifest = json.loads((out / "run.json").read_text())
     assert "RANDOM" in manifest["demo"] and manifest["status"] == "finished"
     assert {"audio", "text", "latent_l2"} <= set(manifest["losses"][-1]["terms"])

@@ -30,7 +30,9 @@ def installed_example(tmp_path, monkeypatch):
     (tmp_path / f"{entry.group(2)}.py").write_text(module)
     info = tmp_path / "soundguide_noise-0.1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: soundguide-noise\nVersion: 0.1.0\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: soundguide-noise\nVersion: 0.1.0\n"
+    )
     (info / "entry_points.txt").write_text(f"[soundguide]\n{entry.group(1)} = {entry.group(2)}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("SOUNDGUIDE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
@@ -44,6 +46,8 @@ def test_plugin_example_registers_and_validates(installed_example, capsys):
     assert ["guidance", "noise", "soundguide_noise", "soundguide-noise", "0.1.0"] in rows
     config = installed_example / "run.toml"
     usage = block_after("the source is available to every run", "toml")
-    config.write_text('[generator]\ntype = "stylegan2"\npreset = "landscape"\n' + textwrap.dedent(usage))
+    config.write_text(
+        '[generator]\ntype = "stylegan2"\npreset = "landscape"\n' + textwrap.dedent(usage)
+    )
     assert main(["config", "check", str(config)]) == 0
     assert "noise@-0.2" in capsys.readouterr().out
