@@ -3,11 +3,13 @@
 A full edit step at 256 px (the landscape model's size): StyleGAN2 256 px,
 channel multiplier 2, audio guidance through a full-size ViT-B/32, identity
 weight 0, float32, batch 1, random weights everywhere (same shapes as the
-released files). Two modes, each run in its own process so peak RSS is its own:
+released files). Three modes, each run in its own process so peak RSS is its own:
 
 - ``soundguide``: ``soundguide edit`` on a config with the paper preset
   (target computed once, the exact paper preprocessing without the 7x image,
-  identity never built at weight 0);
+  identity never built at weight 0), with its default ``--malloc frugal``;
+- ``soundguide-adaptive``: the same with ``--malloc adaptive`` (glibc's own
+  heap policy: faster steps, more peak memory);
 - ``original``: the original code's loop written out: rosinality's generator
   (native upfirdn2d, weight modulation), the audio re-encoded by SoundCLIP every
   step, a literal 7x nearest upsampling + average pooling, and the IR-SE50 face
@@ -16,7 +18,7 @@ released files). Two modes, each run in its own process so peak RSS is its own:
 Each mode runs two step counts so start-up cancels out:
 seconds/step = (t(long) - t(short)) / (long - short).
 
-    python benchmarks/edit_step.py [--steps 2 6] [--modes soundguide original]
+    python benchmarks/edit_step.py [--steps 2 6] [--modes soundguide soundguide-adaptive original]
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ seed = 0
     )
 
 
-def run_soundguide(folder: Path, steps: int) -> None:
+def run_soundguide(folder: Path, steps: int, malloc: str = "frugal") -> None:
     from soundguide.cli import main
 
     code = main(
@@ -95,6 +97,8 @@ def run_soundguide(folder: Path, steps: int) -> None:
             "-q",
             "--device",
             "cpu",
+            "--malloc",
+            malloc,
         ]
     )
     assert code == 0
@@ -145,7 +149,10 @@ def run_original(folder: Path, steps: int) -> None:
 
 def child(mode: str, folder: Path, steps: int) -> None:
     start = time.perf_counter()
-    (run_soundguide if mode == "soundguide" else run_original)(folder, steps)
+    if mode == "original":
+        run_original(folder, steps)
+    else:
+        run_soundguide(folder, steps, "adaptive" if mode.endswith("adaptive") else "frugal")
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb}))
@@ -167,7 +174,10 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, nargs=2, default=[2, 6])
     parser.add_argument(
-        "--modes", nargs="+", default=["soundguide", "original"], choices=["soundguide", "original"]
+        "--modes",
+        nargs="+",
+        default=["soundguide", "soundguide-adaptive", "original"],
+        choices=["soundguide", "soundguide-adaptive", "original"],
     )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,8 +199,9 @@ def main() -> None:
             print(
                 f"{mode:>10}: {per_step:6.2f} s/step   peak RSS {peak:7.0f} MB   ({short} steps {a['seconds']:.1f} s, {long} steps {b['seconds']:.1f} s)"
             )
-    if len(results) == 2:
-        print(f"soundguide / original: {results['soundguide'] / results['original']:.2f}x")
+    for mode in ("soundguide", "soundguide-adaptive"):
+        if mode in results and "original" in results:
+            print(f"{mode} / original: {results[mode] / results['original']:.2f}x")
 
 
 if __name__ == "__main__":

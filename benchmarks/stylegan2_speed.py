@@ -2,8 +2,9 @@
 
 Both generators are built from one random state dict (the reference code path
 is ``tests/generators/rosinality_reference.py``), run in this one process, and
-timed interleaved (reference, fast, fast bf16 in turn, every repetition) so
-that load from other processes hits them alike. Reported per size and batch:
+timed interleaved (reference, fast, fast with the opt-in Winograd layers,
+fast bf16 in turn, every repetition) so that load from other processes hits
+them alike. Reported per size and batch:
 
 * ``fwd``: median seconds of ``synthesize(w)`` under ``torch.no_grad()``
   (after ``--warmup`` untimed calls, which build caches and first-touch memory);
@@ -147,9 +148,12 @@ def bench_one(
     fast = load_stylegan2(state)
     w = torch.randn(batch, fast.num_layers, 512)
 
+    winograd = load_stylegan2(state)
+    winograd.winograd = True  # opt-in: caches 4x the weights of the wide 32-64 px layers
     impls: dict[str, Fn] = {
         "reference": lambda x: ref([x], input_is_latent=True, randomize_noise=False)[0],
         "fast fp32": fast.synthesize,
+        "fast winograd": winograd.synthesize,
     }
     if bf16:
         impls["fast bf16"] = lambda x: fast.synthesize(x, precision="bf16")

@@ -31,6 +31,24 @@ def _add_plugins(ctx: click.Context, _param: click.Parameter, value: Sequence[st
         root.ensure_object(dict).setdefault("plugins", []).extend(value)
 
 
+def malloc_option(func):
+    return click.option(
+        "--malloc",
+        type=click.Choice(["frugal", "adaptive"]),
+        default="frugal",
+        show_default=True,
+        help="frugal: large tensors never linger in the heap (about 100 MB less peak memory "
+        "at 256 px); adaptive: glibc's default (steps 10-20 % faster on CPU).",
+    )(func)
+
+
+def _apply_malloc(choice: str) -> None:
+    if choice == "frugal":
+        from soundguide.core.memory import frugal_malloc
+
+        frugal_malloc()
+
+
 def plugin_option(func):
     return click.option(
         "-p",
@@ -103,6 +121,7 @@ def cli() -> None:
     help="Allow checkpoints that unpickle arbitrary Python objects (only for files you trust).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@malloc_option
 @plugin_option
 @click.pass_context
 def edit(
@@ -115,8 +134,10 @@ def edit(
     device: str,
     trust_checkpoint: bool,
     quiet: bool,
+    malloc: str,
 ) -> None:
     """Optimize a latent code as the CONFIG file describes and write the outputs."""
+    _apply_malloc(malloc)
     from soundguide.api import edit as run_edit
     from soundguide.core.config import load_config
 
@@ -151,7 +172,8 @@ def edit(
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def demo(out: Path, steps: int, overwrite: bool, quiet: bool) -> None:
+@malloc_option
+def demo(out: Path, steps: int, overwrite: bool, quiet: bool, malloc: str) -> None:
     """Run the whole pipeline offline in seconds with tiny RANDOM models.
 
     No pretrained weights are needed; the pictures mean nothing. It shows that
@@ -159,6 +181,7 @@ def demo(out: Path, steps: int, overwrite: bool, quiet: bool) -> None:
     """
     from soundguide.demo import BANNER, run_demo
 
+    _apply_malloc(malloc)
     click.echo(BANNER, err=True)
     result = run_demo(out, steps=steps, overwrite=overwrite, progress=not quiet)
     click.echo(f"{result.message}; outputs in {out} (inputs in {out / 'demo-inputs'})")

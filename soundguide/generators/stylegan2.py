@@ -447,7 +447,7 @@ class ModulatedConv2d(_Derived):
         self.demodulate = demodulate
         self.upsample = upsample
         self.fast = True
-        self.winograd = True
+        self.winograd = False
         if upsample:
             factor = 2
             p = (len(blur_kernel) - factor) - (kernel_size - 1)
@@ -962,7 +962,12 @@ class StyleGAN2Generator(nn.Module):
 
     @property
     def winograd(self) -> bool:
-        """Use Winograd convolutions for the wide 3x3 layers on CPU (default True)."""
+        """Use Winograd convolutions for the wide 3x3 layers on CPU (default False).
+
+        About 5 % faster forward+backward at 256 px on a 2-core CPU, for 72 MB
+        of cached transformed weights (4x the weights of the 512-channel
+        layers at 32 and 64 px); off by default to keep edits small.
+        """
         return self.conv1.conv.winograd
 
     @winograd.setter

@@ -97,6 +97,11 @@ class StyleGAN2(Generator):
             description="bf16 runs the network under bfloat16 autocast (faster, less exact).",
         )
         channels_last: bool = Field(False, description="channels-last memory format.")
+        winograd: bool = Field(
+            False,
+            description="Winograd convolutions for the wide layers on CPU: a few percent "
+            "faster, 72 MB more memory at 256 px.",
+        )
 
         @model_validator(mode="after")
         def _needs_weights(self):
@@ -126,6 +131,7 @@ class StyleGAN2(Generator):
             self.path, size=size, channel_multiplier=cm, trust=context.trust_checkpoint
         ).to(context.device)
         self.model.channels_last = config.channels_last
+        self.model.winograd = config.winograd
         self._box = preset.content_box if preset is not None else None
         self._sha256 = sha256_file(self.path)
         self._mean: torch.Tensor | None = None

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from soundguide.core import memory
+
+
+def test_frugal_malloc_applies_on_glibc_and_large_blocks_leave_no_residue():
+    if not sys.platform.startswith("linux"):
+        assert memory.frugal_malloc() is False
+        return
+    # in a child: the setting is process-wide
+    code = (
+        "import ctypes, sys\n"
+        "from soundguide.core.memory import frugal_malloc\n"
+        "def rss():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmRSS'):\n"
+        "            return int(line.split()[1]) // 1024\n"
+        "if sys.argv[1] == 'on':\n"
+        "    assert frugal_malloc()\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "# a freed 16 MB block raises glibc's threshold; later 8 MB blocks then come from\n"
+        "# the heap and, freed between live blocks, stay resident\n"
+        "p = libc.malloc(16 << 20); ctypes.memset(p, 1, 16 << 20); libc.free(p)\n"
+        "base = rss()\n"
+        "blocks, pins = [], []\n"
+        "for _ in range(8):\n"
+        "    blocks.append(libc.malloc(8 << 20)); ctypes.memset(blocks[-1], 1, 8 << 20)\n"
+        "    pins.append(libc.malloc(1 << 19)); ctypes.memset(pins[-1], 1, 1 << 19)\n"
+        "for b in blocks: libc.free(b)\n"
+        "print(rss() - base)\n"
+    )
+    kept = {}
+    for mode in ("off", "on"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
+        )
+        kept[mode] = int(out.stdout.strip())
+    assert kept["on"] < 16 < kept["off"], kept
+
+
+def test_no_mallopt_means_no_change(monkeypatch):
+    monkeypatch.setattr(memory.sys, "platform", "darwin")
+    assert memory.frugal_malloc() is False
+    assert memory.frugal_malloc(-1) is False
+
+
+@pytest.mark.parametrize("choice", ["frugal", "adaptive"])
+def test_cli_accepts_the_malloc_choice(choice, tmp_path):
+    from soundguide.cli import main
+
+    assert main(["edit", str(tmp_path / "missing.toml"), "--malloc", choice]) == 2
