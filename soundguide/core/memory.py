@@ -22,7 +22,8 @@ import sys
 M_MMAP_THRESHOLD = -3
 """glibc's ``mallopt`` parameter number (malloc.h)."""
 
-DEFAULT_THRESHOLD = 1 << 20
+DEFAULT_THRESHOLD = 8 << 20
+"""8 MB: activations from 64 px up at 512 channels; smaller blocks reuse the heap."""
 
 
 def frugal_malloc(threshold: int = DEFAULT_THRESHOLD) -> bool:

@@ -100,10 +100,11 @@ class TestPaperPreprocess:
         got = paper_preprocess(image)
         assert got.shape == expected.shape == (2, 3, 224, 224)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-        weight = torch.randn_like(expected)
+        weight = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
         (grad_expected,) = torch.autograd.grad((expected * weight).sum(), image)
         (grad_got,) = torch.autograd.grad((got * weight).sum(), image)
-        torch.testing.assert_close(grad_got, grad_expected, atol=1e-5, rtol=0)
+        # a gradient pixel sums up to 49 pooled terms: float32 rounding is ~1e-6 of that
+        torch.testing.assert_close(grad_got, grad_expected, atol=1e-5, rtol=1e-5)
 
     def test_non_square_and_explicit_kernel(self):
         image = torch.randn(1, 3, 40, 72)
