@@ -394,7 +394,8 @@ def test_frozen_styled_conv_equals_the_textbook_layer(size, upsample, n, channel
 def test_frozen_styled_conv_through_winograd_equals_the_textbook_layer(channels_last) -> None:
     torch.manual_seed(0)
     layer = StyledConv(256, 256, 3, 8).double().requires_grad_(False)
-    assert not layer.conv.use_winograd(torch.zeros(1, 256, 32, 32))  # opt-in
+    layer.conv.winograd = False
+    assert not layer.conv.use_winograd(torch.zeros(1, 256, 32, 32))
     layer.conv.winograd = True
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x0 = torch.randn(1, 256, 32, 32, dtype=torch.float64).contiguous(memory_format=fmt)
@@ -475,7 +476,7 @@ def test_fast_path_equals_the_textbook_path(pair) -> None:
 
 def test_winograd_option_gives_the_same_images_and_gradients(pair64) -> None:
     _, g = pair64
-    assert not g.winograd  # opt-in: it caches 4x the weights of the wide layers
+    assert g.winograd  # the module's default; the plugin's is off (memory)
     w = wplus_for(g, n=1)
     results = []
     for on in (False, True):
@@ -484,7 +485,6 @@ def test_winograd_option_gives_the_same_images_and_gradients(pair64) -> None:
         image = g.synthesize(wi)
         image.square().mean().backward()
         results.append((image.detach(), wi.grad))
-    g.winograd = False
     layers = [m for m in g.modules() if isinstance(m, StyledConv)]
     assert any("winograd" in m.conv._derived for m in layers)  # the option was exercised
     g.clear_cache()

@@ -94,6 +94,17 @@ def test_edit_mode_start_equals_truncated_mapping(registries, write_config, tiny
     torch.testing.assert_close(editor.w0, expected[:, None].expand(1, 6, 32))
 
 
+@pytest.mark.parametrize(("setting", "expected"), [(None, False), ("true", True)])
+def test_winograd_is_off_unless_the_config_asks(
+    registries, write_config, tiny_checkpoint, setting, expected
+):
+    overrides = [] if setting is None else [f"generator.winograd={setting}"]
+    cfg = load_config(write_config(CONFIG.format(ckpt=tiny_checkpoint)), registries, overrides)
+    editor = Editor(cfg, registries, progress=False)
+    editor.prepare()
+    assert editor.generator.model.winograd is expected
+
+
 def test_preset_size_is_checked_against_the_checkpoint(registries, write_config, tiny_checkpoint):
     text = CONFIG.format(ckpt=tiny_checkpoint).replace(
         'type = "stylegan2"', 'type = "stylegan2"\npreset = "landscape"'
