@@ -8,7 +8,6 @@ plus a hint, exit code 2. A run stopped by a non-finite loss exits with 1
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -17,62 +16,17 @@ from typing import Any
 
 import click
 
+from soundguide.cli_options import (
+    _apply_malloc,
+    _registries,
+    malloc_option,
+    plugin_option,
+)
 from soundguide.core.errors import SoundguideError
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130
-
-
-def _add_plugins(ctx: click.Context, _param: click.Parameter, value: Sequence[str]) -> None:
-    ctx.ensure_object(dict).setdefault("plugins", []).extend(value)
-    root = ctx.find_root()
-    if root is not ctx:
-        root.ensure_object(dict).setdefault("plugins", []).extend(value)
-
-
-def malloc_option(func):
-    return click.option(
-        "--malloc",
-        type=click.Choice(["frugal", "adaptive"]),
-        default="frugal",
-        show_default=True,
-        help="frugal: large tensors never linger in the heap (about 100 MB less peak memory "
-        "at 256 px); adaptive: glibc's default (steps 10-20 % faster on CPU).",
-    )(func)
-
-
-def _apply_malloc(choice: str) -> None:
-    if choice == "frugal":
-        from soundguide.core.memory import frugal_malloc
-
-        frugal_malloc()
-
-
-def plugin_option(func):
-    return click.option(
-        "-p",
-        "--plugin",
-        "plugins",
-        multiple=True,
-        metavar="MODULE",
-        expose_value=False,
-        callback=_add_plugins,
-        help="Register a plugin module by import path (repeatable), like pytest's -p.",
-    )(func)
-
-
-def _registries(ctx: click.Context):
-    from soundguide.core.plugins import load_registries
-
-    obj = ctx.find_root().ensure_object(dict)
-    if "registries" not in obj:
-        plugins = obj.get("plugins", [])
-        if plugins and "" not in sys.path and os.getcwd() not in sys.path:
-            # as `python -m`, so -p finds a plugin module in the current folder
-            sys.path.insert(0, os.getcwd())
-        obj["registries"] = load_registries(plugins=plugins)
-    return obj["registries"]
 
 
 def set_option(func):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from soundguide.cli_options import plugin_option
 from soundguide.evaluation.embedders import EVAL_CROPS
 from soundguide.evaluation.probe import DEFAULT_CS
 
@@ -25,25 +26,6 @@ if TYPE_CHECKING:
     from soundguide.evaluation.encoding import DatasetEmbeddings
 
 DATASET_CHOICES = ("esc50", "urbansound8k", "us8k")
-
-
-def _add_plugins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
-    from soundguide.cli import _add_plugins as add
-
-    add(ctx, param, value)
-
-
-def _plugin_option(func):
-    return click.option(
-        "-p",
-        "--plugin",
-        "plugins",
-        multiple=True,
-        metavar="MODULE",
-        expose_value=False,
-        callback=_add_plugins,
-        help="Register a plugin module by import path (repeatable), like pytest's -p.",
-    )(func)
 
 
 def _common_options(func):
@@ -105,7 +87,7 @@ def _common_options(func):
         ),
         click.option("--overwrite", is_flag=True, help="Replace existing reports in --out."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
-        _plugin_option,
+        plugin_option,
         click.pass_context,
     ]
     for option in reversed(options):
@@ -122,7 +104,7 @@ def _embedder(
     trust: bool,
     quiet: bool,
 ) -> AudioEmbedder:
-    from soundguide.cli import _registries
+    from soundguide.cli_options import _registries
     from soundguide.evaluation.embedders import embedder_from_guidance
 
     return embedder_from_guidance(

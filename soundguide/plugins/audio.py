@@ -16,10 +16,10 @@ from pydantic import Field
 
 import soundguide
 from soundguide import ConfigPath, WeightsRef
-from soundguide.plugins.clip_space import CLIPGuidance, CLIPGuidanceConfig
+from soundguide.plugins.clip_space import CLIPGuidance, CLIPGuidanceConfig, FileSources
 
 
-class AudioGuidance(CLIPGuidance):
+class AudioGuidance(FileSources, CLIPGuidance):
     class Config(CLIPGuidanceConfig):
         type: Literal["audio"] = "audio"
         path: ConfigPath | list[ConfigPath] = Field(
@@ -49,15 +49,6 @@ class AudioGuidance(CLIPGuidance):
                 what = "is a directory" if path.is_dir() else "does not exist"
                 raise AudioError(f"audio source {path} {what}")
 
-    @property
-    def paths(self) -> list[Path]:
-        p = self.config.path
-        return list(p) if isinstance(p, list) else [p]
-
-    @property
-    def num_items(self) -> int | None:
-        return len(self.paths) if isinstance(self.config.path, list) else None
-
     def encoder_path(self) -> Path:
         return self.context.resolve_weights(self.config.encoder)
 
@@ -73,7 +64,7 @@ class AudioGuidance(CLIPGuidance):
             "crop_seed": c.crop_seed if c.crop == "random" else None,
         }
         target = self.context.cached_tensor("audio_targets", key, lambda: self._embed(weights))
-        return target if isinstance(c.path, list) else target[0]
+        return self.one_or_all(target)
 
     def _embed(self, weights: Path) -> torch.Tensor:
         from soundguide.encoders.soundclip import embed_audio, load_soundclip

@@ -9,6 +9,7 @@ encoding per step.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -87,3 +88,22 @@ class CLIPGuidance(Guidance):
             "clip_dtype": c.clip_dtype,
             "clip_preprocess": c.clip_preprocess,
         }
+
+
+class FileSources:
+    """For guidances whose ``config.path`` is one file or a list with one per batch item."""
+
+    config: Any
+
+    @property
+    def paths(self) -> list[Path]:
+        p = self.config.path
+        return list(p) if isinstance(p, list) else [p]
+
+    @property
+    def num_items(self) -> int | None:
+        return len(self.paths) if isinstance(self.config.path, list) else None
+
+    def one_or_all(self, targets: torch.Tensor) -> torch.Tensor:
+        """(N, D) targets, one per path: all of them for a list, the single (D,) one otherwise."""
+        return targets if isinstance(self.config.path, list) else targets[0]

@@ -16,7 +16,7 @@ from pydantic import Field
 
 import soundguide
 from soundguide import ConfigPath
-from soundguide.plugins.clip_space import CLIPGuidance, CLIPGuidanceConfig
+from soundguide.plugins.clip_space import CLIPGuidance, CLIPGuidanceConfig, FileSources
 
 
 def load_picture(path: Path, size: int) -> torch.Tensor:
@@ -42,7 +42,7 @@ def load_picture(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-class ImageGuidance(CLIPGuidance):
+class ImageGuidance(FileSources, CLIPGuidance):
     class Config(CLIPGuidanceConfig):
         type: Literal["image"] = "image"
         path: ConfigPath | list[ConfigPath] = Field(
@@ -59,21 +59,12 @@ class ImageGuidance(CLIPGuidance):
             if not path.is_file():
                 raise ImageError(f"reference image not found: {path}")
 
-    @property
-    def paths(self) -> list[Path]:
-        p = self.config.path
-        return list(p) if isinstance(p, list) else [p]
-
-    @property
-    def num_items(self) -> int | None:
-        return len(self.paths) if isinstance(self.config.path, list) else None
-
     def target(self, encoder) -> torch.Tensor:
         from soundguide.core.files import sha256_file
 
         key = {"images": [sha256_file(p) for p in self.paths], **self.clip_key()}
         target = self.context.cached_tensor("image_targets", key, lambda: self._embed(encoder))
-        return target if isinstance(self.config.path, list) else target[0]
+        return self.one_or_all(target)
 
     def _embed(self, encoder) -> torch.Tensor:
         size = encoder.input_resolution
