@@ -40,6 +40,7 @@ from soundguide.core.interfaces import (
 )
 from soundguide.core.latents import load_latent_file
 from soundguide.core.losses import SCHEDULES
+from soundguide.core.memory import trim_heap
 from soundguide.core.registry import Registries
 
 Status = Literal["finished", "nonfinite", "interrupted"]
@@ -233,6 +234,7 @@ class Editor:
         self._check_image(self.image0, "the source latent")
         for term in self.regularizers:
             term.plugin.setup(self.w0, self.image0 if term.plugin.needs_image else None)
+        trim_heap()  # loading and the targets freed memory the loop would not reuse
         self._prepared = True
 
     def _batch_size(self) -> tuple[int, torch.Tensor | None]:
@@ -378,6 +380,8 @@ class Editor:
                 optimizer.zero_grad()
                 total.backward()
                 optimizer.step()
+                del image, terms, per_item, total
+                trim_heap()  # freed activations go back to the system, not to a heap hole
                 for term in self.regularizers:
                     term.plugin.after_step(w, self.w0)
                 done = w.detach().clone()

@@ -56,3 +56,42 @@ def test_cli_accepts_the_malloc_choice(choice, tmp_path):
     from soundguide.cli import main
 
     assert main(["edit", str(tmp_path / "missing.toml"), "--malloc", choice]) == 2
+
+
+def test_trim_heap_returns_freed_heap_pages():
+    if not sys.platform.startswith("linux"):
+        assert memory.trim_heap() is False
+        return
+    code = (
+        "import ctypes\n"
+        "from soundguide.core.memory import trim_heap\n"
+        "def rss():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmRSS'):\n"
+        "            return int(line.split()[1]) // 1024\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.malloc.argtypes = [ctypes.c_size_t]\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "blocks, pins = [], []\n"
+        "for _ in range(8):  # 64 KB blocks come from the heap; live pins keep it from shrinking\n"
+        "    blocks += [libc.malloc(1 << 16) for _ in range(64)]\n"
+        "    pins.append(libc.malloc(96 << 10)); ctypes.memset(pins[-1], 1, 96 << 10)\n"
+        "for b in blocks: ctypes.memset(b, 1, 1 << 16)\n"
+        "for b in blocks: libc.free(b)\n"
+        "before = rss()\n"
+        "assert trim_heap()\n"
+        "print(before - rss())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) >= 16  # of the 32 MB freed
+
+
+def test_the_engine_trims_after_loading_and_after_every_update(monkeypatch, registries):
+    from soundguide.core import engine
+    from tests.core.test_engine import run
+
+    calls = []
+    monkeypatch.setattr(engine, "trim_heap", lambda: calls.append(1) or True)
+    assert run(registries, steps=3).ok
+    assert len(calls) == 1 + 3
