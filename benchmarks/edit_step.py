@@ -16,7 +16,9 @@ released files). Three modes, each run in its own process so peak RSS is its own
   network run every step even at lambda 0.
 
 Each mode runs two step counts so start-up cancels out:
-seconds/step = (t(long) - t(short)) / (long - short).
+seconds/step = (t(long) - t(short)) / (long - short); the modes are repeated
+interleaved (``--repeats``) and the medians reported, with the ratio to the
+original per repetition (this machine's speed drifts by 20-50 % over minutes).
 
     python benchmarks/edit_step.py [--steps 2 6] [--modes soundguide soundguide-adaptive original]
 """
@@ -27,6 +29,7 @@ import argparse
 import json
 import math
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,6 +182,7 @@ def main() -> None:
         default=["soundguide", "soundguide-adaptive", "original"],
         choices=["soundguide", "soundguide-adaptive", "original"],
     )
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -186,22 +190,35 @@ def main() -> None:
         child(mode, Path(folder), int(steps))
         return
     short, long = sorted(args.steps)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; steps {short} and {long}")
-    results = {}
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; steps {short} and {long}; "
+        f"{args.repeats} repeats, modes interleaved"
+    )
+    per_step: dict[str, list[float]] = {mode: [] for mode in args.modes}
+    peaks: dict[str, float] = {mode: 0.0 for mode in args.modes}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_inputs(folder)
-        for mode in args.modes:
-            a, b = measure(mode, folder, short), measure(mode, folder, long)
-            per_step = (b["seconds"] - a["seconds"]) / (long - short)
-            peak = max(a["peak_rss_mb"], b["peak_rss_mb"])
-            results[mode] = per_step
-            print(
-                f"{mode:>10}: {per_step:6.2f} s/step   peak RSS {peak:7.0f} MB   ({short} steps {a['seconds']:.1f} s, {long} steps {b['seconds']:.1f} s)"
-            )
-    for mode in ("soundguide", "soundguide-adaptive"):
-        if mode in results and "original" in results:
-            print(f"{mode} / original: {results[mode] / results['original']:.2f}x")
+        for _ in range(args.repeats):
+            # interleaved, so that a slow spell of a shared machine hits every mode
+            for mode in args.modes:
+                a, b = measure(mode, folder, short), measure(mode, folder, long)
+                per_step[mode].append((b["seconds"] - a["seconds"]) / (long - short))
+                peaks[mode] = max(peaks[mode], a["peak_rss_mb"], b["peak_rss_mb"])
+    for mode in args.modes:
+        runs = " ".join(f"{t:.2f}" for t in per_step[mode])
+        print(
+            f"{mode:>19}: {statistics.median(per_step[mode]):6.2f} s/step (median; runs {runs})"
+            f"   peak RSS {peaks[mode]:7.0f} MiB"
+        )
+    if "original" in per_step:
+        for mode in ("soundguide", "soundguide-adaptive"):
+            if mode in per_step:
+                ratios = [a / b for a, b in zip(per_step[mode], per_step["original"], strict=True)]
+                print(
+                    f"{mode} / original: {statistics.median(ratios):.2f}x "
+                    f"(per repeat: {' '.join(f'{r:.2f}' for r in ratios)})"
+                )
 
 
 if __name__ == "__main__":
