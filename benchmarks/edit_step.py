@@ -11,7 +11,8 @@ released files). Three modes, each run in its own process so peak RSS is its own
 - ``soundguide-adaptive``: the same with ``--malloc adaptive`` (glibc's own
   heap policy: faster steps, more peak memory);
 - ``original``: the original code's loop written out: rosinality's generator
-  (native upfirdn2d, weight modulation), the audio re-encoded by SoundCLIP every
+  (native upfirdn2d, weight modulation), OpenAI's ``clip.model`` as
+  ``clip.load(jit=False)`` builds it on a CPU, the audio re-encoded by SoundCLIP every
   step, a literal 7x nearest upsampling + average pooling, and the IR-SE50 face
   network run every step even at lambda 0.
 
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,14 +113,19 @@ def run_original(folder: Path, steps: int) -> None:
     """The original code's per-step work, written out (see the module docstring)."""
     from soundguide.encoders.arcface import ArcFaceIRSE50
     from soundguide.encoders.audio import load_audio
-    from soundguide.encoders.clip import load_clip
     from soundguide.encoders.soundclip import SoundCLIPFrontend, load_soundclip
     from tests.generators.rosinality_reference import Generator
 
     g = Generator(256, 512, 8, channel_multiplier=2)
     g.load_state_dict(torch.load(folder / "g.pt", weights_only=True)["g_ema"])
     g.eval()
-    clip_model = load_clip(folder / "clip.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # clip imports pkg_resources, which warns about itself
+        import clip
+    # as clip.load("ViT-B/32", jit=False) on a CPU: OpenAI's module, weights
+    # rounded through float16 by build_model, then .float()
+    state = torch.load(folder / "clip.pt", weights_only=True)
+    clip_model = clip.model.build_model(state).float().eval()
     audio_encoder = load_soundclip(folder / "soundclip.pt")
     face = ArcFaceIRSE50().eval()
     spec = SoundCLIPFrontend()(load_audio(folder / "sound.wav")[None])
