@@ -380,8 +380,6 @@ class Editor:
                 optimizer.zero_grad()
                 total.backward()
                 optimizer.step()
-                del image, terms, per_item, total
-                trim_heap()  # freed activations go back to the system, not to a heap hole
                 for term in self.regularizers:
                     term.plugin.after_step(w, self.w0)
                 done = w.detach().clone()

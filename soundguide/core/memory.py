@@ -13,8 +13,8 @@ The ``soundguide edit`` and ``demo`` commands apply it unless given
 ``--malloc adaptive``; in Python, call it yourself before a run.
 
 :func:`trim_heap` hands freed heap pages back to the system; the engine calls
-it once after loading models and computing targets (loading OpenAI's
-TorchScript CLIP files frees some 150 MB of small blocks in the middle of the heap).
+it once after loading models and computing targets (reading OpenAI's
+TorchScript CLIP files leaves freed blocks in the middle of the heap).
 """
 
 from __future__ import annotations
