@@ -232,7 +232,10 @@ def build_clip(
             f"{source} does not fit a CLIP architecture: {_first_line(exc)}"
         ) from None
     del state
-    cast_each(model, dtype, device)
+    # own copies: memory-mapped pages of a file can be evicted under the
+    # model's feet (and re-read every step); the text weights of an
+    # image-only model are never read at all
+    cast_each(model, dtype, device, copy=True)
     model.requires_grad_(False)
     return model.eval()
 

@@ -492,7 +492,7 @@ class CLIP(nn.Module):
         except Exception:
             self.release_text()
             raise
-        cast_each(self, dtype, device)
+        cast_each(self, dtype, device, copy=True)
 
     def release_text(self) -> None:
         """Free the text tower; image encoding keeps working."""
@@ -523,12 +523,17 @@ class CLIP(nn.Module):
 
 
 def cast_each(
-    model: nn.Module, dtype: torch.dtype, device: torch.device | str | None = None
+    model: nn.Module,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+    *,
+    copy: bool = False,
 ) -> None:
     """Move floating parameters and buffers to ``dtype`` (and ``device``) one tensor at a time.
 
     Each old tensor is dropped as soon as its copy exists, so a cast never
     holds the model twice. Integer buffers (``num_batches_tracked``) keep their dtype.
+    ``copy`` copies tensors that need no cast too (to own memory-mapped weights).
     """
     for module in model.modules():
         for table in (module._parameters, module._buffers):
@@ -537,9 +542,9 @@ def cast_each(
                     continue
                 want = dtype if tensor.is_floating_point() else tensor.dtype
                 target = device if device is not None else tensor.device
-                if tensor.dtype == want and tensor.device == torch.device(target):
+                if tensor.dtype == want and tensor.device == torch.device(target) and not copy:
                     continue
-                moved = tensor.detach().to(device=target, dtype=want)
+                moved = tensor.detach().to(device=target, dtype=want, copy=copy)
                 table[name] = (
                     nn.Parameter(moved, requires_grad=tensor.requires_grad)
                     if isinstance(tensor, nn.Parameter)

@@ -1231,9 +1231,9 @@ def load_stylegan2(
     from soundguide.core.checkpoints import read_checkpoint
 
     from_file = not isinstance(path_or_state_dict, Mapping)
-    # a file is memory-mapped and its tensors become the parameters: the
-    # weights are read once, never copied, and the rest of a training
-    # checkpoint (discriminator, optimizer states) is never read at all
+    # a file is memory-mapped: the generator's weights are copied out of it
+    # (the module's own memory, which page-out cannot take back), and the rest
+    # of a training checkpoint (discriminator, optimizer states) is never read
     source, obj = read_checkpoint(path_or_state_dict, trust=trust, mmap=from_file)
     state, latent_avg = _generator_state_dict(obj)
     found = infer_stylegan2_config(state)
@@ -1265,7 +1265,7 @@ def load_stylegan2(
         raise CheckpointError(f"checkpoint describes an unsupported generator: {exc}") from None
     _check_state_dict(generator, state, found, source)
     device = state["input.input"].device
-    generator.to(device=device).load_state_dict(state, strict=True, assign=from_file)
+    generator.to(device=device).load_state_dict(state, strict=True)
     generator.requires_grad_(False).eval()
     if latent_avg is not None:
         if latent_avg.numel() != generator.style_dim:
