@@ -7,9 +7,9 @@ released files). Three modes, each run in its own process so peak RSS is its own
 
 - ``soundguide``: ``soundguide edit`` on a config with the paper preset
   (target computed once, the exact paper preprocessing without the 7x image,
-  identity never built at weight 0), with its default ``--malloc frugal``;
-- ``soundguide-adaptive``: the same with ``--malloc adaptive`` (glibc's own
-  heap policy: faster steps, more peak memory);
+  identity never built at weight 0), default settings;
+- ``soundguide-lowmem``: the same with the low-memory settings,
+  ``--malloc frugal --set generator.winograd=false`` (slower steps);
 - ``original``: the original code's loop written out: rosinality's generator
   (native upfirdn2d, weight modulation), OpenAI's ``clip.model`` as
   ``clip.load(jit=False)`` builds it on a CPU, the audio re-encoded by SoundCLIP every
@@ -21,7 +21,7 @@ for first-touch memory); the modes are repeated interleaved (``--repeats``)
 and the medians reported, with the ratio to the original per repetition
 (this machine's speed drifts by 20-50 % over minutes).
 
-    python benchmarks/edit_step.py [--steps 5] [--repeats 3] [--modes soundguide soundguide-adaptive original]
+    python benchmarks/edit_step.py [--steps 5] [--repeats 3] [--modes soundguide soundguide-lowmem original]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ seed = 0
     )
 
 
-def run_soundguide(folder: Path, steps: int, malloc: str = "frugal") -> list[float]:
+def run_soundguide(folder: Path, steps: int, low_memory: bool = False) -> list[float]:
     import soundguide.api
     from soundguide.cli import main
 
@@ -111,8 +111,7 @@ def run_soundguide(folder: Path, steps: int, malloc: str = "frugal") -> list[flo
             "-q",
             "--device",
             "cpu",
-            "--malloc",
-            malloc,
+            *(["--malloc", "frugal", "--set", "generator.winograd=false"] if low_memory else []),
         ]
     )
     assert code == 0
@@ -175,9 +174,7 @@ def child(mode: str, folder: Path, steps: int) -> None:
     if mode == "original":
         seconds = run_original(folder, steps)
     else:
-        seconds = run_soundguide(
-            folder, steps, "adaptive" if mode.endswith("adaptive") else "frugal"
-        )
+        seconds = run_soundguide(folder, steps, low_memory=mode.endswith("lowmem"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"step_seconds": seconds, "peak_rss_mb": peak_mb}))
 
@@ -200,8 +197,8 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        default=["soundguide", "soundguide-adaptive", "original"],
-        choices=["soundguide", "soundguide-adaptive", "original"],
+        default=["soundguide", "soundguide-lowmem", "original"],
+        choices=["soundguide", "soundguide-lowmem", "original"],
     )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -233,7 +230,7 @@ def main() -> None:
             f"   peak RSS {peaks[mode]:7.0f} MiB"
         )
     if "original" in per_step:
-        for mode in ("soundguide", "soundguide-adaptive"):
+        for mode in ("soundguide", "soundguide-lowmem"):
             if mode in per_step:
                 ratios = [a / b for a, b in zip(per_step[mode], per_step["original"], strict=True)]
                 print(

@@ -7,10 +7,10 @@ then come from the heap, whose freed holes stay resident: at 256 px the
 peak grows by about 100 MB over a run. :func:`frugal_malloc` fixes the
 threshold, so every large tensor is a fresh mapping that leaves no hole.
 The price is that the kernel zeroes those pages on every step: steps take
-roughly 10-20 % longer on a 2-core CPU.
+about 25 % longer on a 2-core CPU.
 
-The ``soundguide edit`` and ``demo`` commands apply it unless given
-``--malloc adaptive``; in Python, call it yourself before a run.
+The ``soundguide edit`` and ``demo`` commands apply it with ``--malloc
+frugal``; in Python, call it yourself before a run.
 
 :func:`trim_heap` hands freed heap pages back to the system; the engine calls
 it once after loading models and computing targets (reading OpenAI's

@@ -966,8 +966,8 @@ class StyleGAN2Generator(nn.Module):
 
         About 10 % faster forward+backward at 256 px on a 2-core CPU, for 72 MB
         of cached transformed weights (4x the weights of the 512-channel layers
-        at 32 and 64 px). The ``stylegan2`` plugin turns it off unless its
-        config says ``winograd = true``: an edit's peak memory matters more.
+        at 32 and 64 px). The ``stylegan2`` plugin's ``winograd = false`` turns
+        it off for low-memory runs.
         """
         return self.conv1.conv.winograd
 

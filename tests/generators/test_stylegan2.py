@@ -476,7 +476,7 @@ def test_fast_path_equals_the_textbook_path(pair) -> None:
 
 def test_winograd_option_gives_the_same_images_and_gradients(pair64) -> None:
     _, g = pair64
-    assert g.winograd  # the module's default; the plugin's is off (memory)
+    assert g.winograd  # the default (the plugin's winograd = false turns it off)
     w = wplus_for(g, n=1)
     results = []
     for on in (False, True):

@@ -94,8 +94,8 @@ def test_edit_mode_start_equals_truncated_mapping(registries, write_config, tiny
     torch.testing.assert_close(editor.w0, expected[:, None].expand(1, 6, 32))
 
 
-@pytest.mark.parametrize(("setting", "expected"), [(None, False), ("true", True)])
-def test_winograd_is_off_unless_the_config_asks(
+@pytest.mark.parametrize(("setting", "expected"), [(None, True), ("false", False)])
+def test_winograd_follows_the_config(
     registries, write_config, tiny_checkpoint, setting, expected
 ):
     overrides = [] if setting is None else [f"generator.winograd={setting}"]
