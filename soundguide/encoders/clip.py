@@ -201,10 +201,11 @@ def build_clip(
     """A frozen :class:`~soundguide.encoders.clip_model.CLIP` from its state dict.
 
     The architecture is read off the keys and shapes. Memory-frugal: the
-    module is built uninitialized and takes the state dict's tensors as its
-    parameters (no second copy), then each tensor is cast on its own.
+    module is built uninitialized (nothing allocated is touched), takes the
+    state dict's tensors, then copies or casts them one at a time into its
+    own memory (a memory-mapped file's pages are let go with the state dict).
     Float32 weights stay exact. ``text=False`` builds the image tower only
-    and ignores the text weights.
+    and never reads the text weights.
     """
     state = {
         k[len("module.") :] if k.startswith("module.") else k: v
