@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from soundguide.core import memory
+from tests.isolation import RSS_PRELUDE, run_python
 
 
 def test_frugal_malloc_applies_on_glibc_and_large_blocks_leave_no_residue():
@@ -13,18 +13,11 @@ def test_frugal_malloc_applies_on_glibc_and_large_blocks_leave_no_residue():
         assert memory.frugal_malloc() is False
         return
     # in a child: the setting is process-wide
-    code = (
-        "import ctypes, sys\n"
+    code = RSS_PRELUDE + (
+        "import sys\n"
         "from soundguide.core.memory import frugal_malloc\n"
-        "def rss():\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith('VmRSS'):\n"
-        "            return int(line.split()[1]) // 1024\n"
         "if sys.argv[1] == 'on':\n"
         "    assert frugal_malloc()\n"
-        "libc = ctypes.CDLL('libc.so.6')\n"
-        "libc.malloc.restype = ctypes.c_void_p\n"
-        "libc.free.argtypes = [ctypes.c_void_p]\n"
         "# a freed 16 MB block raises glibc's threshold; later 8 MB blocks then come from\n"
         "# the heap and, freed between live blocks, stay resident\n"
         "p = libc.malloc(16 << 20); ctypes.memset(p, 1, 16 << 20); libc.free(p)\n"
@@ -36,12 +29,7 @@ def test_frugal_malloc_applies_on_glibc_and_large_blocks_leave_no_residue():
         "for b in blocks: libc.free(b)\n"
         "print(rss() - base)\n"
     )
-    kept = {}
-    for mode in ("off", "on"):
-        out = subprocess.run(
-            [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
-        )
-        kept[mode] = int(out.stdout.strip())
+    kept = {mode: int(run_python(code, mode)) for mode in ("off", "on")}
     assert kept["on"] < 16 < kept["off"], kept
 
 
@@ -62,17 +50,8 @@ def test_trim_heap_returns_freed_heap_pages():
     if not sys.platform.startswith("linux"):
         assert memory.trim_heap() is False
         return
-    code = (
-        "import ctypes\n"
+    code = RSS_PRELUDE + (
         "from soundguide.core.memory import trim_heap\n"
-        "def rss():\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith('VmRSS'):\n"
-        "            return int(line.split()[1]) // 1024\n"
-        "libc = ctypes.CDLL('libc.so.6')\n"
-        "libc.malloc.restype = ctypes.c_void_p\n"
-        "libc.malloc.argtypes = [ctypes.c_size_t]\n"
-        "libc.free.argtypes = [ctypes.c_void_p]\n"
         "blocks, pins = [], []\n"
         "for _ in range(8):  # 64 KB blocks come from the heap; live pins keep it from shrinking\n"
         "    blocks += [libc.malloc(1 << 16) for _ in range(64)]\n"
@@ -83,8 +62,7 @@ def test_trim_heap_returns_freed_heap_pages():
         "assert trim_heap()\n"
         "print(before - rss())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert int(out.stdout.strip()) >= 16  # of the 32 MB freed
+    assert int(run_python(code)) >= 16  # of the 32 MB freed
 
 
 def test_the_engine_trims_once_after_loading(monkeypatch, registries):

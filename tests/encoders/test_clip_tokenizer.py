@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import importlib.machinery
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -11,6 +9,7 @@ import torch
 from soundguide.core.errors import ConfigError, WeightsError
 from soundguide.encoders import clip_tokenizer
 from soundguide.encoders.clip_tokenizer import CLIPTokenizer, get_tokenizer, tokenize
+from tests.isolation import imported_by
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # clip imports pkg_resources, which warns about itself
@@ -132,10 +131,7 @@ def test_tokenize_reports_missing_vocabulary(monkeypatch):
 
 def test_does_not_import_clip_or_torchvision():
     code = (
-        "import sys\n"
         "from soundguide.encoders.clip_tokenizer import tokenize\n"
         "assert tokenize('a dog').shape == (1, 77)\n"
-        "print(sorted(m for m in ('clip', 'torchvision', 'pkg_resources') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert imported_by(code, ["clip", "torchvision", "pkg_resources"]) == []

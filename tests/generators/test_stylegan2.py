@@ -362,6 +362,19 @@ def test_winograd_float32_error_is_small_and_beats_the_common_points(monkeypatch
     assert ours < 20 * direct and ours < 5e-5
 
 
+def assert_fast_equals_textbook(layer, x0, latent0, noise, grad) -> None:
+    """Output and input/latent gradients of a StyledConv: fast path vs textbook path."""
+    results = []
+    for fast in (True, False):
+        layer.conv.fast = fast
+        x, latent = x0.clone().requires_grad_(), latent0.clone().requires_grad_()
+        out = layer(x, latent, noise)
+        out.backward(grad)
+        results.append((out, x.grad, latent.grad))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("upsample", [False, True])
@@ -379,15 +392,7 @@ def test_frozen_styled_conv_equals_the_textbook_layer(size, upsample, n, channel
     x0 = torch.randn(n, 6, size, size, dtype=torch.float64).contiguous(memory_format=fmt)
     latent0 = torch.randn(n, 8, dtype=torch.float64)
     grad = torch.randn(n, 4, out_size, out_size, dtype=torch.float64)
-    results = []
-    for fast in (True, False):
-        layer.conv.fast = fast
-        x, latent = x0.clone().requires_grad_(), latent0.clone().requires_grad_()
-        out = layer(x, latent, noise)
-        out.backward(grad)
-        results.append((out, x.grad, latent.grad))
-    for got, expected in zip(*results, strict=True):
-        torch.testing.assert_close(got, expected)
+    assert_fast_equals_textbook(layer, x0, latent0, noise, grad)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -403,15 +408,7 @@ def test_frozen_styled_conv_through_winograd_equals_the_textbook_layer(channels_
     assert not layer.conv.use_winograd(x0[:, :, :16, :16])  # small maps: a direct convolution
     latent0, noise = torch.randn(1, 8, dtype=torch.float64), torch.randn(1, 1, 32, 32).double()
     grad = torch.randn(1, 256, 32, 32, dtype=torch.float64)
-    results = []
-    for fast in (True, False):
-        layer.conv.fast = fast
-        x, latent = x0.clone().requires_grad_(), latent0.clone().requires_grad_()
-        out = layer(x, latent, noise)
-        out.backward(grad)
-        results.append((out, x.grad, latent.grad))
-    for got, expected in zip(*results, strict=True):
-        torch.testing.assert_close(got, expected)
+    assert_fast_equals_textbook(layer, x0, latent0, noise, grad)
 
 
 # -- behaviour ------------------------------------------------------------------------------

@@ -95,9 +95,7 @@ def test_edit_mode_start_equals_truncated_mapping(registries, write_config, tiny
 
 
 @pytest.mark.parametrize(("setting", "expected"), [(None, True), ("false", False)])
-def test_winograd_follows_the_config(
-    registries, write_config, tiny_checkpoint, setting, expected
-):
+def test_winograd_follows_the_config(registries, write_config, tiny_checkpoint, setting, expected):
     overrides = [] if setting is None else [f"generator.winograd={setting}"]
     cfg = load_config(write_config(CONFIG.format(ckpt=tiny_checkpoint)), registries, overrides)
     editor = Editor(cfg, registries, progress=False)
