@@ -16,12 +16,16 @@ released files). Three modes, each run in its own process so peak RSS is its own
   step, a literal 7x nearest upsampling + average pooling, and the IR-SE50 face
   network run every step even at lambda 0.
 
-Seconds per step: the median of a run's steps after the first (which pays
-for first-touch memory); the modes are repeated interleaved (``--repeats``)
-and the medians reported, with the ratio to the original per repetition
-(this machine's speed drifts by 20-50 % over minutes).
+Seconds per step: each mode runs FEW and MANY steps, each in a fresh
+process, and the difference of the two wall times over MANY - FEW steps
+is the time per step with start-up (imports, loading, targets) cancelled
+out; the median of the steps timed inside the longer run (first step left
+out) is printed beside it. The modes are repeated interleaved
+(``--repeats``) and the medians reported, with the ratio to the original
+per repetition (this machine's speed drifts by 20-50 % over minutes). Peak
+RSS is each process's own high-water mark (VmHWM), the largest over its runs.
 
-    python benchmarks/edit_step.py [--steps 5] [--repeats 3] [--modes soundguide soundguide-lowmem original]
+    python benchmarks/edit_step.py [--steps 2 6] [--repeats 2] [--modes soundguide soundguide-lowmem original]
 """
 
 from __future__ import annotations
@@ -38,15 +42,14 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
 def write_inputs(folder: Path) -> None:
+    import numpy as np
     import soundfile as sf
+    import torch
 
     from soundguide.encoders.clip_model import CLIP, VIT_B_32
     from soundguide.encoders.soundclip import SoundCLIPEncoder
@@ -120,6 +123,8 @@ def run_soundguide(folder: Path, steps: int, low_memory: bool = False) -> list[f
 
 def run_original(folder: Path, steps: int) -> list[float]:
     """The original code's per-step work, written out (see the module docstring)."""
+    import torch
+
     from soundguide.encoders.arcface import ArcFaceIRSE50
     from soundguide.encoders.audio import load_audio
     from soundguide.encoders.soundclip import SoundCLIPFrontend, load_soundclip
@@ -170,64 +175,107 @@ def run_original(folder: Path, steps: int) -> list[float]:
     return seconds
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM) in MiB.
+
+    Not ``ru_maxrss``: Linux carries the parent's peak over into a child's
+    ``ru_maxrss`` at exec, so a child of a big parent would report the parent's.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(mode: str, folder: Path, steps: int) -> None:
+    if mode == "write":  # the inputs, written by a child so that this parent never maps torch
+        write_inputs(folder)
+        import torch
+
+        print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
+        return
     if mode == "original":
         seconds = run_original(folder, steps)
     else:
         seconds = run_soundguide(folder, steps, low_memory=mode.endswith("lowmem"))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"step_seconds": seconds, "peak_rss_mb": peak_mb}))
+    print(json.dumps({"step_seconds": seconds, "peak_rss_mb": peak_rss_mib()}))
 
 
 def measure(mode: str, folder: Path, steps: int) -> dict:
+    """One run in a fresh process: its wall time (start-up included), step times and peak RSS."""
+    started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(folder), str(steps)],
         capture_output=True,
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got["wall_seconds"] = time.perf_counter() - started
+    return got
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=5, help="steps per run (at least 2)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        default=(2, 6),
+        metavar=("FEW", "MANY"),
+        help="the two step counts; start-up cancels out of the difference",
+    )
     parser.add_argument(
         "--modes",
         nargs="+",
         default=["soundguide", "soundguide-lowmem", "original"],
         choices=["soundguide", "soundguide-lowmem", "original"],
     )
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions (median)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         mode, folder, steps = args.child
         child(mode, Path(folder), int(steps))
         return
-    steps = args.steps
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {steps} steps per run, "
-        f"the first one left out; {args.repeats} repeats, modes interleaved"
-    )
+    few, many = args.steps
+    if not 1 <= few < many:
+        parser.error("--steps FEW MANY needs 1 <= FEW < MANY")
     per_step: dict[str, list[float]] = {mode: [] for mode in args.modes}
-    peaks: dict[str, float] = {mode: 0.0 for mode in args.modes}
+    inside: dict[str, list[float]] = {mode: [] for mode in args.modes}
+    peaks: dict[str, list[float]] = {mode: [] for mode in args.modes}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        write_inputs(folder)
+        # Written by a child: the parent must not map torch's libraries itself, or
+        # they would stay resident in the children too (pages that two processes
+        # map are not let go; see soundguide.core.memory.release_gpu_libraries).
+        info = measure("write", folder, 0)
+        print(
+            f"torch {info['torch']}, {info['threads']} threads; runs of {few} and {many} steps, "
+            f"each in a fresh process; {args.repeats} repeats, modes interleaved"
+        )
         for _ in range(args.repeats):
             # interleaved, so that a slow spell of a shared machine hits every mode
             for mode in args.modes:
-                got = measure(mode, folder, steps)
-                per_step[mode].append(statistics.median(got["step_seconds"][1:]))
-                peaks[mode] = max(peaks[mode], got["peak_rss_mb"])
+                short, long = measure(mode, folder, few), measure(mode, folder, many)
+                per_step[mode].append((long["wall_seconds"] - short["wall_seconds"]) / (many - few))
+                inside[mode].append(
+                    statistics.median(long["step_seconds"][1:] or long["step_seconds"])
+                )
+                peaks[mode] += [short["peak_rss_mb"], long["peak_rss_mb"]]
     for mode in args.modes:
         runs = " ".join(f"{t:.2f}" for t in per_step[mode])
+        peak = max(peaks[mode])
         print(
-            f"{mode:>19}: {statistics.median(per_step[mode]):6.2f} s/step (median; runs {runs})"
-            f"   peak RSS {peaks[mode]:7.0f} MiB"
+            f"{mode:>17}: {statistics.median(per_step[mode]):5.2f} s/step (runs {runs}; "
+            f"timed inside: {statistics.median(inside[mode]):.2f})   peak RSS {peak:5.0f} MiB "
+            f"= {peak * 2**20 / 1e9:.2f} GB (max; runs {' '.join(f'{p:.0f}' for p in peaks[mode])})"
         )
     if "original" in per_step:
         for mode in ("soundguide", "soundguide-lowmem"):

@@ -44,11 +44,14 @@ def edit(
     trust_checkpoint: bool = False,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
+    malloc: str | None = None,
 ) -> RunResult:
     """Run one edit from a config (object or TOML path) and write its outputs.
 
     Outputs go to ``out`` or the config's ``[output] dir``; ``write=False``
-    only returns the :class:`RunResult`.
+    only returns the :class:`RunResult`. ``malloc`` sets the process's
+    allocator policy for the run (see :mod:`soundguide.core.memory`); None
+    leaves it alone.
     """
     if registries is None:
         registries = load_registries(plugins=plugins)
@@ -63,6 +66,7 @@ def edit(
         device=device,
         trust_checkpoint=trust_checkpoint,
         progress=progress,
+        malloc=malloc,
     )
     writer = None
     steps = None

@@ -17,7 +17,6 @@ from typing import Any
 import click
 
 from soundguide.cli_options import (
-    _apply_malloc,
     _registries,
     malloc_option,
     plugin_option,
@@ -91,7 +90,6 @@ def edit(
     malloc: str,
 ) -> None:
     """Optimize a latent code as the CONFIG file describes and write the outputs."""
-    _apply_malloc(malloc)
     from soundguide.api import edit as run_edit
     from soundguide.core.config import load_config
 
@@ -106,6 +104,7 @@ def edit(
         registries=registries,
         trust_checkpoint=trust_checkpoint,
         progress=not quiet,
+        malloc=malloc,
     )
     per_step = (
         f", {sum(result.step_seconds) / len(result.step_seconds):.3f} s/step"
@@ -135,9 +134,8 @@ def demo(out: Path, steps: int, overwrite: bool, quiet: bool, malloc: str) -> No
     """
     from soundguide.demo import BANNER, run_demo
 
-    _apply_malloc(malloc)
     click.echo(BANNER, err=True)
-    result = run_demo(out, steps=steps, overwrite=overwrite, progress=not quiet)
+    result = run_demo(out, steps=steps, overwrite=overwrite, progress=not quiet, malloc=malloc)
     click.echo(f"{result.message}; outputs in {out} (inputs in {out / 'demo-inputs'})")
 
 

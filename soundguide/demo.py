@@ -106,6 +106,7 @@ def run_demo(
     steps: int = 20,
     overwrite: bool = False,
     progress: bool = True,
+    malloc: str | None = None,
 ):
     """Write the demo inputs under ``out/demo-inputs`` and run them; returns the RunResult."""
     from soundguide.api import edit
@@ -126,4 +127,5 @@ def run_demo(
         registries=registries,
         progress=progress,
         extra_manifest={"demo": BANNER},
+        malloc=malloc,
     )

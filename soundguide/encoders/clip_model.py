@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from soundguide.core.memory import file_mappings, release_pages
+
 TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.")
 TEXT_PARAMETERS = ("positional_embedding", "text_projection")
 METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -533,8 +535,10 @@ def cast_each(
 
     Each old tensor is dropped as soon as its copy exists, so a cast never
     holds the model twice. Integer buffers (``num_batches_tracked``) keep their dtype.
-    ``copy`` copies tensors that need no cast too (to own memory-mapped weights).
+    ``copy`` copies tensors that need no cast too (to own memory-mapped
+    weights) and lets the kernel reclaim each source's file pages at once.
     """
+    mappings = file_mappings() if copy else []
     for module in model.modules():
         for table in (module._parameters, module._buffers):
             for name, tensor in list(table.items()):
@@ -550,3 +554,5 @@ def cast_each(
                     if isinstance(tensor, nn.Parameter)
                     else moved
                 )
+                if copy:  # a memory-mapped source leaves the resident set now
+                    release_pages(tensor, mappings)

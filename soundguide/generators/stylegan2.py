@@ -142,11 +142,15 @@ def _winograd_f43(
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """3x3 weights (C_out, C_in, 3, 3) in the F(4x4, 3x3) domain: (36, C_out, C_in)."""
+    """3x3 weights (C_out, C_in, 3, 3) in the F(4x4, 3x3) domain: (36, C_out, C_in).
+
+    One matrix product with kron(G, G) in the weight's dtype (float64
+    intermediates would hold 4x the layer's weights twice over).
+    """
     _, g, _ = _winograd_f43()
-    g = g.to(weight.device)
-    u = torch.einsum("xa,ocab,yb->xyoc", g, weight.double(), g)
-    return u.reshape(36, *weight.shape[:2]).to(weight.dtype).contiguous()
+    gg = torch.kron(g, g).to(device=weight.device, dtype=weight.dtype)  # (36, 9)
+    c_out, c_in = weight.shape[:2]
+    return torch.mm(gg, weight.reshape(c_out * c_in, 9).t()).view(36, c_out, c_in)
 
 
 def _winograd_transforms(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1229,6 +1233,7 @@ def load_stylegan2(
     or disagrees with the given settings.
     """
     from soundguide.core.checkpoints import read_checkpoint
+    from soundguide.core.memory import file_mappings, release_pages
 
     from_file = not isinstance(path_or_state_dict, Mapping)
     # a file is memory-mapped: the generator's weights are copied out of it
@@ -1266,6 +1271,10 @@ def load_stylegan2(
     _check_state_dict(generator, state, found, source)
     device = state["input.input"].device
     generator.to(device=device).load_state_dict(state, strict=True)
+    if from_file:  # copied: the mapped file's pages may go now, not when it is unmapped
+        mappings = file_mappings()
+        for tensor in state.values():
+            release_pages(tensor, mappings)
     generator.requires_grad_(False).eval()
     if latent_avg is not None:
         if latent_avg.numel() != generator.style_dim:

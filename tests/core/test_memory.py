@@ -39,7 +39,7 @@ def test_no_mallopt_means_no_change(monkeypatch):
     assert memory.frugal_malloc(-1) is False
 
 
-@pytest.mark.parametrize("choice", ["frugal", "adaptive"])
+@pytest.mark.parametrize("choice", ["frugal", "adaptive", "reuse"])
 def test_cli_accepts_the_malloc_choice(choice, tmp_path):
     from soundguide.cli import main
 
@@ -73,3 +73,133 @@ def test_the_engine_trims_once_after_loading(monkeypatch, registries):
     monkeypatch.setattr(engine, "trim_heap", lambda: calls.append(1) or True)
     assert run(registries, steps=3).ok
     assert len(calls) == 1  # per step it would cost more time (re-faulted pages) than it saves
+
+
+@pytest.mark.parametrize(
+    ("path", "gpu"),
+    [
+        ("/v/site-packages/nvidia/cu13/lib/libcublasLt.so.13", True),
+        ("/v/site-packages/torch/lib/libtorch_cuda.so", True),
+        ("/v/site-packages/torch/lib/libc10_cuda.so", True),
+        ("/usr/local/cuda/lib64/libcudnn_ops.so.9", True),
+        ("/opt/lib/libnccl.so.2", True),
+        ("/v/site-packages/cuda/bindings/driver.cpython-311-x86_64-linux-gnu.so", True),
+        ("/v/site-packages/torch/lib/libtorch_cpu.so", False),
+        ("/v/site-packages/torch/lib/libc10.so", False),
+        ("/usr/lib/x86_64-linux-gnu/libcurl.so.4", False),
+        ("/usr/lib/x86_64-linux-gnu/libc.so.6", False),
+    ],
+)
+def test_gpu_libraries_are_told_apart(path, gpu):
+    assert bool(memory._GPU_LIBRARY.search(path)) is gpu
+
+
+def test_release_gpu_libraries_drops_their_pages_and_nothing_else():
+    if not sys.platform.startswith("linux"):
+        assert memory.release_gpu_libraries() == 0
+        return
+    code = (
+        "import torch\n"
+        "from soundguide.core import memory\n"
+        "names = [l.split(maxsplit=5)[5] for l in open('/proc/self/maps') if len(l.split()) == 6]\n"
+        "if not any(memory._GPU_LIBRARY.search(n) for n in names):\n"
+        "    print('none'); raise SystemExit\n"
+        "x = torch.randn(64, 64)\n"
+        "released = memory.release_gpu_libraries()\n"
+        "assert torch.equal(x @ x, x @ x) and x.shape == (64, 64)  # torch still works\n"
+        "print(released)\n"
+    )
+    released = run_python(code)
+    if released == "none":
+        pytest.skip("this torch build loads no CUDA libraries")
+    assert int(released) > 1 << 20
+
+
+def test_release_gpu_libraries_leaves_an_initialized_cuda_alone(monkeypatch):
+    monkeypatch.setattr(memory, "_cuda_initialized", lambda: True)
+    assert memory.release_gpu_libraries() == 0
+
+
+def test_release_pages_drops_a_mapped_file_and_never_touches_anonymous_memory(tmp_path):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("madvise is Linux-only")
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(range(256)) * (32 << 12))  # 32 MiB
+    code = (
+        "import sys, torch\n"
+        "from soundguide.core import memory\n"
+        "def file_mib():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('RssFile'):\n"
+        "            return int(line.split()[1]) // 1024\n"
+        "n = 32 << 20\n"
+        "mapped = torch.from_file(sys.argv[1], shared=False, size=n, dtype=torch.uint8)\n"
+        "total = int(mapped.sum(dtype=torch.int64))  # every page read\n"
+        "before = file_mib()\n"
+        "assert memory.release_pages(mapped, memory.file_mappings())\n"
+        "after = file_mib()\n"
+        "assert int(mapped.sum(dtype=torch.int64)) == total  # read back from the file\n"
+        "anon = torch.arange(n // 4, dtype=torch.int32)\n"
+        "assert not memory.release_pages(anon, memory.file_mappings())\n"
+        "assert torch.equal(anon[-3:], torch.tensor([n // 4 - 3, n // 4 - 2, n // 4 - 1], dtype=torch.int32))\n"
+        "print(before - after)\n"
+    )
+    assert int(run_python(code, str(path))) >= 24
+
+
+def test_reusing_malloc_keeps_large_blocks_for_the_next_step():
+    if not sys.platform.startswith("linux"):
+        assert memory.reusing_malloc() is False
+        return
+    code = RSS_PRELUDE + (
+        "import resource, sys\n"
+        "from soundguide.core.memory import reusing_malloc\n"
+        "if sys.argv[1] == 'on':\n"
+        "    assert reusing_malloc()\n"
+        "n = 40 << 20  # above glibc's largest threshold: otherwise always a fresh mapping\n"
+        "def step():\n"
+        "    p = libc.malloc(n); ctypes.memset(p, 1, n); libc.free(p)\n"
+        "step()\n"
+        "faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "step()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)\n"
+    )
+    faults = {mode: int(run_python(code, mode)) for mode in ("off", "on")}
+    assert faults["on"] < 500 < 5000 < faults["off"], faults  # 40 MiB is 10240 pages
+
+
+def test_no_mallopt_means_no_reuse_either(monkeypatch):
+    monkeypatch.setattr(memory.sys, "platform", "darwin")
+    assert memory.reusing_malloc() is False
+    assert memory.release_gpu_libraries() == 0
+
+
+@pytest.mark.parametrize("policy", [None, "adaptive", "reuse", "frugal"])
+def test_the_engine_applies_the_allocator_policy_around_loading(monkeypatch, registries, policy):
+    from soundguide.core import engine
+    from tests.core.test_engine import make_config
+
+    calls = []
+    monkeypatch.setattr(engine, "release_gpu_libraries", lambda: calls.append("gpu") or 0)
+    monkeypatch.setattr(engine, "frugal_malloc", lambda: calls.append("frugal") or True)
+    monkeypatch.setattr(engine, "reusing_malloc", lambda: calls.append("reuse") or True)
+    monkeypatch.setattr(engine, "trim_heap", lambda: calls.append("trim") or True)
+    editor = engine.Editor(
+        make_config(registries, steps=2), registries, progress=False, malloc=policy
+    )
+    assert editor.run().ok
+    expected = {
+        None: ["gpu", "trim"],
+        "adaptive": ["gpu", "trim"],
+        "frugal": ["gpu", "frugal", "trim"],  # frugal from the start
+        "reuse": ["gpu", "trim", "reuse"],  # loading under glibc's default, then the loop reuses
+    }[policy]
+    assert calls == expected
+
+
+def test_the_engine_refuses_an_unknown_policy(registries):
+    from soundguide.core.engine import Editor
+    from tests.core.test_engine import make_config
+
+    with pytest.raises(ValueError, match="malloc must be one of"):
+        Editor(make_config(registries), registries, malloc="greedy")

@@ -143,3 +143,24 @@ def test_cast_each_keeps_integer_buffers():
     assert model.visual.bn1.num_batches_tracked.dtype == torch.long
     assert model.visual.bn1.running_mean.dtype == torch.float16
     assert isinstance(model.visual.conv1.weight, torch.nn.Parameter)
+
+
+def test_cast_each_copy_lets_mapped_sources_go(tmp_path, monkeypatch):
+    from soundguide.encoders import clip_model
+
+    model = CLIP(RESNET)
+    path = tmp_path / "clip.pt"
+    torch.save(model.state_dict(), path)
+    mapped = torch.load(path, mmap=True, weights_only=True)
+    fresh = CLIP(RESNET)
+    fresh.load_state_dict(mapped, assign=True)
+    released = []
+    real = clip_model.release_pages
+    monkeypatch.setattr(clip_model, "release_pages", lambda t, m: released.append(real(t, m)))
+    cast_each(fresh, torch.float32, copy=True)
+    assert len(released) == len(model.state_dict())
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name])  # the copies are intact
+    released.clear()
+    cast_each(fresh, torch.float32)  # no copy: nothing to let go
+    assert released == []
