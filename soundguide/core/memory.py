@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import sys
@@ -61,8 +62,12 @@ DEFAULT_THRESHOLD = 8 << 20
 
 
 def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
+    return _load_libc() if sys.platform.startswith("linux") else None
+
+
+@functools.cache
+def _load_libc() -> ctypes.CDLL | None:
+    # once: find_library runs ldconfig, and release_pages is called per tensor
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
@@ -87,6 +92,29 @@ def _mallopt(libc: ctypes.CDLL | None) -> Any:
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         mallopt.restype = ctypes.c_int
     return mallopt
+
+
+def _madvise(libc: ctypes.CDLL | None) -> Any:
+    madvise = getattr(libc, "madvise", None) if libc is not None else None
+    if madvise is not None:
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        madvise.restype = ctypes.c_int
+    return madvise
+
+
+def _mapped_files() -> list[tuple[int, int, str]]:
+    """(start, end, path) of every memory-mapped file in /proc/self/maps; [] where unreadable."""
+    found = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    start, end = fields[0].split("-")
+                    found.append((int(start, 16), int(end, 16), fields[5].rstrip("\n")))
+    except OSError:
+        return []
+    return found
 
 
 def frugal_malloc(threshold: int = DEFAULT_THRESHOLD) -> bool:
@@ -140,41 +168,20 @@ def release_gpu_libraries() -> int:
     resident file memory released (0 where unsupported: not Linux, a kernel
     before 5.4, or no CUDA libraries loaded).
     """
-    libc = _libc()
-    madvise = getattr(libc, "madvise", None) if libc is not None else None
+    madvise = _madvise(_libc())
     before = _resident_file_kb()
     if madvise is None or before is None or _cuda_initialized():
         return 0
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read().splitlines()
-    except OSError:
-        return 0
-    for line in maps:
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6 or not _GPU_LIBRARY.search(fields[5]):
-            continue
-        start, end = (int(a, 16) for a in fields[0].split("-"))
-        madvise(start, end - start, MADV_PAGEOUT)  # a hint: failure changes nothing
+    for start, end, path in _mapped_files():
+        if _GPU_LIBRARY.search(path):
+            madvise(start, end - start, MADV_PAGEOUT)  # a hint: failure changes nothing
     after = _resident_file_kb()
     return max(0, before - after) * 1024 if after is not None else 0
 
 
 def file_mappings() -> list[tuple[int, int]]:
     """Address ranges (start, end) of this process's memory-mapped files, sorted; [] off Linux."""
-    ranges = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].startswith("/"):
-                    start, end = fields[0].split("-")
-                    ranges.append((int(start, 16), int(end, 16)))
-    except OSError:
-        return []
-    return sorted(ranges)
+    return sorted((start, end) for start, end, _ in _mapped_files())
 
 
 def release_pages(tensor: object, mappings: Sequence[tuple[int, int]]) -> bool:
@@ -186,8 +193,7 @@ def release_pages(tensor: object, mappings: Sequence[tuple[int, int]]) -> bool:
     :func:`file_mappings`), never on anonymous memory, and only as a hint
     (``MADV_PAGEOUT``): data is never lost. Returns whether it asked.
     """
-    libc = _libc()
-    madvise = getattr(libc, "madvise", None) if libc is not None else None
+    madvise = _madvise(_libc())
     try:
         storage = tensor.untyped_storage()  # type: ignore[attr-defined]
         start, size = storage.data_ptr(), storage.nbytes()
@@ -202,8 +208,6 @@ def release_pages(tensor: object, mappings: Sequence[tuple[int, int]]) -> bool:
     last = (start + size) // _PAGE_SIZE * _PAGE_SIZE
     if last <= first:
         return False
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
     return madvise(first, last - first, MADV_PAGEOUT) == 0
 
 

@@ -8,16 +8,26 @@ from soundguide.core import memory
 from tests.isolation import RSS_PRELUDE, run_python
 
 
+def off_and_on(policy: str, body: str) -> dict[str, int]:
+    """The number ``body`` prints in a fresh process without and with ``memory.<policy>()``.
+
+    In a child: an allocator setting is process-wide.
+    """
+    code = RSS_PRELUDE + (
+        "import sys\n"
+        f"from soundguide.core.memory import {policy}\n"
+        "if sys.argv[1] == 'on':\n"
+        f"    assert {policy}()\n"
+    )
+    return {mode: int(run_python(code + body, mode)) for mode in ("off", "on")}
+
+
 def test_frugal_malloc_applies_on_glibc_and_large_blocks_leave_no_residue():
     if not sys.platform.startswith("linux"):
         assert memory.frugal_malloc() is False
         return
-    # in a child: the setting is process-wide
-    code = RSS_PRELUDE + (
-        "import sys\n"
-        "from soundguide.core.memory import frugal_malloc\n"
-        "if sys.argv[1] == 'on':\n"
-        "    assert frugal_malloc()\n"
+    kept = off_and_on(
+        "frugal_malloc",
         "# a freed 16 MB block raises glibc's threshold; later 8 MB blocks then come from\n"
         "# the heap and, freed between live blocks, stay resident\n"
         "p = libc.malloc(16 << 20); ctypes.memset(p, 1, 16 << 20); libc.free(p)\n"
@@ -27,9 +37,8 @@ def test_frugal_malloc_applies_on_glibc_and_large_blocks_leave_no_residue():
         "    blocks.append(libc.malloc(8 << 20)); ctypes.memset(blocks[-1], 1, 8 << 20)\n"
         "    pins.append(libc.malloc(1 << 19)); ctypes.memset(pins[-1], 1, 1 << 19)\n"
         "for b in blocks: libc.free(b)\n"
-        "print(rss() - base)\n"
+        "print(rss() - base)\n",
     )
-    kept = {mode: int(run_python(code, mode)) for mode in ("off", "on")}
     assert kept["on"] < 16 < kept["off"], kept
 
 
@@ -151,20 +160,17 @@ def test_reusing_malloc_keeps_large_blocks_for_the_next_step():
     if not sys.platform.startswith("linux"):
         assert memory.reusing_malloc() is False
         return
-    code = RSS_PRELUDE + (
-        "import resource, sys\n"
-        "from soundguide.core.memory import reusing_malloc\n"
-        "if sys.argv[1] == 'on':\n"
-        "    assert reusing_malloc()\n"
+    faults = off_and_on(
+        "reusing_malloc",
+        "import resource\n"
         "n = 40 << 20  # above glibc's largest threshold: otherwise always a fresh mapping\n"
         "def step():\n"
         "    p = libc.malloc(n); ctypes.memset(p, 1, n); libc.free(p)\n"
         "step()\n"
         "faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "step()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)\n",
     )
-    faults = {mode: int(run_python(code, mode)) for mode in ("off", "on")}
     assert faults["on"] < 500 < 5000 < faults["off"], faults  # 40 MiB is 10240 pages
 
 
