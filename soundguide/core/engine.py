@@ -44,6 +44,7 @@ from soundguide.core.memory import (
     MALLOC_POLICIES,
     frugal_malloc,
     release_gpu_libraries,
+    release_libraries,
     reusing_malloc,
     trim_heap,
 )
@@ -251,6 +252,8 @@ class Editor:
         for term in self.regularizers:
             term.plugin.setup(self.w0, self.image0 if term.plugin.needs_image else None)
         trim_heap()  # loading and the targets freed memory the loop would not reuse
+        if ctx.device.type == "cpu":
+            release_libraries()  # code that loading ran; the loop reads back the little it uses
         if self.malloc == "reuse":
             reusing_malloc()  # from here on: every step reuses the previous step's blocks
         self._prepared = True

@@ -18,8 +18,10 @@ Allocator policies (``Editor(malloc=...)``, ``--malloc``), all process-wide:
 after loading models and computing targets. :func:`release_gpu_libraries`
 drops the pages of CUDA libraries that ``import torch`` touched (about 290
 MB with the CUDA wheels), which a CPU run never uses; the engine calls it
-before loading on a CPU. :func:`release_pages` lets the pages of a
-memory-mapped checkpoint go as soon as its weights are copied.
+before loading on a CPU. :func:`release_libraries` drops the pages of all
+loaded libraries, of which an edit step reads back about a tenth; the
+engine calls it on a CPU once loading is done. :func:`release_pages` lets
+the pages of a memory-mapped checkpoint go as soon as its weights are copied.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 M_TRIM_THRESHOLD = -1
@@ -56,6 +58,9 @@ _GPU_LIBRARY = re.compile(
     r"[^/]*\.so"
 )
 """Mapped files that only GPU work uses: CUDA runtime, cuBLAS, cuDNN, NCCL, NVRTC, ... and their bindings."""
+
+_SHARED_OBJECT = re.compile(r"\.so(?:\.[0-9][0-9.]*)?$")
+"""A shared library's file name: ``libc.so.6``, ``libtorch_cpu.so``, ``_C.cpython-311-x86_64-linux-gnu.so``."""
 
 DEFAULT_THRESHOLD = 8 << 20
 """8 MB: activations from 64 px up at 512 channels; smaller blocks reuse the heap."""
@@ -155,6 +160,19 @@ def _resident_file_kb() -> int | None:
     return None
 
 
+def _page_out_libraries(chosen: Callable[[str], bool]) -> int:
+    """``madvise(MADV_PAGEOUT)`` over the mapped shared libraries ``chosen`` picks; bytes of file memory released."""
+    madvise = _madvise(_libc())
+    before = _resident_file_kb()
+    if madvise is None or before is None:
+        return 0
+    for start, end, path in _mapped_files():
+        if _SHARED_OBJECT.search(path) and chosen(path):
+            madvise(start, end - start, MADV_PAGEOUT)  # a hint: failure changes nothing
+    after = _resident_file_kb()
+    return max(0, before - after) * 1024 if after is not None else 0
+
+
 def release_gpu_libraries() -> int:
     """Hand back the pages of CUDA libraries that a CPU-only process never uses again.
 
@@ -168,15 +186,26 @@ def release_gpu_libraries() -> int:
     resident file memory released (0 where unsupported: not Linux, a kernel
     before 5.4, or no CUDA libraries loaded).
     """
-    madvise = _madvise(_libc())
-    before = _resident_file_kb()
-    if madvise is None or before is None or _cuda_initialized():
+    if _cuda_initialized():
         return 0
-    for start, end, path in _mapped_files():
-        if _GPU_LIBRARY.search(path):
-            madvise(start, end - start, MADV_PAGEOUT)  # a hint: failure changes nothing
-    after = _resident_file_kb()
-    return max(0, before - after) * 1024 if after is not None else 0
+    return _page_out_libraries(lambda path: bool(_GPU_LIBRARY.search(path)))
+
+
+def release_libraries() -> int:
+    """Hand back the pages of every loaded shared library; they come back as they are used.
+
+    Imports, loading and the first forward pass run code that a long loop
+    never runs again (operator registration, checkpoint readers, Python
+    extensions used once), and its pages stay resident: 50-110 MB of
+    ``libtorch_cpu`` and friends after loading a model, against about 10 MB
+    that an edit step uses. This drops them all (``madvise(MADV_PAGEOUT)``,
+    clean file pages only, so nothing is lost); the pages that are used again
+    are read back, once. The CUDA libraries are left alone once CUDA is
+    initialized. Returns the bytes of resident file memory released (0 where
+    unsupported).
+    """
+    keep_gpu = _cuda_initialized()
+    return _page_out_libraries(lambda path: not (keep_gpu and _GPU_LIBRARY.search(path)))
 
 
 def file_mappings() -> list[tuple[int, int]]:

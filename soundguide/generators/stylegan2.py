@@ -575,25 +575,30 @@ class ModulatedConv2d(_Derived):
             return out.mul_(d[:, :, None, None]).add_(bias[:, None, None])
         weight = self.conv_weight(x)
         if self.modulate_weights(x):
+            # per-sample weights, in x's memory format (channels-last stays channels-last)
+            layout = (
+                torch.channels_last
+                if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                else torch.contiguous_format
+            )
             if self.upsample:  # weight: (C_in, C_out, k, k)
                 wm = weight[None] * (s[:, :, None, None, None] * d[:, None, :, None, None])
                 out = F.conv_transpose2d(
-                    x.view(1, n * c_in, h, w),
-                    wm.reshape(n * c_in, self.out_channel, k, k),
+                    _as_one_sample(x),
+                    wm.reshape(n * c_in, self.out_channel, k, k).contiguous(memory_format=layout),
                     stride=2,
                     groups=n,
                 )
-                out = out.view(n, self.out_channel, *out.shape[2:])
-                return self.blur(out, bias)
+                return self.blur(_as_batch(out, n), bias)
             wm = weight[None] * (d[:, :, None, None, None] * s[:, None, :, None, None])
             out = F.conv2d(
-                x.view(1, n * c_in, h, w),
-                wm.reshape(n * self.out_channel, c_in, k, k),
+                _as_one_sample(x),
+                wm.reshape(n * self.out_channel, c_in, k, k).contiguous(memory_format=layout),
                 bias.repeat(n),
                 padding=self.padding,
                 groups=n,
             )
-            return out.view(n, self.out_channel, *out.shape[2:])
+            return _as_batch(out, n)
         xs = x * s[:, :, None, None]
         # with one sample the bias can ride on the convolution as bias / d
         folded = bias / d[0] if n == 1 else None
@@ -649,6 +654,21 @@ class ModulatedConv2d(_Derived):
         weight = weight.reshape(n * self.out_channel, c_in, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=n)
         return out.view(n, self.out_channel, *out.shape[2:])
+
+
+def _as_one_sample(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) as one sample of N * C channels, for a grouped convolution over the batch.
+
+    With N = 1 the tensor itself: a view would rewrite the batch stride, and
+    convolutions then no longer see a channels-last tensor as channels-last.
+    """
+    n, c, h, w = x.shape
+    return x if n == 1 else x.view(1, n * c, h, w)
+
+
+def _as_batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The inverse of :func:`_as_one_sample`: (1, N * C, H, W) as (N, C, H, W)."""
+    return x if n == 1 else x.view(n, x.shape[1] // n, *x.shape[2:])
 
 
 class NoiseInjection(nn.Module):

@@ -129,6 +129,42 @@ def test_release_gpu_libraries_leaves_an_initialized_cuda_alone(monkeypatch):
     assert memory.release_gpu_libraries() == 0
 
 
+def test_release_libraries_drops_library_pages_and_the_code_still_runs():
+    if not sys.platform.startswith("linux"):
+        assert memory.release_libraries() == 0
+        return
+    code = (
+        "import numpy, torch\n"
+        "from soundguide.core import memory\n"
+        "x = torch.randn(64, 64)\n"
+        "expected = x @ x\n"
+        "released = memory.release_libraries()\n"
+        "assert torch.equal(x @ x, expected)  # the code is read back as it runs\n"
+        "assert numpy.allclose(numpy.ones(3) @ numpy.ones(3), 3.0)\n"
+        "print(released)\n"
+    )
+    assert int(run_python(code)) > 8 << 20  # libtorch_cpu alone has tens of MB resident
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_release_libraries_spares_the_cuda_libraries_once_cuda_is_initialized(monkeypatch, cuda):
+    mapped = [
+        (0x1000, 0x3000, "/v/torch/lib/libtorch_cpu.so"),
+        (0x3000, 0x5000, "/v/nvidia/cublas/lib/libcublas.so.13"),
+        (0x5000, 0x7000, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+        (0x7000, 0x9000, "/v/torch/_C.cpython-311-x86_64-linux-gnu.so"),
+        (0x9000, 0xB000, "/data/clip.pt"),  # a mapped checkpoint: release_pages' business
+        (0xB000, 0xD000, "/usr/lib/locale/C.utf8/LC_CTYPE"),
+    ]
+    advised = []
+    monkeypatch.setattr(memory, "_mapped_files", lambda: mapped)
+    monkeypatch.setattr(memory, "_madvise", lambda libc: lambda a, n, how: advised.append(a) or 0)
+    monkeypatch.setattr(memory, "_resident_file_kb", lambda: 100)
+    monkeypatch.setattr(memory, "_cuda_initialized", lambda: cuda)
+    memory.release_libraries()
+    assert advised == ([0x1000, 0x5000, 0x7000] if cuda else [0x1000, 0x3000, 0x5000, 0x7000])
+
+
 def test_release_pages_drops_a_mapped_file_and_never_touches_anonymous_memory(tmp_path):
     if not sys.platform.startswith("linux"):
         pytest.skip("madvise is Linux-only")
@@ -178,6 +214,7 @@ def test_no_mallopt_means_no_reuse_either(monkeypatch):
     monkeypatch.setattr(memory.sys, "platform", "darwin")
     assert memory.reusing_malloc() is False
     assert memory.release_gpu_libraries() == 0
+    assert memory.release_libraries() == 0
 
 
 @pytest.mark.parametrize("policy", [None, "adaptive", "reuse", "frugal"])
@@ -190,15 +227,17 @@ def test_the_engine_applies_the_allocator_policy_around_loading(monkeypatch, reg
     monkeypatch.setattr(engine, "frugal_malloc", lambda: calls.append("frugal") or True)
     monkeypatch.setattr(engine, "reusing_malloc", lambda: calls.append("reuse") or True)
     monkeypatch.setattr(engine, "trim_heap", lambda: calls.append("trim") or True)
+    monkeypatch.setattr(engine, "release_libraries", lambda: calls.append("libs") or 0)
     editor = engine.Editor(
         make_config(registries, steps=2), registries, progress=False, malloc=policy
     )
     assert editor.run().ok
     expected = {
-        None: ["gpu", "trim"],
-        "adaptive": ["gpu", "trim"],
-        "frugal": ["gpu", "frugal", "trim"],  # frugal from the start
-        "reuse": ["gpu", "trim", "reuse"],  # loading under glibc's default, then the loop reuses
+        None: ["gpu", "trim", "libs"],
+        "adaptive": ["gpu", "trim", "libs"],
+        "frugal": ["gpu", "frugal", "trim", "libs"],  # frugal from the start
+        # loading under glibc's default, then the loop reuses
+        "reuse": ["gpu", "trim", "libs", "reuse"],
     }[policy]
     assert calls == expected
 

@@ -396,6 +396,17 @@ def test_frozen_styled_conv_equals_the_textbook_layer(size, upsample, n, channel
     assert_fast_equals_textbook(layer, x0, latent0, noise, grad)
 
 
+@pytest.mark.parametrize("upsample", [False, True])
+def test_a_channels_last_sample_stays_channels_last_through_the_modulated_weights(upsample):
+    # one sample, so the batch is not folded into the channels; the layout must
+    # survive (a channels-last input with an NCHW output costs a copy per layer)
+    layer = StyledConv(6, 4, 3, 8, upsample=upsample).requires_grad_(False)
+    x = torch.randn(1, 6, 16, 16).contiguous(memory_format=torch.channels_last)
+    assert layer.conv.modulate_weights(x)
+    out = layer(x, torch.randn(1, 8), torch.randn(1, 1, *(2 * [32 if upsample else 16])))
+    assert out.stride()[1] == 1 and out.stride()[0] == out[0].numel()
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_frozen_styled_conv_through_winograd_equals_the_textbook_layer(channels_last) -> None:
     torch.manual_seed(0)
