@@ -177,6 +177,29 @@ class QuickGELU(nn.Module):
         return quick_gelu(x)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` for token batches, as ``(W @ x^T)^T`` on a CPU.
+
+    With a few dozen tokens (ViT-B/32 has 50) BLAS is 10-25 % faster with the
+    weight as the left operand, forward and, through autograd, backward. The
+    result is a transposed view, which the next linear layer reads as its
+    contiguous right operand. Elsewhere (GPUs, other shapes) ``F.linear``.
+    Input: (..., in). Output: (..., out).
+    """
+    if x.device.type != "cpu" or x.dim() < 2 or x.dtype != weight.dtype:
+        return F.linear(x, weight, bias)
+    tokens = x.reshape(-1, x.shape[-1]).t()  # (in, T)
+    y = torch.mm(weight, tokens) if bias is None else torch.addmm(bias[:, None], weight, tokens)
+    return y.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) computed by :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
 
@@ -188,14 +211,14 @@ class Attention(nn.Module):
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         n, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.reshape(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=causal)
         return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
 
@@ -210,9 +233,9 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
-                    ("c_fc", nn.Linear(width, width * 4)),
+                    ("c_fc", Linear(width, width * 4)),
                     ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(width * 4, width)),
+                    ("c_proj", Linear(width * 4, width)),
                 ]
             )
         )

@@ -100,7 +100,7 @@ class StyleGAN2(Generator):
         winograd: bool = Field(
             True,
             description="Winograd convolutions for the wide layers on CPU: about 10 % faster "
-            "generator passes for 72 MB more memory at 256 px (false: the low-memory choice).",
+            "generator passes for 38 MB more memory at 256 px (false: the low-memory choice).",
         )
 
         @model_validator(mode="after")

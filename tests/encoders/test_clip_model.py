@@ -6,7 +6,15 @@ import warnings
 import pytest
 import torch
 
-from soundguide.encoders.clip_model import CLIP, VIT_B_32, CLIPConfig, cast_each, is_text_key
+from soundguide.encoders.clip_model import (
+    CLIP,
+    VIT_B_32,
+    CLIPConfig,
+    Linear,
+    cast_each,
+    is_text_key,
+    linear,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # clip imports pkg_resources, which warns about itself
@@ -164,3 +172,33 @@ def test_cast_each_copy_lets_mapped_sources_go(tmp_path, monkeypatch):
     released.clear()
     cast_each(fresh, torch.float32)  # no copy: nothing to let go
     assert released == []
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (2, 5, 12), (1, 50, 12)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_weight_first_equals_f_linear_with_gradients(shape, bias):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(12, 9, bias=bias).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(*shape[:-1], 9, dtype=torch.float64)
+    got = linear(x, layer.weight, layer.bias)
+    (got_grad,) = torch.autograd.grad(got, x, grad)
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_grad, expected_grad)
+    # a following layer takes the transposed result as it is
+    second = Linear(9, 4).double()
+    torch.testing.assert_close(
+        second(got), torch.nn.functional.linear(expected, second.weight, second.bias)
+    )
+
+
+def test_linear_falls_back_for_a_vector_and_mixed_dtypes():
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(3)
+    torch.testing.assert_close(linear(x, layer.weight, layer.bias), layer(x))
+    assert linear(x.double(), layer.weight.double(), None).dtype == torch.float64
+    with pytest.raises(RuntimeError):  # as F.linear: dtypes must agree
+        linear(torch.randn(2, 3, dtype=torch.float64), layer.weight, layer.bias)

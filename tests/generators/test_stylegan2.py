@@ -412,14 +412,15 @@ def test_frozen_styled_conv_through_winograd_equals_the_textbook_layer(channels_
     torch.manual_seed(0)
     layer = StyledConv(256, 256, 3, 8).double().requires_grad_(False)
     layer.conv.winograd = False
-    assert not layer.conv.use_winograd(torch.zeros(1, 256, 32, 32))
+    assert not layer.conv.use_winograd(torch.zeros(1, 256, 64, 64))
     layer.conv.winograd = True
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x0 = torch.randn(1, 256, 32, 32, dtype=torch.float64).contiguous(memory_format=fmt)
+    x0 = torch.randn(1, 256, 64, 64, dtype=torch.float64).contiguous(memory_format=fmt)
     assert layer.conv.use_winograd(x0)
-    assert not layer.conv.use_winograd(x0[:, :, :16, :16])  # small maps: a direct convolution
-    latent0, noise = torch.randn(1, 8, dtype=torch.float64), torch.randn(1, 1, 32, 32).double()
-    grad = torch.randn(1, 256, 32, 32, dtype=torch.float64)
+    small = torch.zeros(1, 256, 32, 32).contiguous(memory_format=fmt)
+    assert not layer.conv.use_winograd(small)  # small maps: a direct convolution
+    latent0, noise = torch.randn(1, 8, dtype=torch.float64), torch.randn(1, 1, 64, 64).double()
+    grad = torch.randn(1, 256, 64, 64, dtype=torch.float64)
     assert_fast_equals_textbook(layer, x0, latent0, noise, grad)
 
 
