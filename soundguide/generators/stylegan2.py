@@ -161,17 +161,34 @@ def _winograd_transforms(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     )
 
 
+WINOGRAD_NCHW_PIXELS = 4096
+"""Above this many pixels per channel an NCHW batch goes through channels-last for
+Winograd's tile gathers (at 128 px, 256 channels: 156 against 171 ms forward)."""
+
+WINOGRAD_CHUNK_BYTES = 8 << 20
+"""Winograd works through the tile rows in chunks whose transformed tiles take
+about this much: the transient memory stays small and the transforms run in cache."""
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``conv2d(x, w, padding=1)`` by Winograd F(4x4, 3x3), with ``u = winograd_weight(w)``.
 
     Four times fewer multiplications than a direct convolution; the input and
     output transforms are two small matrix products. Input: (N, C_in, H, W)
-    with H and W multiples of 4. Output: (N, C_out, H, W), channels-last
-    when the input is (where the tile gathers are cheapest).
+    with H and W multiples of 4. Output: (N, C_out, H, W) in the input's
+    memory format. The tiles are gathered channels-last (whole channel
+    vectors at a time), except for small NCHW batches, where converting
+    there costs more than it saves.
     """
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return _winograd_nhwc(x, u)
     n, c, h, w = x.shape
+    if _channels_last(x):
+        return _winograd_nhwc(x, u, torch.channels_last)
+    if n * h * w > WINOGRAD_NCHW_PIXELS:
+        return _winograd_nhwc(x.contiguous(memory_format=torch.channels_last), u)
     th, tw = h // 4, w // 4
     bb, aa = _winograd_transforms(x)
     tiles = F.pad(x, (1, 1, 1, 1)).unfold(2, 6, 4).unfold(3, 6, 4)  # (N, C, th, tw, 6, 6)
@@ -185,54 +202,70 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def winograd_conv3x3_backward(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Gradient of :func:`winograd_conv3x3` with respect to its input (its exact adjoint).
 
-    Input: grad (N, C_out, H, W). Output: (N, C_in, H, W).
+    Input: grad (N, C_out, H, W). Output: (N, C_in, H, W) in grad's memory
+    format, computed channels-last (the tiles' overlaps are added there).
     """
-    if grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous():
-        return _winograd_nhwc_backward(grad, u)
-    n, c_out, h, w = grad.shape
-    c_in = u.shape[2]
-    th, tw = h // 4, w // 4
-    bb, aa = _winograd_transforms(grad)
-    g = grad.reshape(n, c_out, th, 4, tw, 4).permute(3, 5, 1, 0, 2, 4).reshape(16, -1)
-    gm = torch.mm(aa.t(), g).view(36, c_out, n * th * tw)
-    gv = torch.bmm(u.transpose(1, 2), gm)  # (36, C_in, N * th * tw)
-    gd = torch.mm(bb.t(), gv.view(36, -1)).view(6, 6, c_in, n, th * tw)
-    cols = gd.permute(3, 2, 0, 1, 4).reshape(n, c_in * 36, th * tw)
-    return F.fold(cols, (h + 2, w + 2), kernel_size=6, stride=4)[:, :, 1:-1, 1:-1]
+    if _channels_last(grad):
+        return _winograd_nhwc_backward(grad, u, torch.channels_last)
+    return _winograd_nhwc_backward(grad.contiguous(memory_format=torch.channels_last), u)
 
 
-def _winograd_nhwc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    # channels-last: every gather moves whole channel vectors
+def _tile_rows(n: int, tw: int, channels: int, element_size: int) -> int:
+    """Tile rows per chunk: the chunk's 36 transformed tiles take about WINOGRAD_CHUNK_BYTES."""
+    return max(1, WINOGRAD_CHUNK_BYTES // (36 * n * tw * channels * element_size))
+
+
+def _winograd_nhwc(
+    x: torch.Tensor, u: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
+    # x channels-last: every gather moves whole channel vectors
     n, c, h, w = x.shape
+    c_out = u.shape[1]
     th, tw = h // 4, w // 4
     bb, aa = _winograd_transforms(x)
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (N, H+2, W+2, C)
-    tiles = xp.unfold(1, 6, 4).unfold(2, 6, 4)  # (N, th, tw, C, 6, 6)
-    tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
-    v = torch.mm(bb, tiles).view(36, n * th * tw, c)
-    m = torch.bmm(v, u.transpose(1, 2))  # (36, N * th * tw, C_out)
-    y = torch.mm(aa, m.view(36, -1)).view(4, 4, n, th, tw, -1)
-    return y.permute(2, 3, 0, 4, 1, 5).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+    tiles = xp.unfold(1, 6, 4).unfold(2, 6, 4)  # (N, th, tw, C, 6, 6), a view
+    out = torch.empty(n, c_out, h, w, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    # (N, C_out, th, 4, tw, 4) view of the output, whatever its memory format
+    blocks = out.unflatten(3, (tw, 4)).unflatten(2, (th, 4))
+    step = _tile_rows(n, tw, max(c, c_out), x.element_size())
+    for r0 in range(0, th, step):
+        k = min(step, th - r0)
+        chunk = tiles[:, r0 : r0 + k].permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
+        v = torch.mm(bb, chunk).view(36, n * k * tw, c)
+        m = torch.bmm(v, u.transpose(1, 2))  # (36, N * k * tw, C_out)
+        y = torch.mm(aa, m.view(36, -1)).view(4, 4, n, k, tw, c_out)
+        blocks[:, :, r0 : r0 + k].copy_(y.permute(2, 5, 3, 0, 4, 1))
+    return out
 
 
-def _winograd_nhwc_backward(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _winograd_nhwc_backward(
+    grad: torch.Tensor,
+    u: torch.Tensor,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    # grad channels-last
     n, c_out, h, w = grad.shape
     c_in = u.shape[2]
     th, tw = h // 4, w // 4
     bb, aa = _winograd_transforms(grad)
     g = grad.permute(0, 2, 3, 1).reshape(n, th, 4, tw, 4, c_out)
-    g = g.permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
-    gm = torch.mm(aa.t(), g).view(36, n * th * tw, c_out)
-    gv = torch.bmm(gm, u)  # (36, N * th * tw, C_in)
-    gd = torch.mm(bb.t(), gv.view(36, -1)).view(6, 6, n, th, tw, c_in)
-    # scatter-add the overlapping 6x6 tiles (stride 4) into the padded input
-    out = grad.new_zeros(n, th + 1, 4, tw + 1, 4, c_in)
-    out[:, :th, :, :tw] += gd[:4, :4].permute(2, 3, 0, 4, 1, 5)
-    out[:, 1:, :2, :tw] += gd[4:, :4].permute(2, 3, 0, 4, 1, 5)
-    out[:, :th, :, 1:, :2] += gd[:4, 4:].permute(2, 3, 0, 4, 1, 5)
-    out[:, 1:, :2, 1:, :2] += gd[4:, 4:].permute(2, 3, 0, 4, 1, 5)
-    out = out.view(n, 4 * th + 4, 4 * tw + 4, c_in)[:, 1 : h + 1, 1 : w + 1]
-    return out.contiguous().permute(0, 3, 1, 2)
+    # the overlapping 6x6 tiles (stride 4) are added into the padded input
+    acc = grad.new_zeros(n, th + 1, 4, tw + 1, 4, c_in)
+    step = _tile_rows(n, tw, max(c_in, c_out), grad.element_size())
+    for r0 in range(0, th, step):
+        k = min(step, th - r0)
+        chunk = g[:, r0 : r0 + k].permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
+        gm = torch.mm(aa.t(), chunk).view(36, n * k * tw, c_out)
+        gv = torch.bmm(gm, u)  # (36, N * k * tw, C_in)
+        gd = torch.mm(bb.t(), gv.view(36, -1)).view(6, 6, n, k, tw, c_in)
+        rows = acc[:, r0 : r0 + k + 1]  # chunks overlap by one row: sequential adds
+        rows[:, :k, :, :tw] += gd[:4, :4].permute(2, 3, 0, 4, 1, 5)
+        rows[:, 1:, :2, :tw] += gd[4:, :4].permute(2, 3, 0, 4, 1, 5)
+        rows[:, :k, :, 1:, :2] += gd[:4, 4:].permute(2, 3, 0, 4, 1, 5)
+        rows[:, 1:, :2, 1:, :2] += gd[4:, 4:].permute(2, 3, 0, 4, 1, 5)
+    acc = acc.view(n, 4 * th + 4, 4 * tw + 4, c_in)[:, 1 : h + 1, 1 : w + 1]
+    return acc.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
 
 
 _SKIP_INIT = contextvars.ContextVar("soundguide_stylegan2_skip_init", default=False)
@@ -473,9 +506,7 @@ class ModulatedConv2d(_Derived):
         w = self.weight[0]
         if self.upsample:
             w = w.transpose(0, 1)
-        if x.dtype == w.dtype and not (
-            x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        ):
+        if x.dtype == w.dtype and not _channels_last(x):
             return w
 
         def build() -> torch.Tensor:
@@ -525,19 +556,15 @@ class ModulatedConv2d(_Derived):
         """Whether the frozen path runs this layer as a Winograd convolution.
 
         On CPUs, for 3x3 layers of 256+ channels of at least 64x64 pixels
-        whose batch has at most 16384 pixels per channel (4096 in NCHW, where
-        the tile gathers are slower): there the 4x fewer multiplications
-        outweigh the memory-bound transforms. Below 64x64 the gain does not
-        pay for the cached weights (4x the layer's weights): at 32 px, 512
-        channels, 40 ms per edit step for 38 MB, against 210 ms at 64 px.
-        GPUs have their own (cuDNN).
+        whose batch has at most 16384 pixels per channel: there the 4x fewer
+        multiplications outweigh the memory-bound transforms (at 256 px,
+        128 channels, they do not). Below 64x64 the gain does not pay for the
+        cached weights (4x the layer's weights): at 32 px, 512 channels, 40 ms
+        per edit step for 38 MB, against 210 ms at 64 px. GPUs have their own
+        (cuDNN).
         """
         n, _, h, w = x.shape
-        if x.is_contiguous():
-            max_pixels = 4096
-        elif x.is_contiguous(memory_format=torch.channels_last):
-            max_pixels = 16384
-        else:
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             return False
         return (
             self.winograd
@@ -548,7 +575,7 @@ class ModulatedConv2d(_Derived):
             and h % 4 == 0
             and w % 4 == 0
             and h * w >= 4096
-            and n * h * w <= max_pixels
+            and n * h * w <= 16384
         )
 
     def winograd_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -577,11 +604,7 @@ class ModulatedConv2d(_Derived):
         weight = self.conv_weight(x)
         if self.modulate_weights(x):
             # per-sample weights, in x's memory format (channels-last stays channels-last)
-            layout = (
-                torch.channels_last
-                if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                else torch.contiguous_format
-            )
+            layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
             if self.upsample:  # weight: (C_in, C_out, k, k)
                 wm = weight[None] * (s[:, :, None, None, None] * d[:, None, :, None, None])
                 out = F.conv_transpose2d(

@@ -325,8 +325,18 @@ def test_upfirdn2d_matches_the_native_reference() -> None:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize(("n", "c_in", "c_out", "size"), [(1, 8, 5, 8), (3, 6, 7, 12)])
-def test_winograd_convolution_and_its_adjoint_equal_conv2d(n, c_in, c_out, size, channels_last):
+@pytest.mark.parametrize(
+    ("n", "c_in", "c_out", "size"),
+    [(1, 8, 5, 8), (3, 6, 7, 12), (2, 3, 4, 48)],  # 2 x 48 x 48 > 4096 px: NCHW gathers via NHWC
+)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_winograd_convolution_and_its_adjoint_equal_conv2d(
+    n, c_in, c_out, size, channels_last, chunked, monkeypatch
+):
+    from soundguide.generators import stylegan2
+
+    if chunked:  # one tile row per chunk: the chunks' seams, and their overlaps in the adjoint
+        monkeypatch.setattr(stylegan2, "WINOGRAD_CHUNK_BYTES", 1)
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(c_out, c_in, 3, 3, generator=gen, dtype=torch.float64)
     x = torch.randn(n, c_in, size, size, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -339,6 +349,8 @@ def test_winograd_convolution_and_its_adjoint_equal_conv2d(n, c_in, c_out, size,
     got_grad = winograd_conv3x3_backward(grad.contiguous(memory_format=fmt), u)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got_grad, expected_grad)
+    for out in (got, got_grad):  # in the input's memory format
+        assert out.is_contiguous(memory_format=fmt)
 
 
 def test_winograd_float32_error_is_small_and_beats_the_common_points(monkeypatch) -> None:
