@@ -3,8 +3,8 @@
 Both generators are built from one random state dict (the reference code path
 is ``tests/generators/rosinality_reference.py``), run in this one process, and
 timed interleaved (reference, fast, fast without the Winograd layers as the
-plugin runs it by default, fast bf16 in turn, every repetition) so that load from other processes hits
-them alike. Reported per size and batch:
+plugin's low-memory setting runs it, fast bf16 in turn, every repetition) so
+that load from other processes hits them alike. Reported per size and batch:
 
 * ``fwd``: median seconds of ``synthesize(w)`` under ``torch.no_grad()``
   (after ``--warmup`` untimed calls, which build caches and first-touch memory);
@@ -149,7 +149,7 @@ def bench_one(
     w = torch.randn(batch, fast.num_layers, 512)
 
     direct = load_stylegan2(state)
-    direct.winograd = False  # the plugin's low-memory setting (38 MB less at 256 px)
+    direct.winograd = False  # the plugin's low-memory setting (47 MB less at 256 px)
     impls: dict[str, Fn] = {
         "reference": lambda x: ref([x], input_is_latent=True, randomize_noise=False)[0],
         "fast fp32": fast.synthesize,

@@ -8,7 +8,7 @@ Allocator policies (``Editor(malloc=...)``, ``--malloc``), all process-wide:
   32 MB and more (a 128-channel 256 px activation) a fresh mapping every
   time, whose pages the kernel must zero: at 256 px that is about 600 MB of
   page faults per step, a quarter of the step on a 2-core CPU. The price is
-  the heap's holes, about 100 MB at 256 px.
+  the heap's holes, 100-200 MB at 256 px.
 - ``adaptive``: glibc's own policy (blocks below a threshold that rises
   to 32 MB come from the heap).
 - ``frugal`` (:func:`frugal_malloc`): the threshold fixed at 8 MB, so large
@@ -140,7 +140,7 @@ def reusing_malloc(keep: int = KEEP_FREED) -> bool:
     The fastest setting for an optimization loop: after the first step no
     page is faulted in again (glibc otherwise maps blocks of 32 MB and more
     afresh, and the kernel zeroes them, on every step). The price is the
-    heap's holes: the peak grows by about 100 MB at 256 px. Returns True
+    heap's holes: the peak grows by 100-200 MB at 256 px. Returns True
     when applied, False where there is no glibc ``mallopt``.
     """
     mallopt = _mallopt(_libc())

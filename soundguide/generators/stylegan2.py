@@ -162,8 +162,9 @@ def _winograd_transforms(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 WINOGRAD_NCHW_PIXELS = 4096
-"""Above this many pixels per channel an NCHW batch goes through channels-last for
-Winograd's tile gathers (at 128 px, 256 channels: 156 against 171 ms forward)."""
+"""Above this many pixels per channel an NCHW batch is converted to channels-last for
+Winograd's tile gathers, whose strided NCHW reads cost more than the conversion
+(at 128 px, 256 channels: 156 against 171 ms forward, before chunking)."""
 
 WINOGRAD_CHUNK_BYTES = 8 << 20
 """Winograd works through the tile rows in chunks whose transformed tiles take
@@ -1012,10 +1013,10 @@ class StyleGAN2Generator(nn.Module):
     def winograd(self) -> bool:
         """Use Winograd convolutions for the wide 3x3 layers on CPU (default True).
 
-        About 10 % faster forward+backward at 256 px on a 2-core CPU, for 38 MB
-        of cached transformed weights (4x the weights of the 512-channel layer
-        at 64 px; channels-last adds 9 MB at 128 px). The ``stylegan2``
-        plugin's ``winograd = false`` turns it off for low-memory runs.
+        About 14 % faster forward+backward at 256 px on a 2-core CPU, for 47 MB
+        of cached transformed weights (4x the weights of the 3x3 layers at 64
+        and 128 px). The ``stylegan2`` plugin's ``winograd = false`` turns it
+        off for low-memory runs.
         """
         return self.conv1.conv.winograd
 
