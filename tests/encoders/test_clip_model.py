@@ -195,10 +195,14 @@ def test_linear_weight_first_equals_f_linear_with_gradients(shape, bias):
     )
 
 
-def test_linear_falls_back_for_a_vector_and_mixed_dtypes():
+def test_linear_falls_back_for_a_vector_many_rows_and_mixed_dtypes():
     layer = torch.nn.Linear(3, 2)
     x = torch.randn(3)
     torch.testing.assert_close(linear(x, layer.weight, layer.bias), layer(x))
+    many = torch.randn(4, 100, 3)  # 400 rows: a plain F.linear, contiguous
+    got = linear(many, layer.weight, layer.bias)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, layer(many))
     assert linear(x.double(), layer.weight.double(), None).dtype == torch.float64
     with pytest.raises(RuntimeError):  # as F.linear: dtypes must agree
         linear(torch.randn(2, 3, dtype=torch.float64), layer.weight, layer.bias)
