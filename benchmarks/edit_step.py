@@ -22,7 +22,8 @@ is the time per step with start-up (imports, loading, targets) cancelled
 out; the median of the steps timed inside the longer run (first step left
 out) is printed beside it. The modes are repeated interleaved
 (``--repeats``) and the medians reported, with the ratio to the original
-per repetition (this machine's speed drifts by 20-50 % over minutes). Peak
+per repetition, by both measures (this machine's speed drifts by 20-50 %
+over minutes, and the two-count difference carries start-up noise). Peak
 RSS is each process's own high-water mark (VmHWM), the largest over its runs.
 
     python benchmarks/edit_step.py [--steps 2 6] [--repeats 2] [--modes soundguide soundguide-lowmem original]
@@ -281,9 +282,12 @@ def main() -> None:
         for mode in ("soundguide", "soundguide-lowmem"):
             if mode in per_step:
                 ratios = [a / b for a, b in zip(per_step[mode], per_step["original"], strict=True)]
+                timed = [a / b for a, b in zip(inside[mode], inside["original"], strict=True)]
                 print(
                     f"{mode} / original: {statistics.median(ratios):.2f}x "
-                    f"(per repeat: {' '.join(f'{r:.2f}' for r in ratios)})"
+                    f"(per repeat: {' '.join(f'{r:.2f}' for r in ratios)}; from the step times "
+                    f"timed inside: {statistics.median(timed):.2f}x, "
+                    f"per repeat {' '.join(f'{r:.2f}' for r in timed)})"
                 )
 
 
