@@ -12,6 +12,7 @@ import torch
 from soundguide.core.errors import CheckpointError, ConfigError, LatentError, SoundguideError
 from soundguide.generators.stylegan2 import (
     LatentShapeError,
+    ModulatedConv2d,
     StyledConv,
     StyleGAN2Generator,
     infer_stylegan2_config,
@@ -563,6 +564,22 @@ def test_caches_follow_new_weights(pair) -> None:
         g.fast = False
         assert relative_error(changed, g.synthesize(w)) < 1e-4
         g.fast = True
+
+
+def test_upsampling_weights_are_stored_as_the_transposed_convolution_reads_them(pair) -> None:
+    # the (C_in, C_out, k, k) view is contiguous, so no call copies the weight;
+    # loading, dtype moves and the state dict's shapes leave that as it is
+    ref, _ = pair
+    g = load_stylegan2(ref.state_dict()).to(torch.float64)
+    ups = [m for m in g.modules() if isinstance(m, ModulatedConv2d) and m.upsample]
+    assert ups
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    for conv in ups:
+        assert conv.weight.shape == (1, conv.out_channel, conv.in_channel, 3, 3)
+        assert conv.conv_weight(x).is_contiguous()
+        assert conv.conv_weight(x).data_ptr() == conv.weight.data_ptr()
+    for name, tensor in g.state_dict().items():
+        assert torch.equal(tensor, ref.state_dict()[name].double()), name
 
 
 def test_inference_mode_results_do_not_leak_into_training_calls(pair) -> None:
