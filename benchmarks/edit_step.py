@@ -13,8 +13,12 @@ released files). Three modes, each run in its own process so peak RSS is its own
 - ``original``: the original code's loop written out: rosinality's generator
   (native upfirdn2d, weight modulation), OpenAI's ``clip.model`` as
   ``clip.load(jit=False)`` builds it on a CPU, the audio re-encoded by SoundCLIP every
-  step, a literal 7x nearest upsampling + average pooling, and the IR-SE50 face
-  network run every step even at lambda 0.
+  step, a literal 7x nearest upsampling + average pooling, the IR-SE50 face
+  network run every step even at lambda 0, and ``backward(retain_graph=True)``
+  (so each step's graph is freed only during the next step). Every network's
+  parameters require gradients, as there, so backward computes their weight
+  gradients too. Left out: the original's progress bar and its image saved
+  every 20 steps (at step 0, which both run lengths share).
 
 Seconds per step: each mode runs FEW and MANY steps, each in a fresh
 process, and the difference of the two wall times over MANY - FEW steps
@@ -170,7 +174,9 @@ def run_original(folder: Path, steps: int) -> list[float]:
         identity = 1 - (face(crop) * face(crop_gen).detach()).sum()  # run even at lambda 0
         loss = 0.002 * ((w0 - latent) ** 2).sum() + guidance + 0.0 * identity
         optimizer.zero_grad()
-        loss.backward()
+        # as the original: each step's graph (with its saved activations) lives
+        # on until the next step's forward has replaced img_gen and the losses
+        loss.backward(retain_graph=True)
         optimizer.step()
         seconds.append(time.perf_counter() - started)
     return seconds
