@@ -246,9 +246,12 @@ def _winograd_nhwc(
     step = _tile_rows(n, tw, max(c, c_out), x.element_size())
     for r0 in range(0, th, step):
         k = min(step, th - r0)
-        chunk = tiles[:, r0 : r0 + k].permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
-        v = torch.mm(bb, chunk).view(36, n * k * tw, c)
-        m = torch.bmm(v, u.transpose(1, 2))  # (36, N * k * tw, C_out)
+        # tiles gathered tile-major, channels innermost, and transformed as a
+        # batch of (36, 36) @ (36, C) products: about 10 % faster than one
+        # (36, 36) @ (36, tiles * C) product over a frequency-major gather
+        chunk = tiles[:, r0 : r0 + k].permute(0, 1, 2, 4, 5, 3).reshape(-1, 36, c)
+        v = torch.matmul(bb, chunk)  # (N * k * tw, 36, C)
+        m = torch.bmm(v.transpose(0, 1), u.transpose(1, 2))  # (36, N * k * tw, C_out)
         y = torch.mm(aa, m.view(36, -1)).view(4, 4, n, k, tw, c_out)
         blocks[:, :, r0 : r0 + k].copy_(y.permute(2, 5, 3, 0, 4, 1))
     return out
@@ -268,11 +271,13 @@ def _winograd_nhwc_backward(
     # the overlapping 6x6 tiles (stride 4) are added into the padded input
     acc = grad.new_zeros(n, th + 1, 4, tw + 1, 4, c_in)
     step = _tile_rows(n, tw, max(c_in, c_out), grad.element_size())
+    a_t = aa.t().contiguous()
     for r0 in range(0, th, step):
         k = min(step, th - r0)
-        chunk = g[:, r0 : r0 + k].permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
-        gm = torch.mm(aa.t(), chunk).view(36, n * k * tw, c_out)
-        gv = torch.bmm(gm, u)  # (36, N * k * tw, C_in)
+        # tile-major, channels innermost, as in the forward
+        chunk = g[:, r0 : r0 + k].permute(0, 1, 3, 2, 4, 5).reshape(-1, 16, c_out)
+        gm = torch.matmul(a_t, chunk)  # (N * k * tw, 36, C_out)
+        gv = torch.bmm(gm.transpose(0, 1), u)  # (36, N * k * tw, C_in)
         gd = torch.mm(bb.t(), gv.view(36, -1)).view(6, 6, n, k, tw, c_in)
         rows = acc[:, r0 : r0 + k + 1]  # chunks overlap by one row: sequential adds
         rows[:, :k, :, :tw] += gd[:4, :4].permute(2, 3, 0, 4, 1, 5)
@@ -656,14 +661,36 @@ class ModulatedConv2d(_Derived):
         out.mul_(d[:, :, None, None])
         return out if n == 1 else out.add_(bias[:, None, None])
 
-    def frozen_backward(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Gradient of ``blur?(conv(x))`` with respect to x (unmodulated, unscaled weight)."""
+    def folds_grad_scale(self, grad: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether :meth:`frozen_backward` takes grad's per-channel factor on the weight.
+
+        For one sample, off the Winograd path, where the weight is smaller
+        than grad (the high-resolution layers): scaling the weight then costs
+        less than a pass over grad.
+        """
+        n, _, h, w = grad.shape
+        return n == 1 and self.in_channel * self.kernel_size**2 < h * w and not self.use_winograd(x)
+
+    def frozen_backward(
+        self, grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Gradient of ``blur?(conv(x))`` with respect to x (unmodulated, unscaled weight).
+
+        ``scale`` (C_out,): grad's channels are taken times it, on the weight
+        (see :meth:`folds_grad_scale`).
+        """
         if self.use_winograd(x):
+            if scale is not None:
+                grad = grad * scale[None, :, None, None]
             return winograd_conv3x3_backward(grad, self.winograd_weight(x))
         weight = self.conv_weight(x)
         if self.upsample:
-            grad = self.blur.backward_input(grad)
+            grad = self.blur.backward_input(grad)  # per channel: it commutes with the scale
+            if scale is not None:  # weight: (C_in, C_out, k, k)
+                weight = weight * scale[None, :, None, None].to(weight.dtype)
             return F.conv2d(grad, weight, stride=2)
+        if scale is not None:  # weight: (C_out, C_in, k, k)
+            weight = weight * scale[:, None, None, None].to(weight.dtype)
         return torch.ops.aten.convolution_backward(
             grad,
             x,
@@ -869,8 +896,11 @@ class _FrozenStyledConv(torch.autograd.Function):
         # dL/dd = sum(ga * z_conv) with z_conv = (z - noise_term - bias) / d, and
         # sum(ga * z) = sum(grad * out) because z * leaky_relu'(z) = leaky_relu(z)
         grad_d = (_dot_hw(grad, out) - _dot_map(ga, noise_term) - ga.sum((2, 3)) * bias) / d
-        ga.mul_(d[:, :, None, None])
-        gx = ctx.conv.frozen_backward(ga, x)
+        conv = ctx.conv
+        if conv.folds_grad_scale(ga, x):
+            gx = conv.frozen_backward(ga, x, d[0])
+        else:
+            gx = conv.frozen_backward(ga.mul_(d[:, :, None, None]), x)
         del ga
         grad_s = _dot_hw(gx, x)
         grad_x = gx.mul_(s[:, :, None, None]) if ctx.needs_input_grad[0] else None

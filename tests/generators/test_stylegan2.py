@@ -406,6 +406,8 @@ def test_frozen_styled_conv_equals_the_textbook_layer(size, upsample, n, channel
     x0 = torch.randn(n, 6, size, size, dtype=torch.float64).contiguous(memory_format=fmt)
     latent0 = torch.randn(n, 8, dtype=torch.float64)
     grad = torch.randn(n, 4, out_size, out_size, dtype=torch.float64)
+    # one sample, weight smaller than grad: the demodulation rides on the weight
+    assert layer.conv.folds_grad_scale(grad, x0) == (n == 1 and out_size**2 > 6 * 3 * 3)
     assert_fast_equals_textbook(layer, x0, latent0, noise, grad)
 
 
