@@ -66,7 +66,11 @@ def main() -> None:
     args = parser.parse_args()
     reusing_malloc()
     with tempfile.TemporaryDirectory() as folder:
-        base = load_revision(args.base, Path(folder))
+        try:
+            base = load_revision(args.base, Path(folder))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            parser.error(f"cannot read {MODULE} at {args.base!r}: {str(detail).strip()}")
     torch.manual_seed(0)
     old = base.StyleGAN2Generator(args.size, 512, 8, 2)
     new = current.StyleGAN2Generator(args.size, 512, 8, 2)
