@@ -672,25 +672,27 @@ class ModulatedConv2d(_Derived):
         return n == 1 and self.in_channel * self.kernel_size**2 < h * w and not self.use_winograd(x)
 
     def frozen_backward(
-        self, grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None
+        self, grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
-        """Gradient of ``blur?(conv(x))`` with respect to x (unmodulated, unscaled weight).
+        """Gradient of ``blur?(conv(x))`` with respect to x, for grad's channels times ``scale``.
 
-        ``scale`` (C_out,): grad's channels are taken times it, on the weight
-        (see :meth:`folds_grad_scale`).
+        Unmodulated, unscaled weight; ``scale``: (N, C_out). It rides on the
+        weight where :meth:`folds_grad_scale` says so; otherwise grad is
+        scaled in place.
         """
+        folded = self.folds_grad_scale(grad, x)
+        if not folded:
+            grad = grad.mul_(scale[:, :, None, None])
         if self.use_winograd(x):
-            if scale is not None:
-                grad = grad * scale[None, :, None, None]
             return winograd_conv3x3_backward(grad, self.winograd_weight(x))
         weight = self.conv_weight(x)
         if self.upsample:
             grad = self.blur.backward_input(grad)  # per channel: it commutes with the scale
-            if scale is not None:  # weight: (C_in, C_out, k, k)
-                weight = weight * scale[None, :, None, None].to(weight.dtype)
+            if folded:  # weight: (C_in, C_out, k, k)
+                weight = weight * scale[0, None, :, None, None].to(weight.dtype)
             return F.conv2d(grad, weight, stride=2)
-        if scale is not None:  # weight: (C_out, C_in, k, k)
-            weight = weight * scale[:, None, None, None].to(weight.dtype)
+        if folded:  # weight: (C_out, C_in, k, k)
+            weight = weight * scale[0, :, None, None, None].to(weight.dtype)
         return torch.ops.aten.convolution_backward(
             grad,
             x,
@@ -896,11 +898,7 @@ class _FrozenStyledConv(torch.autograd.Function):
         # dL/dd = sum(ga * z_conv) with z_conv = (z - noise_term - bias) / d, and
         # sum(ga * z) = sum(grad * out) because z * leaky_relu'(z) = leaky_relu(z)
         grad_d = (_dot_hw(grad, out) - _dot_map(ga, noise_term) - ga.sum((2, 3)) * bias) / d
-        conv = ctx.conv
-        if conv.folds_grad_scale(ga, x):
-            gx = conv.frozen_backward(ga, x, d[0])
-        else:
-            gx = conv.frozen_backward(ga.mul_(d[:, :, None, None]), x)
+        gx = ctx.conv.frozen_backward(ga, x, d)
         del ga
         grad_s = _dot_hw(gx, x)
         grad_x = gx.mul_(s[:, :, None, None]) if ctx.needs_input_grad[0] else None
