@@ -2,12 +2,16 @@
 
 ``soundguide.cli`` and ``soundguide.evaluation.cli`` both import these; kept
 apart so that neither imports the other for them.
+
+``-p MODULE`` (see :func:`soundguide.core.plugins.import_plugin_module`): an
+installed module of that name first, else ``./MODULE.py`` or the package
+``./MODULE/`` loaded from its path. The current folder is never put on
+``sys.path``, so a ``soundfile.py`` lying there cannot shadow the real package.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 import click
@@ -41,7 +45,8 @@ def plugin_option(func):
         metavar="MODULE",
         expose_value=False,
         callback=_add_plugins,
-        help="Register a plugin module by import path (repeatable), like pytest's -p.",
+        help="Register a plugin module by import path (repeatable), like pytest's -p; "
+        "a name nothing installed has is loaded from ./MODULE.py or the package ./MODULE/.",
     )(func)
 
 
@@ -50,9 +55,7 @@ def _registries(ctx: click.Context):
 
     obj = ctx.find_root().ensure_object(dict)
     if "registries" not in obj:
-        plugins = obj.get("plugins", [])
-        if plugins and "" not in sys.path and os.getcwd() not in sys.path:
-            # as `python -m`, so -p finds a plugin module in the current folder
-            sys.path.insert(0, os.getcwd())
-        obj["registries"] = load_registries(plugins=plugins)
+        # -p NAME falls back to ./NAME.py or ./NAME/, loaded by path: the current
+        # folder never goes on sys.path, where its files would shadow installed ones
+        obj["registries"] = load_registries(plugins=obj.get("plugins", []), folder=os.getcwd())
     return obj["registries"]

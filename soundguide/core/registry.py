@@ -1,4 +1,11 @@
-"""Typed registrars: plugin name -> plugin class (and its pydantic ``Config``)."""
+"""Typed registrars: plugin name -> plugin class (and its pydantic ``Config``).
+
+Each entry remembers the plugin (module and distribution) that registered it.
+:class:`Registries` holds one registrar per kind; the plugin manager gives
+each plugin a fresh :class:`Registries` of its own, then checks it against
+the shared one (:meth:`Registries.clashes`) and merges it only when no name
+is taken (:meth:`Registries.merge`), so a plugin is registered all or nothing.
+"""
 
 from __future__ import annotations
 
@@ -118,10 +125,6 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _remove_plugin(self, plugin: str) -> None:
-        for name in [n for n, e in self._entries.items() if e.plugin == plugin]:
-            del self._entries[name]
-
 
 class GeneratorRegistry(Registry[Generator]):
     kind = "generator"
@@ -139,6 +142,16 @@ class RegularizerRegistry(Registry[Regularizer]):
     kind = "regularizer"
     base = Regularizer
     config_base = RegularizerConfig
+
+
+@dataclass(frozen=True)
+class Clash:
+    """A name one plugin wants that an earlier plugin already registered."""
+
+    kind: str
+    name: str
+    owner: tuple[str, str]
+    """(plugin module, distribution) of the earlier plugin."""
 
 
 @dataclass
@@ -159,3 +172,36 @@ class Registries:
             "register_regularizers": self.regularizers,
             "register_weights": self.weights,
         }
+
+    def _owners(self) -> Iterator[tuple[str, str, tuple[str, str]]]:
+        """(kind, name, (plugin, distribution)) of everything registered."""
+        for registry in (self.generators, self.guidances, self.regularizers):
+            for entry in registry:
+                yield registry.kind, entry.name, (entry.plugin, entry.distribution)
+        for weights in self.weights:
+            yield "known weights", weights.name, self.weights.owner(weights.name)
+
+    def clashes(self, other: Registries) -> list[Clash]:
+        """Names in ``other`` that are already registered here, with their owners here."""
+        taken = {(kind, name): owner for kind, name, owner in self._owners()}
+        return [
+            Clash(kind, name, taken[kind, name])
+            for kind, name, _ in other._owners()
+            if (kind, name) in taken
+        ]
+
+    def merge(self, other: Registries) -> None:
+        """Add everything in ``other``, keeping who registered it; no name may clash."""
+        pairs = zip(self.by_hook().values(), other.by_hook().values(), strict=True)
+        for mine, theirs in pairs:
+            try:
+                if isinstance(theirs, WeightsRegistry):
+                    for weights in theirs:
+                        mine._current = theirs.owner(weights.name)
+                        mine.add(weights)
+                else:
+                    for entry in theirs:
+                        mine._current = (entry.plugin, entry.distribution)
+                        mine.add(entry.cls)
+            finally:
+                mine._current = ("<python>", "<python>")

@@ -3,7 +3,6 @@ from __future__ import annotations
 import sys
 import textwrap
 import types
-from typing import Literal
 
 import pytest
 
@@ -22,7 +21,9 @@ from tests import toy_plugins
 
 def make_module(name: str, body: str) -> types.ModuleType:
     module = types.ModuleType(name)
-    exec(textwrap.dedent(body), module.__dict__)
+    # dont_inherit: not this file's `from __future__ import annotations`, under which
+    # pydantic could not resolve a Config's annotations in a module outside sys.modules
+    exec(compile(textwrap.dedent(body), name, "exec", dont_inherit=True), module.__dict__)
     return module
 
 
@@ -108,7 +109,7 @@ class TestManager:
         with pytest.raises(PluginError, match="register_guidance"):
             get_plugin_manager(entry_points=False, plugins=[typo])
 
-    def test_plugin_whose_hook_raises_is_skipped(self):
+    def test_command_line_plugin_whose_hook_raises_is_an_error(self):
         broken = make_module(
             "raising_plugin",
             """
@@ -121,15 +122,70 @@ class TestManager:
                 raise RuntimeError("boom")
             """,
         )
-        with pytest.warns(PluginLoadWarning, match="raising_plugin.*RuntimeError: boom"):
-            registries = load_registries(entry_points=False, plugins=[broken])
-        # its partial registration was rolled back; the built-ins still work
-        assert "toy-target" not in registries.guidances
-        assert "latent_l2" in registries.regularizers
+        with pytest.raises(
+            PluginError,
+            match=r"^plugin 'raising_plugin' \(-p\) failed in register_guidances "
+            r"\(RuntimeError: boom\)$",
+        ):
+            load_registries(entry_points=False, plugins=[broken])
+
+    def test_command_line_plugin_that_exits_in_a_hook_is_an_error(self):
+        exiting = make_module(
+            "exiting_hook_plugin",
+            """
+            import sys
+            import soundguide
+
+            @soundguide.hookimpl
+            def register_weights(registry):
+                sys.exit("no GPU here")
+            """,
+        )
+        with pytest.raises(PluginError, match=r"failed in register_weights \(SystemExit: no GPU"):
+            load_registries(entry_points=False, plugins=[exiting])
 
     def test_unimportable_command_line_plugin_is_an_error(self):
         with pytest.raises(PluginError, match="cannot import plugin module 'no_such_module_xyz'"):
             get_plugin_manager(entry_points=False, plugins=["no_such_module_xyz"])
+
+    @pytest.mark.parametrize(
+        ("body", "shown"),
+        [
+            ("import sys\nsys.exit()\n", "SystemExit"),
+            ("raise SystemExit(3)\n", "SystemExit: 3"),
+            ("raise BaseException('bad base')\n", "BaseException: bad base"),
+        ],
+    )
+    def test_command_line_plugin_that_exits_on_import_is_an_error(
+        self, tmp_path, monkeypatch, body, shown
+    ):
+        (tmp_path / "sg_exiting_cli_plugin.py").write_text(body)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "sg_exiting_cli_plugin", raising=False)
+        with pytest.raises(PluginError) as caught:
+            get_plugin_manager(entry_points=False, plugins=["sg_exiting_cli_plugin"])
+        assert str(caught.value) == (
+            f"cannot import plugin module 'sg_exiting_cli_plugin': {shown}"
+        )
+
+    def test_ctrl_c_while_importing_a_plugin_is_not_swallowed(self, site):
+        write_distribution(
+            site, "sg-ctrl-c", "sg_ctrl_c_plugin", "raise KeyboardInterrupt\n", "ctrl-c"
+        )
+        with pytest.raises(KeyboardInterrupt):
+            load_registries()
+
+    def test_ctrl_c_in_a_register_hook_is_not_swallowed(self, site):
+        write_distribution(
+            site,
+            "sg-ctrl-c",
+            "sg_ctrl_c_plugin",
+            "import soundguide\n\n@soundguide.hookimpl\n"
+            "def register_guidances(registry):\n    raise KeyboardInterrupt\n",
+            "ctrl-c",
+        )
+        with pytest.raises(KeyboardInterrupt):
+            load_registries()
 
 
 def write_distribution(site, name: str, module: str, source: str, entry: str) -> None:
@@ -162,9 +218,42 @@ def site(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.delenv("SOUNDGUIDE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    before = set(sys.modules)
     yield folder
-    for mod in ("sg_echo_plugin", "sg_broken_plugin"):
-        sys.modules.pop(mod, None)
+    for mod in set(sys.modules) - before:
+        if mod.startswith("sg_"):
+            del sys.modules[mod]
+
+
+def plugin_source(**hooks: str) -> str:
+    """A plugin module whose register_<kind> hooks run the given (one-line) bodies."""
+    lines = [
+        "from typing import Literal",
+        "import soundguide",
+        "from tests.toy_plugins import ToyGenerator, ToyGuidance",
+        "",
+        "class Echo(ToyGuidance):",
+        "    class Config(ToyGuidance.Config):",
+        '        type: Literal["echo"] = "echo"',
+        "",
+        "class Text(ToyGuidance):",
+        "    class Config(ToyGuidance.Config):",
+        '        type: Literal["text"] = "text"',
+        "",
+        "class Gen(ToyGenerator):",
+        "    class Config(ToyGenerator.Config):",
+        '        type: Literal["sg-gen"] = "sg-gen"',
+    ]
+    for kind, body in hooks.items():
+        lines += ["", "@soundguide.hookimpl", f"def register_{kind}(registry):", f"    {body}"]
+    return "\n".join(lines) + "\n"
+
+
+def only(caught) -> str:
+    messages = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
+    assert len(messages) == 1, messages
+    assert "\n" not in messages[0]
+    return messages[0]
 
 
 class TestEntryPoints:
@@ -189,22 +278,179 @@ class TestEntryPoints:
         )
         with pytest.warns(PluginLoadWarning) as caught:
             registries = load_registries()
-        messages = [str(w.message) for w in caught]
-        assert len(messages) == 1
-        assert "'broken'" in messages[0] and "sg-broken 1.2" in messages[0]
-        assert "ImportError: missing dep" in messages[0] and "\n" not in messages[0]
+        message = only(caught)
+        assert "'broken'" in message and "sg-broken 1.2" in message
+        assert "ImportError: missing dep" in message
         assert "echo" in registries.guidances
         assert "latent_l2" in registries.regularizers
 
+    @pytest.mark.parametrize(
+        ("body", "shown"),
+        [
+            ("import sys\nsys.exit()\n", "(SystemExit)"),
+            ("import sys\nsys.exit('no GPU here')\n", "(SystemExit: no GPU here)"),
+            ("raise BaseException('bad base')\n", "(BaseException: bad base)"),
+            (
+                "class PluginAbort(BaseException):\n    pass\n\nraise PluginAbort('stop')\n",
+                "(PluginAbort: stop)",
+            ),
+        ],
+        ids=["sys.exit()", "sys.exit(message)", "BaseException", "BaseException-subclass"],
+    )
+    def test_plugin_that_exits_on_import_is_one_warning_and_skipped(self, site, body, shown):
+        write_distribution(site, "sg-echo", "sg_echo_plugin", GOOD_PLUGIN, "echo")
+        write_distribution(site, "sg-exiting", "sg_exiting_plugin", body, "exiting")
+        with pytest.warns(PluginLoadWarning) as caught:
+            registries = load_registries()
+        assert only(caught) == (
+            f"plugin 'exiting' (sg_exiting_plugin, from sg-exiting 1.2) failed to import "
+            f"{shown}; skipped"
+        )
+        assert "echo" in registries.guidances
+        assert "latent_l2" in registries.regularizers
 
-def test_plugin_api_is_importable_from_the_package_root():
-    for name in (
-        "hookimpl",
-        "Generator",
-        "Guidance",
-        "Regularizer",
-        "GuidanceConfig",
-        "ConfigPath",
-    ):
-        assert hasattr(soundguide, name)
-    assert isinstance(Literal, object)
+    def test_plugin_that_exits_in_a_register_hook_is_skipped(self, site):
+        write_distribution(
+            site,
+            "sg-exiting",
+            "sg_exiting_plugin",
+            plugin_source(guidances="registry.add(Echo); raise SystemExit(4)"),
+            "exiting",
+        )
+        with pytest.warns(PluginLoadWarning) as caught:
+            registries = load_registries()
+        assert only(caught) == (
+            "plugin 'sg_exiting_plugin' (sg-exiting 1.2) failed in register_guidances "
+            "(SystemExit: 4); skipped"
+        )
+        assert "echo" not in registries.guidances
+        assert "text" in registries.guidances
+
+    def test_plugin_whose_later_hook_raises_leaves_nothing_behind(self, site):
+        write_distribution(
+            site,
+            "sg-half",
+            "sg_half_plugin",
+            plugin_source(
+                generators="registry.add(Gen)",
+                guidances="registry.add(Echo); raise RuntimeError('boom')",
+            ),
+            "half",
+        )
+        with pytest.warns(PluginLoadWarning, match="sg_half_plugin.*RuntimeError: boom"):
+            registries = load_registries()
+        assert "sg-gen" not in registries.generators
+        assert "echo" not in registries.guidances
+        assert "stylegan2" in registries.generators
+
+    def test_duplicate_of_a_builtin_name_skips_the_plugin(self, site):
+        write_distribution(
+            site,
+            "sg-text",
+            "sg_text_plugin",
+            plugin_source(generators="registry.add(Gen)", guidances="registry.add(Text)"),
+            "text2",
+        )
+        with pytest.warns(PluginLoadWarning) as caught:
+            registries = load_registries()
+        message = only(caught)
+        assert message.startswith(
+            "guidance 'text' is registered twice: by plugin 'soundguide.plugins.text' "
+            "(soundguide (built-in)) and by plugin 'sg_text_plugin' (sg-text 1.2); "
+            "plugin 'sg_text_plugin' skipped ("
+        )
+        assert "SOUNDGUIDE_DISABLE_PLUGIN_AUTOLOAD=1" in message
+        assert registries.guidances.entry("text").plugin == "soundguide.plugins.text"
+        assert "sg-gen" not in registries.generators  # skipped entirely, not half
+
+    def test_duplicate_between_two_installed_plugins_skips_the_later(self, site, monkeypatch):
+        write_distribution(site, "sg-echo", "sg_echo_plugin", GOOD_PLUGIN, "echo")
+        earlier = site.parent / "earlier-site"  # ahead on sys.path, so found first
+        earlier.mkdir()
+        write_distribution(
+            earlier,
+            "sg-echo-too",
+            "sg_echo_too_plugin",
+            plugin_source(guidances="registry.add(Echo)"),
+            "echo-too",
+        )
+        monkeypatch.syspath_prepend(str(earlier))
+        with pytest.warns(PluginLoadWarning) as caught:
+            registries = load_registries()
+        assert only(caught) == (
+            "guidance 'echo' is registered twice: by plugin 'sg_echo_too_plugin' "
+            "(sg-echo-too 1.2) and by plugin 'sg_echo_plugin' (sg-echo 1.2); "
+            "plugin 'sg_echo_plugin' skipped (to choose, set SOUNDGUIDE_DISABLE_PLUGIN_AUTOLOAD=1 "
+            "and load the one you want with -p MODULE)"
+        )
+        assert registries.guidances.entry("echo").distribution == "sg-echo-too 1.2"
+
+    def test_duplicate_weights_name_leaves_no_generator_behind(self, site):
+        write_distribution(
+            site,
+            "sg-weights",
+            "sg_weights_plugin",
+            plugin_source(
+                generators="registry.add(Gen)",
+                weights="registry.add(soundguide.KnownWeights("
+                "'stylegan2-landscape', 'file:///x', 'x.pt', 'MIT'))",
+            ),
+            "weights",
+        )
+        with pytest.warns(PluginLoadWarning) as caught:
+            registries = load_registries()
+        assert only(caught).startswith(
+            "known weights 'stylegan2-landscape' is registered twice: by plugin "
+            "'soundguide.plugins.stylegan2' (soundguide (built-in)) and by plugin "
+            "'sg_weights_plugin' (sg-weights 1.2); plugin 'sg_weights_plugin' skipped"
+        )
+        assert "sg-gen" not in registries.generators
+        assert registries.weights.owner("stylegan2-landscape")[0] == "soundguide.plugins.stylegan2"
+
+    def test_command_line_plugin_clashing_with_an_installed_one_is_an_error(self, site):
+        write_distribution(site, "sg-echo", "sg_echo_plugin", GOOD_PLUGIN, "echo")
+        clash = make_module("clash_plugin", plugin_source(guidances="registry.add(Echo)"))
+        with pytest.raises(DuplicatePluginError) as caught:
+            load_registries(plugins=[clash])
+        assert str(caught.value) == (
+            "guidance 'echo' is registered twice: by plugin 'sg_echo_plugin' (sg-echo 1.2) "
+            "and by plugin 'clash_plugin' (-p)"
+        )
+        assert "SOUNDGUIDE_DISABLE_PLUGIN_AUTOLOAD=1" in caught.value.hint
+
+
+def test_a_plugin_needs_only_the_package_root(tmp_path):
+    """typing.Literal and ``soundguide`` are all a plugin module imports."""
+    plugin = make_module(
+        "root_only_plugin",
+        """
+        from typing import Literal
+
+        import soundguide
+
+        class Mine(soundguide.Guidance):
+            class Config(soundguide.GuidanceConfig):
+                type: Literal["mine"] = "mine"
+                reference: soundguide.ConfigPath
+
+            @property
+            def space(self):
+                return "clip:ViT-B/32"
+
+            def build_encoder(self):
+                raise NotImplementedError
+
+            def target(self, encoder):
+                raise NotImplementedError
+
+        @soundguide.hookimpl
+        def register_guidances(registry):
+            registry.add(Mine)
+        """,
+    )
+    entry = load_registries(entry_points=False, plugins=[plugin]).guidances.entry("mine")
+    config = entry.config_model.model_validate(
+        {"type": "mine", "reference": "ref.png", "weight": -0.5},
+        context={"base_dir": tmp_path},
+    )
+    assert (config.type, config.reference, config.weight) == ("mine", tmp_path / "ref.png", -0.5)
