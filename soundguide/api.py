@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -12,10 +11,11 @@ import torch
 
 from soundguide.core.config import RunConfig
 from soundguide.core.config import load_config as _load_config
-from soundguide.core.engine import Editor, RunResult, resolve_device
-from soundguide.core.outputs import RunWriter
+from soundguide.core.engine import Editor, RunResult, Stop, resolve_device
+from soundguide.core.outputs import LossLog, RunWriter, StepWriter
 from soundguide.core.plugins import load_registries
 from soundguide.core.registry import Registries
+from soundguide.core.runfolder import RunFolder
 
 
 def load_config(
@@ -34,7 +34,7 @@ def load_config(
 def edit(
     config: RunConfig | str | os.PathLike[str],
     *,
-    out: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | RunFolder | None = None,
     overwrite: bool = False,
     write: bool = True,
     device: str | torch.device = "cpu",
@@ -45,13 +45,24 @@ def edit(
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
     malloc: str | None = None,
+    stop: Stop | None = None,
 ) -> RunResult:
     """Run one edit from a config (object or TOML path) and write its outputs.
 
     Outputs go to ``out`` or the config's ``[output] dir``; ``write=False``
-    only returns the :class:`RunResult`. ``malloc`` sets the process's
-    allocator policy for the run (see :mod:`soundguide.core.memory`); None
-    leaves it alone.
+    only returns the :class:`RunResult`. ``out`` may also be a
+    :class:`~soundguide.core.runfolder.RunFolder` the caller has opened (and
+    closes). Otherwise the folder is locked for the run and
+    checked for writing before anything is loaded; a run that fails before
+    its first step leaves no folder behind; a stopped, non-finite or failed
+    run writes what it has. ``stop`` (a :class:`~soundguide.core.engine.Stop`)
+    lets another thread end the run between two steps. ``malloc`` sets the
+    process's allocator policy for the run (see :mod:`soundguide.core.memory`);
+    None leaves it alone.
+
+    Raises :class:`~soundguide.core.errors.OutputError` when an output could not
+    be written (after writing all the others), and re-raises the exception of a
+    run that failed in a step (after writing what it had).
     """
     if registries is None:
         registries = load_registries(plugins=plugins)
@@ -60,24 +71,56 @@ def edit(
     elif overrides:
         raise TypeError("overrides apply to a config file; change the config object instead")
     device = resolve_device(device)
-    editor = Editor(
-        config,
-        registries,
-        device=device,
-        trust_checkpoint=trust_checkpoint,
-        progress=progress,
-        malloc=malloc,
-    )
-    writer = None
-    steps = None
-    if write:
-        writer = RunWriter(Path(out) if out is not None else config.output.dir, overwrite=overwrite)
-        writer.claim()
-        out_cfg = config.output
-        steps = writer.step_writer(out_cfg.save_every, out_cfg.gif, config.optimization.steps)
-        editor.subscribe(steps)
-    result = editor.run()
-    if writer is not None and steps is not None:
-        writer.write_result(result, config, device=str(device), extra=extra_manifest)
-        steps.finish()
+    stop = stop if stop is not None else Stop()
+    owned = not isinstance(out, RunFolder)
+    if isinstance(out, RunFolder):
+        folder = out
+    else:
+        folder = RunFolder(out if out is not None else config.output.dir, overwrite=overwrite)
+        if write:
+            folder.open()
+    try:
+        editor = Editor(
+            config,
+            registries,
+            device=device,
+            trust_checkpoint=trust_checkpoint,
+            progress=progress,
+            malloc=malloc,
+            stop=stop,
+        )
+        recorders: tuple[Any, ...] = ()
+        if write:
+
+            def failed_write(message: str) -> None:
+                stop.request(message, status="failed")
+
+            out_cfg = config.output
+            recorders = (
+                StepWriter(
+                    folder.folder,
+                    save_every=out_cfg.save_every,
+                    gif=out_cfg.gif,
+                    steps=config.optimization.steps,
+                    on_error=failed_write,
+                ),
+                LossLog(folder.folder / "losses.csv", on_error=failed_write),
+            )
+            for recorder in recorders:
+                editor.subscribe(recorder)
+        result = editor.run()
+    except BaseException:
+        if owned:
+            folder.close(keep=False)  # removes what open() created, where nothing was written
+        raise
+    try:
+        if write:
+            RunWriter(folder.folder).write_result(
+                result, config, device=str(device), extra=extra_manifest, recorders=recorders
+            )
+    finally:
+        if owned:
+            folder.close()
+    if result.error is not None:
+        raise result.error
     return result

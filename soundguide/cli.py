@@ -2,15 +2,20 @@
 
 Errors of soundguide's own types are caught once, here: one line ``error: ...``
 plus a hint, exit code 2. A run stopped by a non-finite loss exits with 1
-(its outputs are written), Ctrl-C with 130 (what exists is written).
+(its outputs are written). Ctrl-C (SIGINT) and SIGTERM stop a run between two
+steps and write what exists, exit 130 / 143; a second signal does not abort
+the writing (see :func:`stop_on_signals`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,55 @@ from soundguide.core.errors import SoundguideError
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130
+_SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop) -> Iterator[list[int]]:
+    """Make Ctrl-C (SIGINT) and SIGTERM stop a run cleanly, for as long as the block runs.
+
+    While the run loads (``stop.phase == "preparing"``) the first signal aborts
+    at once (KeyboardInterrupt: nothing exists yet). While it runs, the first
+    signal asks it to stop after the step in progress. Later signals, and any
+    signal once the loop has ended, only say that the outputs are being
+    written: a second Ctrl-C or a scheduler's SIGTERM never loses them. Yields
+    the list of signals received; restores the previous handlers on exit. For
+    a command that owns its process (the CLI), not for library code.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handle(signum: int, _frame: Any) -> None:
+        first = not received
+        received.append(signum)
+        name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
+        if first and stop.phase == "preparing":
+            raise KeyboardInterrupt
+        if stop.phase == "running" and not stop.requested:
+            stop.request(f"stopped by {name}")
+            click.echo(
+                f"\n{name}: stopping after the current step and writing the outputs",
+                err=True,
+            )
+        elif len(received) == 2 or first:
+            click.echo(f"\n{name}: already stopping; writing the outputs", err=True)
+
+    previous = {sig: signal.signal(sig, handle) for sig in _SIGNAL_NAMES}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_code(status: str, received: list[int]) -> int:
+    if received:
+        return 128 + received[0]
+    return {"finished": 0, "nonfinite": EXIT_RUN_FAILED, "interrupted": EXIT_INTERRUPTED}.get(
+        status, EXIT_RUN_FAILED
+    )
 
 
 def set_option(func):
@@ -92,30 +146,42 @@ def edit(
     """Optimize a latent code as the CONFIG file describes and write the outputs."""
     from soundguide.api import edit as run_edit
     from soundguide.core.config import load_config
+    from soundguide.core.engine import Stop
 
     registries = _registries(ctx)
     run_config = load_config(config, registries, _overrides(overrides, preset))
-    folder = out if out is not None else run_config.output.dir
-    result = run_edit(
-        run_config,
-        out=folder,
-        overwrite=overwrite,
-        device=device,
-        registries=registries,
-        trust_checkpoint=trust_checkpoint,
-        progress=not quiet,
-        malloc=malloc,
-    )
+    folder = out.expanduser() if out is not None else run_config.output.dir
+    stop = Stop()
+    with stop_on_signals(stop) as received:
+        try:
+            result = run_edit(
+                run_config,
+                out=folder,
+                overwrite=overwrite,
+                device=device,
+                registries=registries,
+                trust_checkpoint=trust_checkpoint,
+                progress=not quiet,
+                malloc=malloc,
+                stop=stop,
+            )
+        except KeyboardInterrupt:
+            click.echo("interrupted before the first step; nothing was written", err=True)
+            ctx.exit(_exit_code("interrupted", received))
+    _report(ctx, result, folder, received)
+
+
+def _report(ctx: click.Context, result: Any, folder: Path, received: list[int]) -> None:
     per_step = (
         f", {sum(result.step_seconds) / len(result.step_seconds):.3f} s/step"
         if result.step_seconds
         else ""
     )
-    if result.status == "finished":
+    if result.status == "finished" and not received:
         click.echo(f"{result.message}{per_step}; outputs in {folder}")
         return
     click.echo(f"error: {result.message}; outputs in {folder}", err=True)
-    ctx.exit(EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_RUN_FAILED)
+    ctx.exit(_exit_code(result.status, received))
 
 
 @cli.command()
@@ -126,17 +192,41 @@ def edit(
 @click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @malloc_option
-def demo(out: Path, steps: int, overwrite: bool, quiet: bool, malloc: str) -> None:
+@plugin_option
+@click.pass_context
+def demo(
+    ctx: click.Context, out: Path, steps: int, overwrite: bool, quiet: bool, malloc: str
+) -> None:
     """Run the whole pipeline offline in seconds with tiny RANDOM models.
 
     No pretrained weights are needed; the pictures mean nothing. It shows that
-    the installation works and writes every output a real run writes.
+    the installation works and writes every output a real run writes. Its run
+    config (OUT/demo-inputs/demo.toml) can be edited and run again with
+    `soundguide edit`.
     """
-    from soundguide.demo import BANNER, run_demo
+    from soundguide.core.engine import Stop
+    from soundguide.demo import BANNER, demo_config, run_demo
 
+    out = out.expanduser()
     click.echo(BANNER, err=True)
-    result = run_demo(out, steps=steps, overwrite=overwrite, progress=not quiet, malloc=malloc)
-    click.echo(f"{result.message}; outputs in {out} (inputs in {out / 'demo-inputs'})")
+    stop = Stop()
+    with stop_on_signals(stop) as received:
+        try:
+            result = run_demo(
+                out,
+                steps=steps,
+                overwrite=overwrite,
+                progress=not quiet,
+                malloc=malloc,
+                stop=stop,
+                registries=_registries(ctx),
+            )
+        except KeyboardInterrupt:
+            click.echo("interrupted before the first step", err=True)
+            ctx.exit(_exit_code("interrupted", received))
+    config = demo_config(out)
+    click.echo(f"run config: {config} (edit it, or run it again: soundguide edit {config})")
+    _report(ctx, result, out, received)
 
 
 @cli.command()

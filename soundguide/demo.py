@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soundguide.core.outputs import RunWriter
+from soundguide.core.runfolder import RunFolder
 
 BANNER = (
     "DEMO with tiny RANDOM models (no pretrained weights): the pictures mean nothing; "
@@ -93,6 +93,7 @@ lr = 0.1
 seed = [0, 1]
 
 [output]
+dir = "../../demo-edit"         # relative to this file: next to the demo's own folder
 save_every = {max(1, steps // 3)}
 gif = true
 """
@@ -107,25 +108,40 @@ def run_demo(
     overwrite: bool = False,
     progress: bool = True,
     malloc: str | None = None,
+    stop=None,
+    registries=None,
 ):
-    """Write the demo inputs under ``out/demo-inputs`` and run them; returns the RunResult."""
+    """Write the demo inputs under ``out/demo-inputs`` and run them; returns the RunResult.
+
+    The run config is ``out/demo-inputs/demo.toml`` (:func:`demo_config`):
+    ``soundguide edit`` runs it again, edited or not, without any weights.
+    """
     from soundguide.api import edit
     from soundguide.core.config import load_config
     from soundguide.core.files import atomic_write_text
     from soundguide.core.plugins import load_registries
 
-    out = Path(out)
-    RunWriter(out, overwrite=overwrite).claim()
-    config_path = write_demo_inputs(out / "demo-inputs", steps=steps)
-    atomic_write_text(out / "DEMO.txt", BANNER + "\n")
-    registries = load_registries()
-    config = load_config(config_path, registries)
-    return edit(
-        config,
-        out=out,
-        overwrite=True,  # the folder holds the demo inputs just written
-        registries=registries,
-        progress=progress,
-        extra_manifest={"demo": BANNER},
-        malloc=malloc,
-    )
+    folder = RunFolder(out, overwrite=overwrite)
+    folder.open()  # locked for the whole demo: inputs and run
+    try:
+        config_path = write_demo_inputs(demo_config(out).parent, steps=steps)
+        atomic_write_text(folder.folder / "DEMO.txt", BANNER + "\n")
+        if registries is None:
+            registries = load_registries()
+        config = load_config(config_path, registries)
+        return edit(
+            config,
+            out=folder,
+            registries=registries,
+            progress=progress,
+            extra_manifest={"demo": BANNER},
+            malloc=malloc,
+            stop=stop,
+        )
+    finally:
+        folder.close()
+
+
+def demo_config(out: str | os.PathLike[str]) -> Path:
+    """Where :func:`run_demo` writes its run config."""
+    return Path(out).expanduser() / "demo-inputs" / "demo.toml"

@@ -32,6 +32,7 @@ def test_edit_writes_every_output(write_config, tmp_path, capsys):
         "comparison.png",
         "latent_source.pt",
         "latent_edited.pt",
+        "losses.csv",
         "run.json",
         "trajectory.gif",
         "steps",

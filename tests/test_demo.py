@@ -33,7 +33,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     }
     manifest = json.loads((out / "run.json").read_text())
     assert "RANDOM" in manifest["demo"] and manifest["status"] == "finished"
-    assert {"audio", "text", "latent_l2"} <= set(manifest["losses"][-1]["terms"])
+    assert {"audio", "text", "latent_l2"} <= set(manifest["losses"]["final"]["terms"])
     # two seeds: the comparison grid has two rows of source | edited
     assert Image.open(out / "comparison.png").size == (2 * 32 + 2, 2 * 32 + 2)
     # a second demo into the same folder is refused without --overwrite

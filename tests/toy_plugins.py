@@ -7,6 +7,7 @@ are never built and that each space is encoded once per step.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -43,10 +44,13 @@ class ToyGenerator(Generator):
         size: int = Field(8, ge=1)
         seed: int = 0
         box: tuple[int, int, int, int] | None = None
+        load_seconds: float = Field(0.0, description="Sleep this long while loading.")
+        step_seconds: float = Field(0.0, description="Sleep this long in every synthesis.")
 
     def __init__(self, config: Config, context) -> None:
         super().__init__(config, context)
         CALLS["generator.build"] += 1
+        time.sleep(config.load_seconds)
         g = torch.Generator().manual_seed(config.seed)
         L, D, s = config.layers, config.dim, config.size
         self.mapping_weight = torch.randn(D, D, generator=g) / D**0.5
@@ -87,6 +91,7 @@ class ToyGenerator(Generator):
 
     def synthesize(self, latent):
         CALLS["generator.synthesize"] += 1
+        time.sleep(self.config.step_seconds)
         n, s = latent.shape[0], self.config.size
         return torch.tanh(latent.reshape(n, -1) @ self.weight).view(n, 3, s, s)
 
@@ -174,6 +179,27 @@ class CountingRegularizer(Regularizer):
         return (w - w0).abs().flatten(1).sum(1)
 
 
+class PoisonRegularizer(Regularizer):
+    """No penalty; fills the latent with NaN in its ``after_step`` of update ``at``."""
+
+    class Config(RegularizerConfig):
+        type: Literal["poison"] = "poison"
+        at: int = Field(1, ge=1, description="The update (counted from 1) after which w is NaN.")
+
+    def __init__(self, config, context) -> None:
+        super().__init__(config, context)
+        self.updates = 0
+
+    def loss(self, w, w0, image, image0):
+        return torch.zeros(w.shape[0], device=w.device)
+
+    def after_step(self, w, w0):
+        self.updates += 1
+        if self.updates == self.config.at:
+            with torch.no_grad():
+                w.fill_(float("nan"))
+
+
 @soundguide.hookimpl
 def register_generators(registry):
     registry.add(ToyGenerator)
@@ -187,3 +213,4 @@ def register_guidances(registry):
 @soundguide.hookimpl
 def register_regularizers(registry):
     registry.add(CountingRegularizer)
+    registry.add(PoisonRegularizer)

@@ -13,13 +13,18 @@
 
 Terms with weight 0 are never built nor computed. Per-item losses are summed
 over the batch, so with Adam every item follows exactly the path it would
-follow alone. A non-finite loss stops the run and keeps the last latent whose
-loss was finite; Ctrl-C stops it and keeps what was done.
+follow alone. A non-finite loss (or a non-finite latent after the last update)
+stops the run and keeps the last latent whose loss was finite. A :class:`Stop`
+request (another thread, a signal handler, a subscriber whose write failed)
+ends the run between two steps; Ctrl-C (KeyboardInterrupt) abandons the step in
+progress; an exception in a step ends the run with status ``failed``. In each
+case the result keeps what was done: the latent after the last completed update.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +55,36 @@ from soundguide.core.memory import (
 )
 from soundguide.core.registry import Registries
 
-Status = Literal["finished", "nonfinite", "interrupted"]
+Status = Literal["finished", "nonfinite", "interrupted", "failed"]
+Phase = Literal["preparing", "running", "finishing"]
+
+
+class Stop:
+    """A request to end a run between two steps; safe to call from any thread or a
+    signal handler.
+
+    ``Editor(..., stop=stop)`` checks it before every step; ``stop.request()``
+    ends the run after the step in progress, with status ``interrupted``
+    (or the ``status`` given) and what was done kept. :attr:`phase` tells where
+    the run is: ``preparing`` (loading, before the first step), ``running`` or
+    ``finishing`` (the loop has ended; the result is being built and written).
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.phase: Phase = "preparing"
+        self.message: str | None = None
+        self.status: Status = "interrupted"
+
+    def request(self, message: str = "stopped", *, status: Status = "interrupted") -> None:
+        if not self._event.is_set():
+            self.message = message
+            self.status = status
+            self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
 
 
 @dataclass
@@ -82,17 +116,26 @@ class Term:
 
 @dataclass
 class RunResult:
+    """What a run did. ``edited_latent`` is the latent after ``edited_step`` updates
+    (``steps_done`` updates were made; they differ when the last ones went
+    non-finite). ``final_losses`` is the record of the edited latent, ``history``
+    one record per step. ``edited_image`` is None only when a failed run could
+    not even render its last latent; ``error`` is the exception of a failed run."""
+
     status: Status
     message: str
     steps_done: int
     source_latent: torch.Tensor
     edited_latent: torch.Tensor
     source_image: torch.Tensor
-    edited_image: torch.Tensor
+    edited_image: torch.Tensor | None
     history: list[dict[str, Any]] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     seeds: list[int] | None = None
     files: list[Path] = field(default_factory=list)
+    edited_step: int = 0
+    final_losses: dict[str, Any] | None = None
+    error: BaseException | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -153,6 +196,7 @@ class Editor:
         progress: bool = True,
         plugins: Sequence[str | ModuleType] = (),
         malloc: str | None = None,
+        stop: Stop | None = None,
     ) -> None:
         if malloc is not None and malloc not in MALLOC_POLICIES:
             raise ValueError(
@@ -175,6 +219,7 @@ class Editor:
         )
         self._callbacks: list[Callable[[StepEvent], None]] = []
         self._prepared = False
+        self.stop = stop if stop is not None else Stop()
 
     def subscribe(self, callback: Callable[[StepEvent], None]) -> Callable[[StepEvent], None]:
         self._callbacks.append(callback)
@@ -356,6 +401,8 @@ class Editor:
             callback(event)
 
     def run(self) -> RunResult:
+        """Prepare (if not done yet), optimize, and return what was done (see :class:`RunResult`)."""
+        self.stop.phase = "preparing"
         self.prepare()
         opt_cfg = self.config.optimization
         steps = opt_cfg.steps
@@ -366,12 +413,21 @@ class Editor:
         seconds: list[float] = []
         status: Status = "finished"
         message = f"finished {steps} steps"
-        last_good = self.w0.clone()  # the latest latent whose loss was finite
+        error: BaseException | None = None
+        last_good, good_step = self.w0.clone(), 0  # the latest latent whose loss was finite
         done = self.w0.clone()  # the latent after the last completed update
         steps_done = 0
         bar = _progress(steps, self.progress)
+        self.stop.phase = "running"
         try:
             for step in range(steps):
+                if self.stop.requested:
+                    status = self.stop.status
+                    message = (
+                        f"{self.stop.message}: stopped after {steps_done} of {steps} updates; "
+                        "kept what was done"
+                    )
+                    break
                 started = time.perf_counter()
                 lr = schedule(
                     step / steps, opt_cfg.lr, rampup=opt_cfg.rampup, rampdown=opt_cfg.rampdown
@@ -392,7 +448,7 @@ class Editor:
                         + (f" (after {step - 1} updates)" if step > 0 else " (the source latent)")
                     )
                     break
-                last_good = w.detach().clone()
+                last_good, good_step = w.detach().clone(), step
                 self._emit(
                     StepEvent(
                         step, steps, last_good, self.view(image), _detached(terms, per_item), lr
@@ -411,29 +467,60 @@ class Editor:
         except KeyboardInterrupt:
             status = "interrupted"
             message = f"interrupted after {steps_done} of {steps} updates; kept what was done"
+        except Exception as exc:  # a failing step must not lose the steps before it
+            status, error = "failed", exc
+            message = (
+                f"failed after {steps_done} of {steps} updates ({type(exc).__name__}: "
+                f"{_first_line(exc)}); kept what was done"
+            )
         finally:
             bar.close()
-        edited = last_good if status == "nonfinite" else done
-        with torch.no_grad():
-            edited_image = self.generator.synthesize(edited)
-            final_terms = None
-            if status != "nonfinite":
-                final_terms = self.losses(edited, edited_image)
-        self._check_image(edited_image, "the edited latent")
-        if final_terms is not None:
-            per_item = torch.stack(list(final_terms.values())).sum(dim=0)
-            history.append(_record(steps_done, None, final_terms, per_item))
-            self._emit(
-                StepEvent(
-                    steps_done,
-                    steps,
-                    edited,
-                    self.view(edited_image),
-                    _detached(final_terms, per_item),
-                    None,
-                    final=True,
-                )
-            )
+            self.stop.phase = "finishing"
+
+        # the latent to keep: the last one, unless it (its image or its loss) is not finite;
+        # then the last one whose loss was finite (its record is in the history)
+        edited, edited_step, edited_image, final_record = self.w0, 0, self.image0, None
+        kept = False
+        if status != "nonfinite":
+            try:
+                with torch.no_grad():
+                    image = self.generator.synthesize(done)
+                    terms = self.losses(done, image)
+            except Exception:
+                if status != "failed":
+                    raise
+                edited, edited_step, edited_image, kept = done, steps_done, None, True
+            else:
+                if _all_finite(done, image, *terms.values()):
+                    per_item = torch.stack(list(terms.values())).sum(dim=0)
+                    final_record = _record(steps_done, None, terms, per_item)
+                    edited, edited_step, edited_image, kept = done, steps_done, image, True
+                    history.append(final_record)
+                    self._emit(
+                        StepEvent(
+                            steps_done,
+                            steps,
+                            done,
+                            self.view(image),
+                            _detached(terms, per_item),
+                            None,
+                            final=True,
+                        )
+                    )
+                elif status != "failed":
+                    status = "nonfinite"
+                    message = (
+                        f"the latent became non-finite in the last update ({steps_done} updates "
+                        f"done); kept the last latent with a finite loss (after {good_step} updates)"
+                    )
+        if not kept:
+            for latent, at in ((last_good, good_step), (self.w0, 0)):
+                with torch.no_grad():
+                    image = self.generator.synthesize(latent)
+                if _all_finite(latent, image):
+                    edited, edited_step, edited_image = latent, at, image
+                    break
+            final_record = history[edited_step] if edited_step < len(history) else None
         files: list[Path] = list(self.generator.files())
         for term in [*self.guidances, *self.regularizers]:
             files.extend(term.plugin.files())
@@ -444,12 +531,24 @@ class Editor:
             source_latent=self.w0.detach().cpu(),
             edited_latent=edited.detach().cpu(),
             source_image=self.view(self.image0).cpu(),
-            edited_image=self.view(edited_image).cpu(),
+            edited_image=None if edited_image is None else self.view(edited_image).cpu(),
             history=history,
             step_seconds=seconds,
             seeds=self.seeds,
             files=files,
+            edited_step=edited_step,
+            final_losses=final_record,
+            error=error,
         )
+
+
+def _all_finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split())
+    return text[: limit - 3] + "..." if len(text) > limit else text
 
 
 def _record(

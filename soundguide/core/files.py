@@ -6,20 +6,36 @@ import functools
 import hashlib
 import io
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
+def create_temporary(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, empty file ``.<name>.<random>.tmp`` in ``folder``: (descriptor, path).
+
+    Created with mode 0o666 so the user's umask decides its permissions, as for
+    any file a program writes (``tempfile.mkstemp`` would make it 0o600).
+    """
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file for {name} in {folder}")
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWriter], Any]) -> Path:
     """Call ``write(fh)`` on a temporary file next to ``path``, then rename it into place.
 
-    A crash or Ctrl-C never leaves a half-written file under the final name.
+    A crash or Ctrl-C never leaves a half-written file under the final name,
+    and a failed write (a full disk) leaves an earlier file of that name as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temporary(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -27,7 +43,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return path
 
 

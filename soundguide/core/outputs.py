@@ -1,4 +1,4 @@
-"""Writing a run's outputs: images, grids, latents, the GIF and ``run.json``.
+"""Writing a run's outputs: images, grids, latents, the loss log, the GIF and ``run.json``.
 
 Layout of an output folder::
 
@@ -7,22 +7,31 @@ Layout of an output folder::
     comparison.png      source | edited, one row per batch item
     latent_source.pt    (n, L, D) float tensor, torch.load(weights_only=True)
     latent_edited.pt    (n, L, D)
-    run.json            resolved config, seeds, versions, files + sha256, losses, timings
+    losses.csv          one row per step and batch item: step, item, lr, total, each term
+    run.json            status, resolved config, seeds, versions, files + sha256, final losses
     steps/NNNNN.pt|png  every ``save_every`` updates (NNNNN = updates done)
     trajectory.gif      optional
 
-Every file is written to a temporary name and renamed, so a crash or Ctrl-C
-never leaves a half-written file under a final name.
+Every file but the loss log is written to a temporary name and renamed, so a
+crash or Ctrl-C never leaves a half-written file under a final name;
+``losses.csv`` is appended to step by step and holds complete rows up to the
+last step logged. ``run.json`` is written last: a folder whose ``run.json``
+exists holds a complete run (whatever its status).
+
+A write that fails (a full disk) never loses what was already written:
+:meth:`RunWriter.write_result` tries every file, then raises one
+:class:`OutputError` naming the files that are missing.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import importlib.metadata
 import json
+import math
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,16 +41,8 @@ from PIL import Image
 
 from soundguide.core.errors import OutputError
 from soundguide.core.files import atomic_write, atomic_write_text, sha256_file
+from soundguide.core.runfolder import STEPS_DIR
 
-OUTPUT_FILES = (
-    "source.png",
-    "edited.png",
-    "comparison.png",
-    "latent_source.pt",
-    "latent_edited.pt",
-    "run.json",
-    "trajectory.gif",
-)
 VERSIONED_PACKAGES = (
     "soundguide",
     "torch",
@@ -125,35 +126,23 @@ def file_records(paths: list[Path]) -> list[dict[str, Any]]:
     return records
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (``run.json`` is strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
 class RunWriter:
-    """Owns an output folder: refuses a non-empty one unless ``overwrite``."""
+    """Writes a run's results into its folder (opened by a
+    :class:`~soundguide.core.runfolder.RunFolder` for this run)."""
 
-    def __init__(self, folder: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        self.overwrite = overwrite
-
-    def claim(self) -> None:
-        """Create the folder, or check that it may be written to (call before a long run)."""
-        folder = self.folder
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"output path exists and is not a folder: {folder}")
-        if folder.is_dir() and any(folder.iterdir()):
-            if not self.overwrite:
-                raise OutputError(
-                    f"output folder is not empty: {folder}",
-                    hint="pass --overwrite to replace its outputs, or choose another --out",
-                )
-            # stale step files from an earlier run must not mix with this run's
-            shutil.rmtree(folder / "steps", ignore_errors=True)
-            for name in OUTPUT_FILES:
-                (folder / name).unlink(missing_ok=True)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create output folder {folder}: {exc}") from None
-
-    def step_writer(self, save_every: int, gif: bool, steps: int) -> StepWriter:
-        return StepWriter(self.folder, save_every=save_every, gif=gif, steps=steps)
 
     def write_result(
         self,
@@ -162,63 +151,168 @@ class RunWriter:
         *,
         device: str,
         extra: dict[str, Any] | None = None,
+        recorders: tuple[Any, ...] = (),
     ) -> dict[str, Path]:
-        """Write the images, latents and run.json of a finished (or stopped) run."""
+        """Write the latents, images and ``run.json`` of a finished (or stopped) run.
+
+        ``recorders`` (a :class:`StepWriter`, a :class:`LossLog`) are finished
+        here and their failures reported with the rest. Every file is tried,
+        the most valuable first; ``run.json`` comes last and lists what is
+        missing. Raises :class:`OutputError` naming the missing files when any
+        write failed (during the run or now).
+        """
         f = self.folder
-        written = {
-            "source.png": save_png(f / "source.png", batch_column(result.source_image)),
-            "edited.png": save_png(f / "edited.png", batch_column(result.edited_image)),
-            "comparison.png": save_png(
-                f / "comparison.png",
-                grid(
-                    [[s, e] for s, e in zip(result.source_image, result.edited_image, strict=True)]
+        jobs: list[tuple[str, Any]] = [
+            ("latent_edited.pt", lambda: save_tensor(f / "latent_edited.pt", result.edited_latent)),
+            ("latent_source.pt", lambda: save_tensor(f / "latent_source.pt", result.source_latent)),
+        ]
+        if result.edited_image is not None:
+            jobs += [
+                (
+                    "edited.png",
+                    lambda: save_png(f / "edited.png", batch_column(result.edited_image)),
                 ),
-            ),
-            "latent_source.pt": save_tensor(f / "latent_source.pt", result.source_latent),
-            "latent_edited.pt": save_tensor(f / "latent_edited.pt", result.edited_latent),
-        }
+                (
+                    "source.png",
+                    lambda: save_png(f / "source.png", batch_column(result.source_image)),
+                ),
+                (
+                    "comparison.png",
+                    lambda: save_png(
+                        f / "comparison.png",
+                        grid(
+                            [
+                                [s, e]
+                                for s, e in zip(
+                                    result.source_image, result.edited_image, strict=True
+                                )
+                            ]
+                        ),
+                    ),
+                ),
+            ]
+        written: dict[str, Path] = {}
+        failed: dict[str, str] = {}
+        for recorder in recorders:
+            path = _attempt(recorder.finish, failed, getattr(recorder, "name", "outputs"))
+            if path is not None:
+                written[path.name] = path
+        for name, job in jobs:
+            path = _attempt(job, failed, name)
+            if path is not None:
+                written[name] = path
+        for recorder in recorders:
+            failed.update(recorder.failures)
+        manifest = self.manifest(result, config, device=device, extra=extra, missing=failed)
+        text = json.dumps(finite_json(manifest), indent=2, allow_nan=False) + "\n"
+        path = _attempt(lambda: atomic_write_text(f / "run.json", text), failed, "run.json")
+        if path is not None:
+            written["run.json"] = path
+        if failed:
+            kept = ", ".join(sorted(written)) or "nothing"
+            reasons = sorted(set(failed.values()))
+            raise OutputError(
+                f"could not write {', '.join(failed)} in {f} ({'; '.join(reasons)}); kept: {kept}",
+                hint="free some space (or fix the folder) and run again into a new --out",
+            )
+        return written
+
+    def manifest(
+        self,
+        result: Any,
+        config: Any,
+        *,
+        device: str,
+        extra: dict[str, Any] | None = None,
+        missing: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """What ``run.json`` holds: small whatever the number of steps (per-step
+        losses are in ``losses.csv``)."""
         seconds = result.step_seconds
-        manifest = {
+        resolved = config.model_dump(mode="json")
+        resolved.setdefault("output", {})["dir"] = str(self.folder.resolve())
+        history = result.history
+        return {
             "status": result.status,
             "message": result.message,
             "steps_done": result.steps_done,
+            "edited_step": result.edited_step,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": sys.argv,
+            "output_dir": str(self.folder.resolve()),
             "device": device,
             "seeds": result.seeds,
-            "config": config.model_dump(mode="json"),
+            "config": resolved,
             "versions": package_versions(),
             "files": file_records(result.files),
             "seconds_per_step": (sum(seconds) / len(seconds)) if seconds else None,
-            "step_seconds": seconds,
-            "losses": result.history,
+            "seconds": sum(seconds),
+            "losses": {
+                "first": history[0] if history else None,
+                "final": result.final_losses,
+                "log": "losses.csv",
+            },
+            "missing": dict(missing or {}),
             **(extra or {}),
         }
-        written["run.json"] = atomic_write_text(
-            f / "run.json", json.dumps(manifest, indent=2) + "\n"
-        )
-        return written
+
+
+def _attempt(job: Any, failed: dict[str, str], name: str) -> Path | None:
+    try:
+        return job()
+    except OSError as exc:
+        failed[name] = _reason(exc)
+        return None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 class StepWriter:
     """Step-event subscriber: ``steps/NNNNN.pt`` and ``.png`` every ``save_every`` updates,
-    and the frames of ``trajectory.gif``."""
+    and the frames of ``trajectory.gif`` (written by :meth:`finish`).
+
+    A write that fails stops the saving, records the file under :attr:`failures`
+    and calls ``on_error(message)`` (the edit uses it to stop the run between
+    two steps, so the final outputs are written while there is room).
+    """
+
+    name = "trajectory.gif"
 
     def __init__(
-        self, folder: Path, *, save_every: int, gif: bool, steps: int, max_frame: int = 256
+        self,
+        folder: Path,
+        *,
+        save_every: int,
+        gif: bool,
+        steps: int,
+        max_frame: int = 256,
+        on_error: Any = None,
     ):
-        self.folder = folder
+        self.folder = Path(folder)
         self.save_every = save_every
         self.gif = gif
         self.frame_every = save_every if save_every > 0 else max(1, steps // 50)
         self.max_frame = max_frame
         self.frames: list[Image.Image] = []
+        self.failures: dict[str, str] = {}
+        self.on_error = on_error
 
     def __call__(self, event: Any) -> None:
-        if self.save_every > 0 and (event.step % self.save_every == 0 or event.final):
-            name = f"{event.step:05d}"
-            save_tensor(self.folder / "steps" / f"{name}.pt", event.latent)
-            save_png(self.folder / "steps" / f"{name}.png", batch_column(event.image))
+        if (
+            self.save_every > 0
+            and not self.failures
+            and (event.step % self.save_every == 0 or event.final)
+        ):
+            name = f"{STEPS_DIR}/{event.step:05d}"
+            try:
+                save_tensor(self.folder / f"{name}.pt", event.latent)
+                save_png(self.folder / f"{name}.png", batch_column(event.image))
+            except OSError as exc:
+                self.failures[f"{name}.pt|png and later steps"] = _reason(exc)
+                if self.on_error is not None:
+                    self.on_error(f"could not write {name}.png in {self.folder}: {_reason(exc)}")
         if self.gif and (event.step % self.frame_every == 0 or event.final):
             frame = batch_column(event.image)
             frame.thumbnail((self.max_frame, self.max_frame * len(event.image)))
@@ -234,3 +328,66 @@ class StepWriter:
                 fh, format="GIF", save_all=True, append_images=rest, duration=80, loop=0
             ),
         )
+
+
+class LossLog:
+    """Step-event subscriber appending ``losses.csv``: one row per step and batch item.
+
+    Columns: ``step`` (updates done), ``item``, ``lr`` (of the update about to
+    happen; empty for the final row), ``total``, then one column per weighted
+    term. Rows are flushed every step, so a stopped run keeps its log.
+    """
+
+    name = "losses.csv"
+
+    def __init__(self, path: Path, *, on_error: Any = None) -> None:
+        self.path = Path(path)
+        self.on_error = on_error
+        self.failures: dict[str, str] = {}
+        self._fh: Any = None
+        self._writer: Any = None
+        self._columns: list[str] = []
+
+    def __call__(self, event: Any) -> None:
+        if self.failures:
+            return
+        values = {k: v.detach().float().cpu().tolist() for k, v in event.losses.items()}
+        lr = "" if event.lr is None else repr(float(event.lr))
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+                self._writer = csv.writer(self._fh)
+                self._columns = [k for k in values if k != "total"]
+                self._writer.writerow(["step", "item", "lr", "total", *self._columns])
+            for i, total in enumerate(values["total"]):
+                self._writer.writerow(
+                    [
+                        event.step,
+                        i,
+                        lr,
+                        _number(total),
+                        *(_number(values[k][i]) for k in self._columns),
+                    ]
+                )
+            self._fh.flush()
+        except OSError as exc:
+            self.failures[f"losses.csv (from step {event.step})"] = _reason(exc)
+            self._close()
+            if self.on_error is not None:
+                self.on_error(f"could not write {self.path}: {_reason(exc)}")
+
+    def finish(self) -> Path | None:
+        self._close()
+        return self.path if self.path.exists() and not self.failures else None
+
+    def _close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
+
+
+def _number(value: float) -> str:
+    return repr(float(value))

@@ -287,7 +287,11 @@ def test_edit_from_a_toml_file_writes_every_output(registries, write_config, tmp
     assert manifest["seeds"] == [7]
     assert manifest["config"]["guidance"][1]["weight"] == 0.5
     assert manifest["versions"]["torch"] == importlib.metadata.version("torch")
-    assert len(manifest["losses"]) == 13 and "latent_l2" in manifest["losses"][0]["terms"]
+    assert manifest["losses"]["final"]["step"] == 12
+    assert "latent_l2" in manifest["losses"]["first"]["terms"]
+    rows = (out / "losses.csv").read_text().splitlines()
+    assert rows[0] == "step,item,lr,total,toy-target[0],toy-target[1],latent_l2"
+    assert len(rows) == 1 + 13  # one row per latent: 0..12 updates, one batch item
     assert manifest["seconds_per_step"] > 0
 
 

@@ -5,7 +5,8 @@ import torch
 
 from soundguide.core.errors import OutputError
 from soundguide.core.files import atomic_write
-from soundguide.core.outputs import RunWriter, grid, to_pil
+from soundguide.core.outputs import grid, to_pil
+from soundguide.core.runfolder import RunFolder
 
 
 def test_to_pil_maps_minus_one_to_one_onto_bytes():
@@ -29,12 +30,13 @@ def test_grid_layout():
 def test_non_empty_folder_is_refused_without_overwrite(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(OutputError, match="output folder is not empty") as info:
-        RunWriter(tmp_path).claim()
+        RunFolder(tmp_path).open()
     assert "--overwrite" in info.value.hint
     (tmp_path / "steps").mkdir()
     (tmp_path / "steps" / "00001.pt").write_text("stale")
     (tmp_path / "edited.png").write_text("stale")
-    RunWriter(tmp_path, overwrite=True).claim()
+    with RunFolder(tmp_path, overwrite=True):
+        pass
     # stale outputs of an earlier run are removed; other files are kept
     assert not (tmp_path / "steps").exists() and not (tmp_path / "edited.png").exists()
     assert (tmp_path / "keep.txt").exists()
@@ -43,7 +45,7 @@ def test_non_empty_folder_is_refused_without_overwrite(tmp_path):
 def test_output_path_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputError, match="not a folder"):
-        RunWriter(tmp_path / "f").claim()
+        RunFolder(tmp_path / "f").open()
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):

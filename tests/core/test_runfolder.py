@@ -1,0 +1,199 @@
+"""RunFolder: one run per folder (lock), writability found first, --overwrite keeps the
+user's files, and a failed start leaves nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from soundguide.core import runfolder
+from soundguide.core.errors import OutputError
+from soundguide.core.runfolder import LOCK_NAME, RunFolder, is_own_file
+
+
+def test_lock_is_held_while_open_and_released_on_close(tmp_path):
+    out = tmp_path / "out"
+    with RunFolder(out) as folder:
+        holder = json.loads((out / LOCK_NAME).read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(
+            OutputError, match=rf"another soundguide run \(pid {os.getpid()}"
+        ) as info:
+            RunFolder(out).open()
+        assert "another --out" in info.value.hint
+        assert folder.locked
+    assert not (out / LOCK_NAME).exists()
+    with RunFolder(out):  # free again
+        pass
+
+
+def test_second_run_is_refused_even_with_overwrite(tmp_path):
+    with RunFolder(tmp_path / "out"):
+        with pytest.raises(OutputError, match="another soundguide run"):
+            RunFolder(tmp_path / "out", overwrite=True).open()
+
+
+def test_lock_of_a_dead_process_does_not_block(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    # a lock file left by a run killed with SIGKILL: nobody holds the flock
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 999999999, "host": "x"}) + "\n")
+    with RunFolder(out):  # the stale lock alone does not make the folder "not empty"
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_lock_held_by_another_process_names_its_pid_and_goes_with_it(tmp_path):
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from soundguide.core.runfolder import RunFolder; "
+            f"RunFolder({str(out)!r}).open(); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError, match=rf"\(pid {child.pid}"):
+            RunFolder(out).open()
+    finally:
+        child.kill()  # SIGKILL: no clean-up runs in the child
+        child.wait()
+    assert (out / LOCK_NAME).exists()  # left behind by the killed run ...
+    with RunFolder(out):  # ... but the operating system released its lock
+        pass
+
+
+def test_overwrite_removes_only_soundguides_files(tmp_path):
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    for name in ("00003.pt", "00003.png", "notes.txt", "my-best.pt"):
+        (steps / name).write_text("x")
+    for name in ("edited.png", "run.json", "losses.csv", ".edited.png.0a1b2c3d.tmp", "mine.png"):
+        (tmp_path / name).write_text("x")
+    with RunFolder(tmp_path, overwrite=True):
+        pass
+    assert sorted(p.name for p in steps.iterdir()) == ["my-best.pt", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.png", "steps"]
+
+
+def test_overwrite_removes_an_emptied_steps_folder(tmp_path):
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "00000.pt").write_text("x")
+    with RunFolder(tmp_path, overwrite=True):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("relative", "own"),
+    [
+        ("run.json", True),
+        ("losses.csv", True),
+        ("steps/00012.png", True),
+        ("steps/123456.pt", True),
+        ("steps/12.pt", False),
+        ("steps/notes.txt", False),
+        ("notes/run.json", False),
+        (".run.json.deadbeef.tmp", True),
+        (".bashrc", False),
+    ],
+)
+def test_is_own_file(relative, own):
+    assert is_own_file(relative) is own
+
+
+def test_failed_start_removes_the_folders_it_created(tmp_path):
+    folder = RunFolder(tmp_path / "a" / "b" / "c")
+    folder.open()
+    assert (tmp_path / "a" / "b" / "c").is_dir()
+    folder.close(keep=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_start_keeps_a_folder_that_existed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    folder = RunFolder(out)
+    folder.open()
+    folder.close(keep=False)
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_failed_start_keeps_what_was_written(tmp_path):
+    folder = RunFolder(tmp_path / "a" / "b")
+    folder.open()
+    (tmp_path / "a" / "b" / "steps").mkdir()
+    (tmp_path / "a" / "b" / "steps" / "00000.pt").write_text("x")
+    folder.close(keep=False)
+    assert (tmp_path / "a" / "b" / "steps" / "00000.pt").exists()
+
+
+def test_refused_folder_is_not_left_behind(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    with pytest.raises(OutputError, match="not empty"):
+        RunFolder(tmp_path / "taken").open()
+    assert not (tmp_path / "taken" / LOCK_NAME).exists()
+
+
+def test_path_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        RunFolder(tmp_path / "f").open()
+    with pytest.raises(OutputError, match="cannot create output folder"):
+        RunFolder(tmp_path / "f" / "sub").open()
+
+
+@pytest.mark.parametrize("path", ["/proc/soundguide-test", "/proc/self", "/sys/kernel", "/sys/kernel/sg"])
+def test_system_folders_are_refused(path):
+    if not Path(path).parent.exists():
+        pytest.skip(f"no {Path(path).parent} here")
+    with pytest.raises(OutputError, match="cannot (create|write to) output folder"):
+        RunFolder(path, overwrite=True).open()
+
+
+def test_read_only_folder_is_found_by_the_probe(tmp_path, monkeypatch):
+    # root ignores file modes, so a read-only mount is simulated at the lock's open()
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).startswith(str(tmp_path)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(runfolder.os, "open", read_only)
+    out = tmp_path / "ro"
+    out.mkdir()
+    with pytest.raises(OutputError, match="cannot write to output folder .*Read-only file system"):
+        RunFolder(out).open()
+
+
+def test_full_disk_is_found_by_the_probe(tmp_path, monkeypatch):
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runfolder.os, "pwrite", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        RunFolder(tmp_path / "out").open()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file modes")
+def test_read_only_folder_by_mode(tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="cannot write to output folder"):
+            RunFolder(out).open()
+    finally:
+        out.chmod(0o755)
