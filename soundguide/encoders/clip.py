@@ -33,6 +33,7 @@ from torch import nn
 
 from soundguide.core.checkpoints import load_checkpoint
 from soundguide.core.errors import CheckpointError, ConfigError, ImageError, WeightsError
+from soundguide.core.torchscript import read_torchscript_state_dict
 from soundguide.encoders.clip_model import (
     CLIP,
     METADATA_KEYS,
@@ -161,11 +162,20 @@ def read_clip_state(
 ) -> dict[str, torch.Tensor]:
     """The state dict of a CLIP file: a TorchScript archive or a (wrapped) state dict.
 
-    Plain zip-format files are memory-mapped: weights that are never used
-    (the text tower of an image-only run) are never read.
+    TorchScript archives (OpenAI's files) are read by
+    :func:`~soundguide.core.torchscript.read_torchscript_state_dict`, which
+    never runs the archive's code; only with ``trust`` does an archive it
+    refuses go to ``torch.jit.load``, which runs it. Both kinds of file are
+    memory-mapped: weights that are never used (the text tower of an
+    image-only run) are never read.
     """
     path = Path(path)
     if _is_torchscript(path):
+        try:
+            return read_torchscript_state_dict(path)
+        except CheckpointError:
+            if not trust:
+                raise
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated

@@ -22,6 +22,7 @@ from soundguide.encoders.clip import (
     paper_pool_matrix,
     paper_preprocess,
     random_cutouts,
+    read_clip_state,
 )
 from soundguide.encoders.clip_model import CLIP
 
@@ -84,6 +85,44 @@ def reference() -> nn.Module:
 def model(reference) -> CLIP:
     """soundguide's CLIP holding the reference's weights."""
     return build_clip(reference.state_dict())
+
+
+def jit_load(path) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load is deprecated
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def save_traced(reference: nn.Module, path):
+    """``reference`` traced and saved as OpenAI distributes CLIP: a TorchScript archive
+    (with metadata integers beside the weights)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(
+            reference, (torch.zeros(1, 3, 224, 224), clip.tokenize(["a"])), check_trace=False
+        )
+        traced.save(str(path))
+    return path
+
+
+class DoublesOnLoad(nn.Module):
+    """A module whose TorchScript ``__setstate__`` has an effect: it doubles its weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3))
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        self.weight = state[0] * 2
+        self.training = state[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
 
 
 def literal_paper(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -340,14 +379,7 @@ class TestLoadClip:
             assert torch.equal(value, ours[key]), key  # clip.model.build_model rounds to float16
 
     def test_torchscript_archive(self, tmp_path, reference):
-        # OpenAI distributes traced modules, with metadata integers beside the weights
-        path = tmp_path / "tiny-jit.pt"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(
-                reference, (torch.zeros(1, 3, 224, 224), clip.tokenize(["a"])), check_trace=False
-            )
-            traced.save(str(path))
+        path = save_traced(reference, tmp_path / "tiny-jit.pt")
         for lazy in (False, True):
             encoder = CLIPEncoder.load(path, preprocess="clip", lazy_text=lazy)
             assert isinstance(encoder.model, CLIP) and encoder.model.has_text is not lazy
@@ -360,6 +392,41 @@ class TestLoadClip:
                 torch.testing.assert_close(
                     encoder.encode_text("a dog"), reference.encode_text(clip.tokenize("a dog"))
                 )
+
+    def test_torchscript_archive_is_read_without_running_it(self, tmp_path, reference, monkeypatch):
+        path = save_traced(reference, tmp_path / "tiny-jit.pt")
+        expected = dict(jit_load(path).state_dict())
+
+        def run_code(*args, **kwargs):
+            raise AssertionError("torch.jit.load runs the archive's code")
+
+        monkeypatch.setattr(torch.jit, "load", run_code)
+        state = read_clip_state(path)  # trust=False
+        assert list(state) == list(expected)
+        assert all(torch.equal(state[k], v) for k, v in expected.items())
+        loaded = load_clip(path)
+        image = torch.rand(2, 3, 224, 224) * 2 - 1
+        tokens = clip.tokenize(["a dog", "rain on a roof"])
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.encode_image(image), reference.encode_image(image))
+            torch.testing.assert_close(loaded.encode_text(tokens), reference.encode_text(tokens))
+
+    def test_archive_restoring_itself_with_code_needs_trust(self, tmp_path):
+        module = DoublesOnLoad()
+        path = tmp_path / "code.pt"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.script(module).save(str(path))
+        with pytest.raises(CheckpointError) as info:
+            read_clip_state(path)
+        assert "__setstate__" in str(info.value) and str(path) in str(info.value)
+        assert (
+            info.value.hint
+            == "if you trust this file, pass --trust-checkpoint (trust=True in Python)"
+        )
+        # trusted, torch.jit.load reads it, running its code (which doubles the weight)
+        state = read_clip_state(path, trust=True)
+        assert torch.equal(state["weight"], 2 * module.weight.detach())
 
     def test_half_precision_on_request(self, tmp_path, model):
         path = tmp_path / "tiny.pt"
