@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import pickle
+import pickletools
 import re
 import tempfile
 import urllib.error
@@ -64,7 +65,10 @@ def load_checkpoint(
 
     Only tensors, plain containers and ``argparse.Namespace`` are allowed unless
     ``trust`` is true. Raises :class:`CheckpointError` with one line naming the
-    file and, for a refused pickle, the global it wanted to load.
+    file and, for a refused pickle, the global it wanted to load. Files that
+    are no checkpoint at all say so first, whatever ``trust`` says, from their
+    first bytes: a web page saved by a failed download (a file host's quota or
+    sign-in page), a zip or pickle cut short (an incomplete download or copy).
 
     ``mmap``: tensors of a zip-format file are mapped from the file rather than
     read, so weights that are never touched never take memory (ignored for
@@ -77,6 +81,14 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint is a directory, not a file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    head = _head(path)
+    if _is_html(head):
+        raise CheckpointError(
+            f"checkpoint {path} is an HTML page, not a checkpoint: the download failed",
+            hint="delete it and retry the download",
+        )
+    if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        raise _damaged(path)
     options: dict[str, Any] = {"map_location": map_location}
     if mmap and str(map_location) == "cpu" and zipfile.is_zipfile(path):
         options["mmap"] = True
@@ -84,13 +96,13 @@ def load_checkpoint(
         try:
             return torch.load(path, weights_only=False, **options)
         except Exception as exc:  # a trusted file can still be corrupt
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}"
-            ) from None
+            raise _unreadable(path, head, exc) from None
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, weights_only=True, **options)
     except pickle.UnpicklingError as exc:
+        if _cut_short(path, head, exc):
+            raise _damaged(path) from None
         text = str(exc)
         names = _unsafe_globals(path) if zipfile.is_zipfile(path) else []
         if not names:
@@ -101,6 +113,8 @@ def load_checkpoint(
                 "which could run arbitrary code",
                 hint="if you trust this file, pass --trust-checkpoint (trust=True in Python)",
             ) from None
+        if _is_text(head):
+            raise _text_file(path, head) from None
         detail = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n\n|$)", text, re.S)
         raise CheckpointError(
             f"cannot read checkpoint {path} safely: "
@@ -108,9 +122,126 @@ def load_checkpoint(
             hint="if the file is a checkpoint you trust, pass --trust-checkpoint (trust=True in Python)",
         ) from None
     except Exception as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}"
-        ) from None
+        raise _unreadable(path, head, exc) from None
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_HEAD_BYTES = 512
+_MARKUP = ("<!doctype", "<html", "<?xml", "<head", "<body", "<!--", "<meta", "<title", "<script")
+"""How the pages that file hosts answer with (quota, sign-in, error pages) begin."""
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+_LEGACY_MAGIC = str(0x1950A86A20F9469CFC6C).encode()  # torch's legacy magic number, as text
+_TRUNCATION = re.compile(
+    r"unexpected EOF|ran out of input|truncated|PytorchStreamReader failed", re.I
+)
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a file: enough to tell a web page or a cut zip from a checkpoint."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+
+
+def _head_text(head: bytes) -> str | None:
+    """The first bytes as text (a byte-order mark dropped), or None when they are binary."""
+    encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
+    for bom in _BOMS:
+        if head.startswith(bom):
+            head = head[len(bom) :]
+            break
+    try:
+        text = head.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not a character cut at the end of the sniffed bytes
+            return None
+        text = head[: exc.start].decode(encoding)
+    if any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):
+        return None
+    return text
+
+
+def _is_html(head: bytes) -> bool:
+    text = _head_text(head)
+    return text is not None and text.lstrip().lower().startswith(_MARKUP)
+
+
+def _is_text(head: bytes) -> bool:
+    if _LEGACY_MAGIC in head[:32]:  # a legacy torch file pickled with protocol 0 is text too
+        return False
+    text = _head_text(head)
+    return bool(text and text.strip())
+
+
+def _text_file(path: Path, head: bytes) -> CheckpointError:
+    first = (_head_text(head) or "").strip().splitlines()[0]
+    return CheckpointError(
+        f"cannot read checkpoint {path}: it is a text file, not a checkpoint "
+        f"(it begins {_short(first, 60)!r})",
+        hint="a failed download saves the server's answer: delete it and retry the download",
+    )
+
+
+def _damaged(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is truncated or corrupt ({path.stat().st_size} bytes): "
+        "an incomplete download or copy",
+        hint="delete it and download or copy it again",
+    )
+
+
+def _unreadable(path: Path, head: bytes, exc: Exception) -> CheckpointError:
+    """The error for a file torch.load could not read: cut short, text, or otherwise."""
+    if _cut_short(path, head, exc):
+        return _damaged(path)
+    if _is_text(head):
+        return _text_file(path, head)
+    return CheckpointError(
+        f"cannot read checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}"
+    )
+
+
+def _cut_short(path: Path, head: bytes, exc: Exception) -> bool:
+    """Whether a torch file failed to load because it is incomplete or damaged.
+
+    Torch says so for missing bytes of a zip record or a legacy file's
+    storages; a pickle cut short is found by walking its opcodes (without
+    running any: ``pickletools``), which a refused global of a truncated
+    pickle would otherwise hide.
+    """
+    if not (head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80"):
+        return False
+    if isinstance(exc, EOFError) or _TRUNCATION.search(str(exc)):
+        return True
+    try:
+        if head.startswith(_ZIP_MAGIC):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+                if names:
+                    for _ in pickletools.genops(archive.read(names[0])):
+                        pass
+        else:
+            # a legacy file: magic number, protocol, system info, the object, storage keys
+            with open(path, "rb") as file:
+                for _ in range(5):
+                    if not file.read(1):  # ends between pickles: not cut inside one
+                        break
+                    file.seek(-1, os.SEEK_CUR)
+                    for _ in pickletools.genops(file):
+                        pass
+    except Exception:
+        return True
+    return False
+
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -198,12 +329,30 @@ class WeightsRegistry:
         return self.folder / "pins.json"
 
     def pins(self) -> dict[str, str]:
+        """File name -> sha256 pinned on first download (``pins.json``; {} when there is none)."""
+        path = self._pins_path()
         try:
-            return json.loads(self._pins_path().read_text())
+            pins = json.loads(path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot read {self._pins_path()}: {exc}") from None
+            raise WeightsError(f"cannot read {path}: {exc}") from None
+        if not isinstance(pins, dict):
+            found = f"a JSON {_json_kind(pins)}"
+        else:
+            bad = [
+                f"{k!r}: {_short(json.dumps(v), 40)}"
+                for k, v in pins.items()
+                if not (isinstance(v, str) and _SHA256.fullmatch(v))
+            ]
+            if not bad:
+                return {k: v.lower() for k, v in pins.items()}
+            found = names_preview(bad, 2)
+        raise WeightsError(
+            f"{path} is not a pins file: expected a JSON object of file name -> sha256 "
+            f"(64 hex digits), found {found}",
+            hint="fix it, or delete it (the next download of a file pins it again)",
+        )
 
     def _pin(self, entry: KnownWeights, digest: str) -> None:
         pins = self.pins()

@@ -5,6 +5,9 @@ import hashlib
 import json
 import os
 import pickle
+import random
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,8 +72,8 @@ class TestLoadCheckpoint:
         [
             (None, "checkpoint not found"),
             (b"", "checkpoint is empty"),
-            (os.urandom(64), "cannot read checkpoint"),
-            (b"PK\x03\x04truncated zip", "cannot read checkpoint"),
+            (random.Random(0).randbytes(64), "cannot read checkpoint"),
+            (b"PK\x03\x04truncated zip", "is truncated or corrupt"),
         ],
     )
     def test_bad_files(self, tmp_path, content, message):
@@ -84,6 +87,110 @@ class TestLoadCheckpoint:
     def test_directory(self, tmp_path):
         with pytest.raises(CheckpointError, match="is a directory"):
             load_checkpoint(tmp_path)
+
+    @pytest.mark.parametrize("trust", [False, True])
+    @pytest.mark.parametrize(
+        "page",
+        [
+            b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title>",
+            b"\n\n  <html lang='en'><body>Too many users have viewed or downloaded this file",
+            b"\xef\xbb\xbf<!doctype html>\r\n<html>",
+            "\ufeff<html><head>".encode("utf-16"),
+            b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code></Error>',
+            b"<head><meta http-equiv='refresh' content='0; url=https://example.com/confirm'>",
+        ],
+        ids=["doctype", "whitespace", "utf8-bom", "utf16", "xml", "head"],
+    )
+    def test_html_page_saved_as_checkpoint(self, tmp_path, page, trust):
+        path = tmp_path / "landscape.pt"
+        path.write_bytes(page + b" " * 100_000 + b"</html>")
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path, trust=trust)
+        assert str(info.value) == (
+            f"checkpoint {path} is an HTML page, not a checkpoint: the download failed"
+        )
+        assert info.value.hint == "delete it and retry the download"
+
+    @pytest.mark.parametrize("trust", [False, True])
+    def test_other_text_saved_as_checkpoint(self, tmp_path, trust):
+        path = tmp_path / "model.pt"
+        path.write_text("404: Not Found\nThe file you asked for does not exist.\n")
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path, trust=trust)
+        message = str(info.value)
+        assert f"cannot read checkpoint {path}: it is a text file, not a checkpoint" in message
+        assert "404: Not Found" in message and "\n" not in message
+        assert "retry the download" in info.value.hint
+        assert "--trust-checkpoint" not in info.value.hint
+
+    @pytest.mark.parametrize("trust", [False, True])
+    def test_legacy_text_pickle_is_not_called_a_text_file(self, tmp_path, trust):
+        # torch.save(pickle_protocol=0) in the legacy format writes text pickles (that torch
+        # 2.x cannot read back): the error must be torch's, not "a text file"
+        path = tmp_path / "old.pt"
+        state = {f"layer{i}.weight": torch.ones(2) for i in range(20)}
+        torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=0)
+        assert path.read_bytes()[:1000].isascii()
+        with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
+            load_checkpoint(path, trust=trust)
+        assert "text file" not in str(info.value)
+
+    @pytest.mark.parametrize("trust", [False, True])
+    @pytest.mark.parametrize("keep", [0.005, 0.5, -1])
+    @pytest.mark.parametrize("legacy", [False, True])
+    def test_truncated_file(self, tmp_path, legacy, keep, trust):
+        source = tmp_path / "whole.pt"
+        torch.save(
+            {"g_ema": {"w": torch.randn(64, 64)}, "b": torch.randn(8)},
+            source,
+            _use_new_zipfile_serialization=not legacy,
+        )
+        data = source.read_bytes()
+        path = tmp_path / "cut.pt"
+        path.write_bytes(data[: int(len(data) * keep) if keep > 0 else keep])
+        assert_damaged(path, trust)
+
+    @pytest.mark.parametrize("trust", [False, True])
+    def test_legacy_pickle_cut_inside_a_global_is_not_called_unsafe(self, tmp_path, trust):
+        # cut in the middle of GLOBAL 'collections OrderedDict', the pickle seems to ask
+        # for 'collections.Ordere': it is truncated, not malicious
+        source = tmp_path / "whole.pt"
+        torch.save({"w": torch.ones(3)}, source, _use_new_zipfile_serialization=False)
+        data = source.read_bytes()
+        path = tmp_path / "cut.pt"
+        path.write_bytes(
+            data[: data.index(b"collections\nOrderedDict") + len(b"collections\nOrde")]
+        )
+        assert_damaged(path, trust)
+
+    @pytest.mark.parametrize("trust", [False, True])
+    @pytest.mark.parametrize("damage", ["data.pkl", "record header"])
+    def test_damaged_zip(self, tmp_path, damage, trust):
+        # the end of the file is intact (it is a zip), what is inside is not
+        source = tmp_path / "whole.pt"
+        torch.save({"w": torch.randn(32, 32)}, source)
+        data = bytearray(source.read_bytes())
+        with zipfile.ZipFile(source) as archive:
+            if damage == "data.pkl":
+                info = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
+                start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+                data[start + 2 : start + 40] = b"\x00" * 38
+            else:
+                info = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+                data[info.header_offset : info.header_offset + 4] = b"XXXX"
+        path = tmp_path / "damaged.pt"
+        path.write_bytes(bytes(data))
+        assert zipfile.is_zipfile(path)
+        assert_damaged(path, trust)
+
+
+def assert_damaged(path: Path, trust: bool) -> None:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, trust=trust)
+    message = str(info.value)
+    assert f"checkpoint {path} is truncated or corrupt" in message
+    assert "an incomplete download or copy" in message and "\n" not in message
+    assert info.value.hint == "delete it and download or copy it again"
 
 
 @pytest.fixture
@@ -129,6 +236,39 @@ class TestWeightsRegistry:
         assert str(tmp_path / "home" / "weights" / "missing.pt") in message
         assert "SOUNDGUIDE_HOME" in info.value.hint
         assert not (tmp_path / "home" / "weights" / "missing.pt").exists()
+
+    @pytest.mark.parametrize(
+        "content, found",
+        [
+            ("[]", "a JSON list"),
+            ("3", "a JSON number"),
+            ('"toy.bin"', "a JSON string"),
+            ('{"toy.bin": {"sha256": "%s"}}' % ("a" * 64), "'toy.bin': {"),
+            ('{"toy.bin": "abc", "ok.bin": "%s"}' % ("a" * 64), "'toy.bin': \"abc\""),
+            ('{"toy.bin": null}', "'toy.bin': null"),
+        ],
+        ids=["list", "number", "string", "nested", "short", "null"],
+    )
+    def test_pins_of_the_wrong_form(self, served, tmp_path, content, found):
+        registry = WeightsRegistry(home=tmp_path / "home")
+        registry.add(self.entry(served))
+        pins = tmp_path / "home" / "weights" / "pins.json"
+        pins.parent.mkdir(parents=True)
+        pins.write_text(content)
+        for attempt in (registry.pins, lambda: registry.fetch("toy-model", progress=False)):
+            with pytest.raises(WeightsError) as info:
+                attempt()
+            message = str(info.value)
+            assert message.startswith(f"{pins} is not a pins file")
+            assert "expected a JSON object of file name -> sha256 (64 hex digits)" in message
+            assert found in message and "\n" not in message
+        assert not (tmp_path / "home" / "weights" / "toy.bin").exists()
+
+    def test_pins_accept_upper_case_digests(self, tmp_path):
+        registry = WeightsRegistry(home=tmp_path)
+        (tmp_path / "weights").mkdir()
+        (tmp_path / "weights" / "pins.json").write_text('{"a.pt": "%s"}' % ("AB" * 32))
+        assert registry.pins() == {"a.pt": "ab" * 32}
 
     def test_home_follows_the_environment(self, monkeypatch, tmp_path):
         monkeypatch.setenv("SOUNDGUIDE_HOME", str(tmp_path / "env-home"))
