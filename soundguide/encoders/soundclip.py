@@ -8,12 +8,27 @@ released encoder was trained and used with (librosa 0.8 + OpenCV):
    frames with *reflect* padding (librosa 0.8's default; 0.10 changed it to
    zeros), 128 Slaney mel bands with Slaney area normalization, 0 Hz to sr/2,
    power 2;
-3. ``power_to_db(S, ref=max, top_db=80) / 80 + 1``, per item, so values lie in [0, 1];
-4. time axis to exactly 864 frames: longer clips are cropped (:data:`CropPolicy`),
-   shorter ones zero-padded at the end (0 is the -80 dB floor);
+3. time axis to exactly 864 frames: longer clips are cropped (:data:`CropPolicy`),
+   or cut into windows (:meth:`SoundCLIPFrontend.windows`);
+4. ``power_to_db(S, ref=max, top_db=80) / 80 + 1`` of those 864 frames, per item,
+   so values lie in [0, 1]; shorter clips are then zero-padded at the end (0 is
+   the -80 dB floor);
 5. ``cv2.resize(S, (128, 512))``, bilinear with half-pixel centres and no
    antialiasing (OpenCV's dsize is (width, height): 128 x 864 becomes 512 x 128),
    then a plain *reshape* (not a transpose) to (1, 128, 512).
+
+The dB reference (step 4) is the loudest bin of the 864-frame window that is
+embedded, not of the whole clip as in the original code, which normalized
+before cropping. For clips of at most 864 frames (10.03 s) the two are the
+same; the encoder was trained on 10 s clips (862 frames), each normalized by
+its own maximum, which is what a window now gets; and a window's input
+depends only on the audio it covers, so a file's window is computed from that
+window's audio alone.
+
+Because frame ``f`` analyses samples ``[512 f - 1024, 512 f + 1024)`` only
+(:func:`frame_span`), :func:`embed_audio` decodes from a file just the samples
+of the window(s) it embeds, with reflect padding at the file's true edges: the
+frames equal, up to float rounding, those of the whole file's spectrogram.
 
 Shapes: waveform (B, T) -> spectrogram (B, 128, F) with F = 1 + T // 512 ->
 encoder input (B, 1, 128, 512) -> embedding (B, 512).
@@ -137,6 +152,34 @@ def spectrogram_to_input(spec: torch.Tensor) -> torch.Tensor:
     return resized.reshape(batch, *INPUT_SHAPE)
 
 
+def window_to_input(power: torch.Tensor) -> torch.Tensor:
+    """Steps 4 and 5 for one window: dB with the window's own reference, pad, resize.
+
+    Input: (B, 128, F') mel power of at most 864 frames. Output: (B, 1, 128, 512).
+    """
+    if power.shape[-1] > NUM_FRAMES:
+        raise AudioError(f"expected at most {NUM_FRAMES} frames, got {power.shape[-1]}")
+    return spectrogram_to_input(fit_frames(power_to_unit_db(power)))
+
+
+def frame_span(first: int, count: int, num_samples: int) -> tuple[int, int]:
+    """Samples ``[lo, hi)`` of a clip of ``num_samples`` samples that frames
+    ``first .. first + count - 1`` analyse.
+
+    Frame ``f`` reads samples ``[512 f - 1024, 512 f + 1024)`` of the clip
+    reflect-padded by 1024 at both ends; at an end, the padding reflects the
+    1024 samples after the first (before the last) one, so those are included.
+    """
+    half = N_FFT // 2
+    lo = max(0, first * HOP_LENGTH - half)
+    hi = min(num_samples, (first + count - 1) * HOP_LENGTH + half)
+    if hi == num_samples:  # the right edge's reflection reads [T - 1025, T - 1)
+        lo = min(lo, max(0, num_samples - half - 1))
+    if lo == 0:  # the left edge's reflection reads [1, 1025)
+        hi = max(hi, min(num_samples, half + 1))
+    return lo, hi
+
+
 def window_starts(num_frames: int, hop_frames: int = NUM_FRAMES) -> list[int]:
     """Start frames of the 864-frame windows covering a spectrogram.
 
@@ -198,14 +241,54 @@ class SoundCLIPFrontend(nn.Module):
         """Spectrogram frames for a waveform of ``num_samples`` samples: 1 + T // 512."""
         return 1 + num_samples // HOP_LENGTH
 
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """Step 2: mel power spectrogram of the whole clip.
+
+        Input: (B, T) or (T,). Output: (B, 128, 1 + T // 512).
+        """
+        wave = _check_batch(wave).to(self.mel.spectrogram.window.dtype)
+        return self.mel(reflect_pad(wave, N_FFT // 2))
+
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
-        """Steps 2 and 3: normalized log-mel spectrogram of the whole clip.
+        """Mel power normalized by the whole clip's loudest bin (what curation stores).
 
         Input: (B, T) or (T,). Output: (B, 128, 1 + T // 512) in [0, 1].
         """
-        wave = _check_batch(wave).to(self.mel.spectrogram.window.dtype)
-        padded = reflect_pad(wave, N_FFT // 2)
-        return power_to_unit_db(self.mel(padded))
+        return power_to_unit_db(self.power(wave))
+
+    def window_power(
+        self, segment: torch.Tensor, first: int, num_samples: int, count: int = NUM_FRAMES
+    ) -> torch.Tensor:
+        """Mel power of frames ``first .. first + count - 1`` of a clip, from its samples
+        ``segment = clip[lo:hi]``, ``(lo, hi) = frame_span(first, count, num_samples)``.
+
+        Reflect padding is applied only at the clip's true ends (``lo == 0``,
+        ``hi == num_samples``), so the frames equal those of :meth:`power` on
+        the whole clip. Input: (B, hi - lo) or (hi - lo,).
+        Output: (B, 128, min(count, F - first)), F = 1 + num_samples // 512.
+        """
+        segment = _check_batch(segment).to(self.mel.spectrogram.window.dtype)
+        frames = self.num_frames(num_samples)
+        if not 0 <= first < frames or count < 1:
+            raise AudioError(
+                f"expected frames from {first} (count {count}) within 0 .. {frames - 1}"
+            )
+        lo, hi = frame_span(first, count, num_samples)
+        if segment.shape[-1] != hi - lo:
+            raise AudioError(
+                f"expected the {hi - lo} samples [{lo}, {hi}) of the clip for frames "
+                f"{first} .. {first + count - 1}, got {segment.shape[-1]}"
+            )
+        half = N_FFT // 2
+        padded = reflect_pad(segment, half)
+        padded = padded[
+            ..., (half if lo > 0 else 0) : padded.shape[-1] - (half if hi < num_samples else 0)
+        ]
+        # index 0 of `padded` is index `origin` of the whole clip reflect-padded
+        origin = 0 if lo == 0 else lo + half
+        count = min(count, frames - first)
+        begin = first * HOP_LENGTH - origin
+        return self.mel(padded[..., begin : begin + (count - 1) * HOP_LENGTH + N_FFT])
 
     def forward(
         self,
@@ -217,23 +300,29 @@ class SoundCLIPFrontend(nn.Module):
         """Input: (B, T) or (T,). Output: (B, 1, 128, 512).
 
         ``crop`` overrides the default policy; ``generator`` seeds ``"random"``
-        (one offset per batch item, drawn on the generator's device).
+        (one offset per batch item, drawn on the generator's device). The dB
+        reference is the loudest bin of each item's 864-frame crop.
         """
         crop = self.crop if crop is None else crop
         _check_crop(crop, windows=False)
-        spec = self.spectrogram(wave)
-        starts = crop_starts(spec.shape[-1], spec.shape[0], crop, generator=generator)
-        return spectrogram_to_input(fit_frames(spec, starts))
+        power = self.power(wave)
+        frames = power.shape[-1]
+        if frames > NUM_FRAMES:
+            power = fit_frames(
+                power, crop_starts(frames, power.shape[0], crop, generator=generator)
+            )
+        return window_to_input(power)
 
     def windows(self, wave: torch.Tensor, *, hop_frames: int = NUM_FRAMES) -> torch.Tensor:
         """Every 864-frame window of the clip (see :func:`window_starts`).
 
         Input: (B, T) or (T,). Output: (B, W, 1, 128, 512), W = ``len(window_starts(F, hop_frames))``.
-        All windows share the whole clip's dB reference, as a crop does.
+        Each window has its own dB reference (its loudest bin), as a crop does,
+        so it is the crop of the clip at that start.
         """
-        spec = self.spectrogram(wave)
-        starts = window_starts(spec.shape[-1], hop_frames)
-        crops = [spectrogram_to_input(fit_frames(spec, [s] * spec.shape[0])) for s in starts]
+        power = self.power(wave)
+        starts = window_starts(power.shape[-1], hop_frames)
+        crops = [window_to_input(power[..., s : s + NUM_FRAMES]) for s in starts]
         return torch.stack(crops, dim=1)
 
 
@@ -428,32 +517,89 @@ def embed_audio(
 ) -> torch.Tensor:
     """Embed one clip: a file path, or a waveform (T,) / (C, T) at ``sample_rate``.
 
-    Files go through :func:`~soundguide.encoders.audio.load_audio`, arrays
-    through :func:`~soundguide.encoders.audio.prepare_waveform` (checked, mono,
-    resampled to 44.1 kHz). With ``crop="windows"`` every window of
-    :meth:`SoundCLIPFrontend.windows` is embedded (``batch_size`` at a time) and
-    the result is the mean of the L2-normalized window embeddings; otherwise a
-    single 864-frame crop is embedded and returned unnormalized.
+    A file is never decoded whole: its length comes from the header and only
+    the samples of the embedded window(s) are read (:class:`AudioFile`), so
+    memory does not depend on the file's length. Arrays are checked, mixed to
+    mono and resampled to 44.1 kHz first (:func:`prepare_waveform`), then cut
+    the same way. For a clip of F frames:
+
+    - ``"start"``, ``"center"``, ``"random"``: the one 864-frame window at
+      :func:`crop_starts` (``generator`` seeds ``"random"``), embedded and
+      returned unnormalized; any length. A silent window is an error naming
+      its time range.
+    - ``"windows"``: the windows of :func:`window_starts` (``hop_frames``),
+      read and embedded one at a time (``batch_size`` spectrograms are batched
+      through the encoder); the result is the mean of the L2-normalized
+      embeddings. Silent windows are left out; clips longer than
+      ``max_seconds`` are refused (the time grows with the length).
+
+    Each window is normalized by its own loudest bin (see the module docstring).
 
     Output: (embed_dim,) float32 on the encoder's device, without gradient.
     """
-    from soundguide.encoders.audio import load_audio, prepare_waveform
+    from soundguide.encoders.audio import AudioFile, InMemoryAudio, prepare_waveform
 
     _check_crop(crop, windows=True)
+    if batch_size < 1:
+        raise AudioError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(audio, str | os.PathLike):
-        wave = load_audio(audio, SAMPLE_RATE, max_seconds=max_seconds)
+        source = AudioFile(audio, SAMPLE_RATE)
+        name = f"audio {source.path}"
     else:
         wave = prepare_waveform(audio, sample_rate, SAMPLE_RATE, name="audio waveform")
+        source = InMemoryAudio(wave, SAMPLE_RATE, name="audio waveform")
+        name = "audio waveform"
     param = next(encoder.parameters())
     if frontend is None:
         frontend = SoundCLIPFrontend()
     frontend = frontend.to(param.device)
-    wave = wave.to(param.device)
-    if crop == "windows":
-        specs = frontend.windows(wave, hop_frames=hop_frames)[0]
-        embeddings = torch.cat(
-            [encoder(chunk.to(param.dtype)) for chunk in specs.split(batch_size)]
-        ).float()
-        return F.normalize(embeddings, dim=-1).mean(dim=0)
-    spec = frontend(wave, crop=crop, generator=generator)
-    return encoder(spec.to(param.dtype))[0].float()
+    with source:
+        total = source.num_samples
+        frames = SoundCLIPFrontend.num_frames(total)
+        if crop != "windows":
+            (first,) = crop_starts(frames, 1, crop, generator=generator)
+            lo, hi = frame_span(first, NUM_FRAMES, total)
+            others = [c for c in ("start", "center", "random") if c != crop]
+            hint = (
+                "the audio encoder needs audible sound; other parts of the file may have some: "
+                f'crop = "{others[0]}", "{others[1]}" or "windows"'
+                if frames > NUM_FRAMES
+                else None
+            )
+            segment = source.read(lo, hi, silence_hint=hint).to(param.device)
+            spec = window_to_input(frontend.window_power(segment, first, total))
+            return encoder(spec.to(param.dtype))[0].float()
+
+        if source.seconds > max_seconds:
+            raise AudioError(
+                f"cannot use {name}: it is {source.seconds:.1f} s long, more than "
+                f'max_seconds={max_seconds:g} for crop = "windows"',
+                hint='crop = "start", "center" or "random" embeds one 10 s window of a clip '
+                "of any length; or raise max_seconds",
+            )
+        starts = window_starts(frames, hop_frames)
+        embeddings: list[torch.Tensor] = []
+        batch: list[torch.Tensor] = []
+        for first in starts:
+            lo, hi = frame_span(first, NUM_FRAMES, total)
+            segment = source.read(lo, hi, allow_silence=True).to(param.device)
+            if _audible(segment):
+                batch.append(window_to_input(frontend.window_power(segment, first, total)))
+            del segment  # one window's samples at a time
+            if len(batch) == batch_size or (batch and first == starts[-1]):
+                out = encoder(torch.cat(batch).to(param.dtype)).float()
+                embeddings.append(F.normalize(out, dim=-1))
+                batch = []
+    if not embeddings:
+        raise AudioError(
+            f"cannot use {name}: audio is silent in all {len(starts)} of its 10 s windows",
+            hint="the audio encoder needs audible sound",
+        )
+    return torch.cat(embeddings).mean(dim=0)
+
+
+def _audible(wave: torch.Tensor) -> bool:
+    """The silence test of :mod:`soundguide.encoders.audio` on a mono window."""
+    from soundguide.encoders.audio import SILENCE_DBFS
+
+    return bool(wave.abs().max() >= 10.0 ** (SILENCE_DBFS / 20.0))

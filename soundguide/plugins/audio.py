@@ -3,7 +3,9 @@
 SoundCLIP encodes audio into CLIP ViT-B/32's image-text space, so an audio
 source mixes with text and image sources by weight. The embedding is computed
 once per run (and cached on disk by the file's content and the settings).
-A list of paths gives one target per batch item.
+A list of paths gives one target per batch item. Files are never decoded
+whole: only the 10 s window (or, with ``crop = "windows"``, each window in
+turn) is read, so a file's length costs no memory.
 """
 
 from __future__ import annotations
@@ -32,10 +34,16 @@ class AudioGuidance(FileSources, CLIPGuidance):
         crop: Literal["start", "center", "random", "windows"] = Field(
             "start",
             description="Which 10 s of a longer clip: start, center, random (seeded) or "
-            "windows (all windows, embeddings averaged).",
+            "windows (all windows, embeddings averaged). Only the audio embedded is decoded: "
+            "start, center and random read one 10 s window of a file of any length.",
         )
         crop_seed: int = Field(0, description="Seed of the random crop.")
-        max_seconds: float = Field(600.0, gt=0, description="Longer files are refused.")
+        max_seconds: float = Field(
+            600.0,
+            gt=0,
+            description='Longest file crop = "windows" embeds (its time grows with the '
+            "length); start, center and random take files of any length.",
+        )
 
     config: Config
     presets = {"paper": {**CLIPGuidance.presets["paper"], "crop": "start"}}
@@ -62,6 +70,9 @@ class AudioGuidance(FileSources, CLIPGuidance):
             "encoder": sha256_file(weights),
             "crop": c.crop,
             "crop_seed": c.crop_seed if c.crop == "random" else None,
+            # each 10 s window normalized by its own loudest bin (targets cached
+            # before, with the whole clip's, differ for clips over 10 s)
+            "db_reference": "window",
         }
         target = self.context.cached_tensor("audio_targets", key, lambda: self._embed(weights))
         return self.one_or_all(target)

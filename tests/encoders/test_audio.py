@@ -11,10 +11,13 @@ import torch
 
 from soundguide.core.errors import AudioError
 from soundguide.encoders.audio import (
+    AudioFile,
+    InMemoryAudio,
     check_waveform,
     load_audio,
     peak_dbfs,
     prepare_waveform,
+    read_window,
     resample,
 )
 
@@ -107,8 +110,15 @@ class TestLoadAudio:
             raise AssertionError("decoded a file that should have been refused")
 
         monkeypatch.setattr(sf.SoundFile, "read", no_read)
-        message = load_error(path, max_seconds=2.0)
-        assert "3.0 s long" in message and "max_seconds=2" in message
+        with pytest.raises(AudioError) as info:
+            load_audio(path, max_seconds=2.0)
+        assert "3.0 s long" in str(info.value) and "max_seconds=2" in str(info.value)
+        # the hint names load_audio's own options, or the caller's when it passes its own
+        assert "offset_seconds/duration_seconds" in info.value.hint
+        assert "max_seconds" in info.value.hint
+        with pytest.raises(AudioError) as info:
+            load_audio(path, max_seconds=2.0, too_long_hint="pass --skip-bad-audio")
+        assert info.value.hint == "pass --skip-bad-audio"
 
     def test_window_of_a_long_file_is_allowed(self, tmp_path):
         path = write_wav(tmp_path / "long.wav", tone(3.0, 44100))
@@ -122,6 +132,158 @@ class TestLoadAudio:
     def test_shorter_than_one_fft_window_loads(self, tmp_path):
         path = write_wav(tmp_path / "tiny.wav", tone(10 / 44100, 44100, 2000.0, amp=0.9))
         assert load_audio(path).shape == (10,)
+
+
+def counting_reads(monkeypatch) -> list[int]:
+    """Frames returned by every ``soundfile.SoundFile.read`` from now on (the decoder's work)."""
+    counts: list[int] = []
+    real = sf.SoundFile.read
+
+    def read(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        counts.append(len(out))
+        return out
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    return counts
+
+
+def broadband(seconds: float, rate: int, channels: int, seed: int = 0) -> np.ndarray:
+    """Noise plus a tone whose level changes: any phase or edge error shows."""
+    n = int(round(seconds * rate))
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / rate
+    ramp = np.linspace(0.2, 1.0, n)
+    data = [
+        ramp * (0.3 * np.sin(2 * np.pi * (300 + 200 * c) * t) + 0.2 * rng.standard_normal(n))
+        for c in range(channels)
+    ]
+    return np.stack(data, axis=1).astype(np.float32)
+
+
+class TestReadWindow:
+    """A window read from a file equals the whole file decoded, resampled and sliced."""
+
+    @pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+    @pytest.mark.parametrize("channels", [1, 2])
+    @pytest.mark.parametrize("rate", [44100, 48000, 22050, 16000])
+    def test_equals_the_whole_file_sliced(self, tmp_path, fmt, channels, rate):
+        path = tmp_path / f"a.{fmt.lower()}"
+        sf.write(str(path), broadband(3.0, rate, channels), rate, format=fmt, subtype="PCM_16")
+        whole = load_audio(path)
+        total = whole.shape[0]
+        block = 44100 // math.gcd(rate, 44100)  # output samples per resampling period
+        windows = [
+            (0, 30_000),  # the start: the resampler's zero padding
+            (block * 100, block * 300),  # whole periods: the filter's margins matter
+            (total // 2 - 12_345, total // 2 + 23_457),  # the middle, off the period grid
+            (total - 40_000, total),  # the end
+            (total - 1_000, total + 5_000),  # past the end: cut there
+        ]
+        with AudioFile(path) as audio:
+            assert audio.num_samples == total and audio.seconds == pytest.approx(3.0)
+            assert (audio.file_rate, audio.channels) == (rate, channels)
+            for start, stop in windows:
+                got = audio.read(start, stop)
+                expected = whole[start:stop]
+                assert got.shape == expected.shape, (start, stop)
+                torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+
+    def test_read_window_reports_the_header_length(self, tmp_path):
+        path = write_wav(tmp_path / "a.wav", broadband(2.0, 48000, 1), 48000)
+        window = read_window(path, 1000, 5000)
+        assert window.wave.shape == (4000,) and window.num_samples == 88200
+        assert window.seconds == pytest.approx(2.0)
+
+    @pytest.mark.parametrize("rate", [44100, 48000])
+    def test_decodes_only_the_window(self, tmp_path, monkeypatch, rate):
+        path = write_wav(tmp_path / "long.wav", broadband(60.0, rate, 1), rate)
+        counts = counting_reads(monkeypatch)
+        with AudioFile(path) as audio:
+            wave = audio.read(30 * 44100, 31 * 44100)
+        assert wave.shape == (44100,)
+        # one second at the file's rate, plus the filter margin and one period
+        assert len(counts) == 1 and rate <= counts[0] <= rate + 500
+
+    def test_mp3_decoder_preroll(self, tmp_path):
+        """libmpg123 gets the first frames after a seek wrong; the pre-roll hides it."""
+        path = tmp_path / "a.mp3"
+        n = np.arange(4 * 44100)
+        data = (0.5 * np.sin(n / 10) * (0.6 + 0.4 * np.sin(n / 30_000))).astype(np.float32)
+        try:
+            sf.write(str(path), data, 44100, format="MP3")
+        except (sf.LibsndfileError, TypeError, ValueError) as exc:
+            pytest.skip(f"this libsndfile cannot write MP3: {exc}")
+        with sf.SoundFile(str(path)) as fh:
+            whole = torch.from_numpy(fh.read(dtype="float32"))
+        with AudioFile(path) as audio:
+            for start in (30_001, 70_000, 110_500):
+                got = audio.read(start, start + 20_000)
+                torch.testing.assert_close(got, whole[start : start + 20_000], atol=1e-5, rtol=0)
+
+    def test_silent_window_names_its_time_range(self, tmp_path):
+        data = np.concatenate([tone(2.0, 44100), np.zeros(2 * 44100, np.float32)])
+        path = write_wav(tmp_path / "half.wav", data)
+        with AudioFile(path) as audio:
+            with pytest.raises(AudioError) as info:
+                audio.read(3 * 44100, 4 * 44100, silence_hint="try the start")
+            message = str(info.value)
+            assert "audio is silent from 3.00 s to 4.00 s (all samples are zero" in message
+            assert info.value.hint == "try the start"
+            assert audio.read(3 * 44100, 4 * 44100, allow_silence=True).abs().max() == 0
+            assert audio.read(0, 44100).abs().max() > 0.4
+
+    def test_silence_is_judged_on_the_window_not_the_filter_margin(self, tmp_path):
+        """At 48 kHz the read reaches past the window: sound there does not count."""
+        data = np.concatenate([np.zeros(48000, np.float32), tone(1.0, 48000)])
+        path = write_wav(tmp_path / "late.wav", data, 48000)
+        with AudioFile(path) as audio, pytest.raises(AudioError, match="silent from 0.00 s"):
+            audio.read(0, 44100 - 10)
+
+    def test_non_finite_samples_in_the_window(self, tmp_path):
+        data = tone(3.0, 44100)
+        data[int(1.5 * 44100)] = np.nan
+        path = write_wav(tmp_path / "nan.wav", data, subtype="FLOAT")
+        with AudioFile(path) as audio:
+            with pytest.raises(AudioError, match="1 non-finite samples .* from 1.00 s to 2.00 s"):
+                audio.read(44100, 2 * 44100)
+            assert torch.isfinite(audio.read(0, 44100)).all()  # the rest is usable
+
+    def test_bad_windows(self, tmp_path):
+        path = write_wav(tmp_path / "a.wav", tone(1.0, 44100))
+        with AudioFile(path) as audio:
+            with pytest.raises(AudioError, match="past its end"):
+                audio.read(44100, 50_000)
+            with pytest.raises(AudioError, match="0 <= start < stop"):
+                audio.read(100, 100)
+
+    def test_header_checks(self, tmp_path):
+        from PIL import Image
+
+        picture = tmp_path / "picture.wav"
+        Image.new("RGB", (4, 4), "red").save(picture, format="PNG")
+        with pytest.raises(AudioError, match="it looks like a PNG image"):
+            AudioFile(picture)
+        corrupt = patch_wav_rate(write_wav(tmp_path / "r.wav", tone(0.1, 44100)), 2_000_000)
+        with pytest.raises(AudioError, match="absurd sample rate 2000000 Hz"):
+            AudioFile(corrupt)
+        with pytest.raises(AudioError, match="0 frames"):
+            AudioFile(write_wav(tmp_path / "zero.wav", np.zeros((0,), dtype=np.float32)))
+
+    def test_a_short_decode_is_an_error(self, tmp_path, monkeypatch):
+        path = write_wav(tmp_path / "a.wav", tone(2.0, 44100))
+        real = sf.SoundFile.read
+        monkeypatch.setattr(sf.SoundFile, "read", lambda self, n, **kw: real(self, n, **kw)[:-10])
+        with AudioFile(path) as audio, pytest.raises(AudioError, match="decoding stopped at"):
+            audio.read(0, 44100)
+
+    def test_in_memory_audio_reads_the_same_way(self):
+        wave = torch.from_numpy(np.concatenate([tone(1.0, 44100), np.zeros(44100, np.float32)]))
+        audio = InMemoryAudio(wave, 44100, name="audio waveform")
+        assert audio.num_samples == 88200 and audio.seconds == 2.0
+        assert torch.equal(audio.read(100, 200), wave[100:200])
+        with pytest.raises(AudioError, match="audio waveform: audio is silent from 1.50 s"):
+            audio.read(66150, 88200)
 
 
 class TestBadFiles:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -20,6 +22,7 @@ from soundguide.encoders.soundclip import (
     SoundCLIPFrontend,
     crop_starts,
     embed_audio,
+    frame_span,
     load_soundclip,
     reflect_pad,
     spectrogram_to_input,
@@ -75,6 +78,28 @@ def run(frontend: SoundCLIPFrontend, y: np.ndarray, **kwargs) -> np.ndarray:
     return frontend(torch.from_numpy(y)[None], **kwargs)[0].numpy()
 
 
+def window_reference(y: np.ndarray, start: int = 0) -> np.ndarray:
+    """librosa + OpenCV with the dB reference of the 864-frame window, not the whole clip's.
+
+    Mel power of the whole clip, frames ``start .. start + 863``, then
+    ``power_to_db(ref=np.max) / 80 + 1`` of those frames alone, zero-padded
+    to 864 frames, ``cv2.resize`` and the reshape. Equals :func:`reference_frontend`
+    for clips of at most 864 frames. Output: (1, 128, 512).
+    """
+    power = librosa.feature.melspectrogram(
+        y=y, sr=SR, n_fft=2048, hop_length=512, n_mels=128, pad_mode="reflect"
+    )
+    window = librosa.power_to_db(power[:, start : start + NUM_FRAMES], ref=np.max) / 80.0 + 1
+    canvas = np.zeros((128, NUM_FRAMES))
+    canvas[:, : window.shape[1]] = window
+    return cv2.resize(canvas, (128, 512)).reshape(1, 128, 512)
+
+
+def ramped(kind: str, n: int, seed: int = 0) -> np.ndarray:
+    """``signal`` fading in from -26 dB: every 10 s window has its own loudest bin."""
+    return (signal(kind, n, seed) * np.linspace(0.05, 1.0, n)).astype(np.float32)
+
+
 class TestParity:
     """The torch front end against the librosa + OpenCV reference of the original code."""
 
@@ -86,7 +111,17 @@ class TestParity:
         y = signal(kind, n)
         got = run(frontend, y)
         assert got.shape == (1, 128, 512)
-        np.testing.assert_allclose(got, reference_frontend(y), atol=PARITY_ATOL, rtol=0)
+        # up to 864 frames the original's whole-clip dB reference is the window's
+        expected = reference_frontend(y) if 1 + n // 512 <= NUM_FRAMES else window_reference(y)
+        np.testing.assert_allclose(got, expected, atol=PARITY_ATOL, rtol=0)
+
+    def test_long_clips_take_the_window_s_loudest_bin(self, frontend):
+        """The one deliberate difference from the original: the dB reference of a crop."""
+        y = ramped("tones", 3 * NUM_FRAMES * 512)  # the loudest bin is at the end
+        got = run(frontend, y)
+        np.testing.assert_allclose(got, window_reference(y), atol=PARITY_ATOL, rtol=0)
+        original = reference_frontend(y)  # the whole clip's reference: the window is darker
+        assert got.max() > 0.98 and original.max() < 0.9
 
     def test_full_spectrogram_matches_librosa(self, frontend):
         y = signal("chirp", 200_000)
@@ -97,13 +132,13 @@ class TestParity:
 
     @pytest.mark.parametrize("crop", ["center", "random"])
     def test_crops_match_reference_offset(self, frontend, crop):
-        y = signal("tones", 600_000)
+        y = ramped("tones", 600_000)
         frames = 1 + 600_000 // 512
         generator = torch.Generator().manual_seed(3)
         (start,) = crop_starts(frames, 1, crop, generator=torch.Generator().manual_seed(3))
-        assert 0 < start <= frames - NUM_FRAMES
+        assert 0 < start < frames - NUM_FRAMES
         got = run(frontend, y, crop=crop, generator=generator)
-        np.testing.assert_allclose(got, reference_frontend(y, start=start), atol=PARITY_ATOL)
+        np.testing.assert_allclose(got, window_reference(y, start=start), atol=PARITY_ATOL)
 
     @pytest.mark.skipif(not SHARED_AUDIO.is_dir(), reason="no ../shared/audio in this checkout")
     @pytest.mark.parametrize(
@@ -188,12 +223,12 @@ class TestFrontend:
 
     def test_windows_are_crops_of_the_whole_clip(self, frontend):
         n = 2 * NUM_FRAMES * 512 + 60_000  # 2.1 windows -> 3
-        y = torch.from_numpy(signal("tones", n))
+        y = torch.from_numpy(ramped("tones", n))
         windows = frontend.windows(y)
         frames = 1 + n // 512
         assert windows.shape == (1, 3, 1, 128, 512)
         for w, start in enumerate(window_starts(frames)):
-            expected = reference_frontend(y.numpy(), start=start)
+            expected = window_reference(y.numpy(), start=start)  # each its own dB reference
             np.testing.assert_allclose(windows[0, w].numpy(), expected, atol=PARITY_ATOL)
         assert frontend.windows(y, hop_frames=432).shape[1] == len(window_starts(frames, 432))
         assert frontend.windows(y[:1000]).shape == (1, 1, 1, 128, 512)
@@ -204,6 +239,54 @@ class TestFrontend:
     def test_bad_input(self, frontend, bad):
         with pytest.raises(AudioError, match="waveform"):
             frontend(bad)
+
+
+class TestWindowPower:
+    """Frames computed from a window's samples equal the whole clip's frames."""
+
+    @pytest.mark.parametrize(
+        "n",
+        [
+            1,
+            5,
+            1024,
+            1025,
+            2048,
+            3000,
+            NUM_FRAMES * 512 - 1,
+            NUM_FRAMES * 512 + 1024,
+            NUM_FRAMES * 512 + 1535,
+            1_000_003,
+        ],
+    )
+    def test_equals_the_whole_clip_s_frames(self, frontend, n):
+        y = torch.from_numpy(ramped("clicks", n))
+        whole = frontend.power(y)[0]
+        frames = whole.shape[-1]
+        firsts = {0, 1, 2, frames // 2, max(0, frames - NUM_FRAMES), frames - 2, frames - 1}
+        for count in (1, 3, NUM_FRAMES):
+            for first in sorted(f for f in firsts if 0 <= f < frames):
+                lo, hi = frame_span(first, count, n)
+                got = frontend.window_power(y[lo:hi], first, n, count)[0]
+                expected = whole[:, first : first + count]  # the reflected ends included
+                assert got.shape == expected.shape, (first, count)
+                torch.testing.assert_close(
+                    got, expected, rtol=1e-5, atol=1e-6 * float(expected.max()), msg=(first, count)
+                )
+
+    def test_span_covers_the_reflected_ends(self):
+        assert frame_span(0, NUM_FRAMES, 10**7) == (0, 863 * 512 + 1024)
+        assert frame_span(100, NUM_FRAMES, 10**7) == (100 * 512 - 1024, 963 * 512 + 1024)
+        assert frame_span(0, 1, 10**7) == (0, 1025)  # the left reflection reads sample 1024
+        frames = 1 + 10**7 // 512
+        assert frame_span(frames - 1, 1, 10**7) == ((frames - 1) * 512 - 1024, 10**7)
+        n = 512 * 20_000  # the last frame is centred on the last sample but one's successor
+        assert frame_span(20_000, 1, n) == (n - 1025, n)  # the right reflection reads n - 1025
+        assert frame_span(0, NUM_FRAMES, 3000) == (0, 3000)
+
+    def test_wrong_segment(self, frontend):
+        with pytest.raises(AudioError, match=r"expected the 443904 samples \[50176, 494080\)"):
+            frontend.window_power(torch.ones(1000), 100, 10**6)
 
 
 HYPOTHESIS = settings(
@@ -393,19 +476,176 @@ class TestEmbedAudio:
         at_22k = embed_audio(encoder, y[::2].copy(), sample_rate=22050)
         assert torch.nn.functional.cosine_similarity(at_44k, at_22k, dim=0) > 0.9
 
-    def test_windows_average(self, tiny, frontend):
-        encoder = tiny
-        y = torch.from_numpy(signal("tones", NUM_FRAMES * 512 + 100_000))
-        got = embed_audio(encoder, y, crop="windows", batch_size=1)
-        with torch.no_grad():
-            each = encoder(frontend.windows(y)[0])
-        assert each.shape[0] == 2
-        torch.testing.assert_close(got, torch.nn.functional.normalize(each, dim=-1).mean(0))
+    def test_windows_average(self, tiny):
+        y = ramped("tones", NUM_FRAMES * 512 + 100_000)
+        got = embed_audio(tiny, torch.from_numpy(y), crop="windows", batch_size=1)
+        starts = window_starts(1 + y.shape[0] // 512)
+        assert len(starts) == 2
+        expected = mean_of_normalized(tiny, [window_reference(y, s) for s in starts])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
     def test_rejects_silence(self, tiny):
         encoder = tiny
         with pytest.raises(AudioError, match="audio is silent"):
             embed_audio(encoder, torch.zeros(SR))
+
+    @pytest.mark.parametrize("crop", ["start", "center", "random", "windows"])
+    def test_short_file_equals_the_waveform(self, tmp_path, tiny, crop):
+        """Up to 864 frames a crop is the whole clip: file and waveform paths agree."""
+        rng = np.random.default_rng(1)
+        y = (0.3 * rng.standard_normal((5 * 48000, 2))).astype(np.float32)
+        path = tmp_path / "a.flac"
+        sf.write(str(path), y, 48000)
+        kwargs = {"crop": crop, "generator": torch.Generator().manual_seed(0)}
+        from_file = embed_audio(tiny, path, **kwargs)
+        kwargs["generator"] = torch.Generator().manual_seed(0)
+        from_wave = embed_audio(tiny, load_audio(path), **kwargs)
+        torch.testing.assert_close(from_file, from_wave, atol=1e-5, rtol=0)
+
+    @pytest.mark.parametrize("crop", ["start", "center", "random"])
+    def test_long_file_crop_is_the_whole_file_s_frames(self, tmp_path, crop):
+        """25 s at 22.05 kHz: the window read equals the whole file's frames, own reference."""
+        path = tmp_path / "long.wav"
+        sf.write(str(path), ramped("tones", 25 * 22050), 22050, subtype="FLOAT")
+        encoder = RecordingEncoder()
+        embed_audio(encoder, path, crop=crop, generator=torch.Generator().manual_seed(3))
+        whole = load_audio(path).numpy()
+        frames = 1 + whole.shape[0] // 512
+        (start,) = crop_starts(frames, 1, crop, generator=torch.Generator().manual_seed(3))
+        assert start < frames - NUM_FRAMES - 100  # not the loudest window: the reference matters
+        (spec,) = encoder.inputs
+        np.testing.assert_allclose(
+            spec[0].numpy(), window_reference(whole, start), atol=PARITY_ATOL
+        )
+
+    def test_long_file_windows(self, tmp_path):
+        path = tmp_path / "long.wav"
+        sf.write(str(path), ramped("chirp", 25 * 48000, seed=4), 48000, subtype="FLOAT")
+        encoder = RecordingEncoder()
+        got = embed_audio(encoder, path, crop="windows", batch_size=2)
+        whole = load_audio(path).numpy()
+        starts = window_starts(1 + whole.shape[0] // 512)
+        specs = torch.cat(encoder.inputs)
+        assert [x.shape[0] for x in encoder.inputs] == [2, 1] and len(starts) == 3
+        for spec, start in zip(specs, starts, strict=True):  # the last ends at the file's end
+            np.testing.assert_allclose(
+                spec.numpy(), window_reference(whole, start), atol=PARITY_ATOL
+            )
+        expected = mean_of_normalized(encoder, [window_reference(whole, s) for s in starts])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    @pytest.mark.parametrize("crop", ["start", "center", "random"])
+    def test_decodes_only_one_window_of_a_long_file(self, long_8k, tiny, monkeypatch, crop):
+        reads = counting_reads(monkeypatch)
+        out = embed_audio(tiny, long_8k, crop=crop, generator=torch.Generator().manual_seed(0))
+        assert out.shape == (512,) and torch.isfinite(out).all()
+        assert len(reads) == 1 and reads[0] <= WINDOW_FRAMES_8K  # of 14.4 million
+
+    def test_windows_are_read_one_at_a_time(self, tmp_path, monkeypatch):
+        path = tmp_path / "two_minutes.wav"
+        write_long(path, seconds=120, rate=8000)
+        events: list[tuple[str, int]] = []
+        reads = counting_reads(monkeypatch, events)
+        encoder = RecordingEncoder(events)
+        embed_audio(encoder, path, crop="windows", batch_size=1)
+        windows = len(window_starts(1 + 120 * SR // 512))
+        assert len(reads) == windows == 12
+        # read, embed, read, embed...: never more than one window's audio at a time
+        assert events == [event for n in reads for event in (("read", n), ("encode", 1))]
+        assert max(reads) <= WINDOW_FRAMES_8K
+
+    def test_silent_window_is_an_error_naming_it(self, tmp_path, tiny):
+        y = np.concatenate([np.zeros(11 * SR, np.float32), signal("tones", 14 * SR)])
+        path = tmp_path / "late.wav"
+        sf.write(str(path), y, SR)
+        with pytest.raises(AudioError) as info:
+            embed_audio(tiny, path, crop="start")
+        assert "audio is silent from 0.00 s to 10.04 s" in str(info.value)
+        assert 'crop = "center", "random" or "windows"' in info.value.hint
+        assert torch.isfinite(embed_audio(tiny, path, crop="center")).all()
+
+    def test_windows_leave_silent_windows_out(self, tiny):
+        n = 3 * NUM_FRAMES * 512 - 1  # exactly three windows
+        y = ramped("tones", n)
+        lo, hi = frame_span(NUM_FRAMES, NUM_FRAMES, n)
+        y[lo - 2000 : hi + 2000] = 0  # the middle window's samples, and a bit more
+        got = embed_audio(tiny, torch.from_numpy(y), crop="windows")
+        audible = [window_reference(y, 0), window_reference(y, 2 * NUM_FRAMES)]
+        torch.testing.assert_close(got, mean_of_normalized(tiny, audible), atol=1e-4, rtol=0)
+
+    def test_a_silent_file_in_windows(self, tmp_path, tiny):
+        path = tmp_path / "silence.wav"
+        sf.write(str(path), np.zeros(SR, np.float32), SR)
+        with pytest.raises(AudioError, match="silent in all 1 of its 10 s windows"):
+            embed_audio(tiny, path, crop="windows")
+
+    def test_max_seconds_limits_windows_only(self, tmp_path, tiny):
+        path = tmp_path / "thirty.wav"
+        write_long(path, seconds=30, rate=8000)
+        assert embed_audio(tiny, path, crop="center", max_seconds=20).shape == (512,)
+        with pytest.raises(AudioError) as info:
+            embed_audio(tiny, path, crop="windows", max_seconds=20)
+        assert 'it is 30.0 s long, more than max_seconds=20 for crop = "windows"' in str(info.value)
+        assert 'crop = "start", "center" or "random"' in info.value.hint
+        assert "max_seconds" in info.value.hint
+
+
+WINDOW_FRAMES_8K = math.ceil((863 * 512 + 2048) * 8000 / SR) + 400
+"""Source frames of one 864-frame window at 8 kHz, plus the resampler's margin and period."""
+
+
+def write_long(path: Path, seconds: int, rate: int) -> Path:
+    """A long 16-bit mono WAV written a minute at a time: noise plus a slow chirp."""
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(str(path), "w", rate, 1, "PCM_16") as fh:
+        for begin in range(0, seconds, 60):
+            t = np.arange(begin * rate, min(begin + 60, seconds) * rate) / rate
+            y = 0.3 * np.sin(2 * np.pi * (200 + t) * t) + 0.05 * rng.standard_normal(t.size)
+            fh.write(y.astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_8k(tmp_path_factory) -> Path:
+    """30 minutes at 8 kHz (29 MB): far more than any window, cheap to write."""
+    return write_long(tmp_path_factory.mktemp("long") / "half_hour.wav", seconds=1800, rate=8000)
+
+
+def counting_reads(monkeypatch, events: list | None = None) -> list[int]:
+    """Frames returned by every ``soundfile.SoundFile.read`` (the decoder's work)."""
+    counts: list[int] = []
+    real = sf.SoundFile.read
+
+    def read(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        counts.append(len(out))
+        if events is not None:
+            events.append(("read", len(out)))
+        return out
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    return counts
+
+
+def mean_of_normalized(encoder: torch.nn.Module, specs: list[np.ndarray]) -> torch.Tensor:
+    with torch.no_grad():
+        out = encoder(torch.from_numpy(np.stack(specs)).float())
+    return torch.nn.functional.normalize(out, dim=-1).mean(dim=0)
+
+
+class RecordingEncoder(TinyAudioEncoder):
+    """The tiny encoder, keeping every input it is given (and logging it to ``events``)."""
+
+    def __init__(self, events: list | None = None) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+        self.events = events
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(spec.detach().clone())
+        if self.events is not None:
+            self.events.append(("encode", spec.shape[0]))
+        return super().forward(spec)
 
 
 @pytest.fixture(scope="module")

@@ -229,3 +229,71 @@ def test_default_clip_model_is_the_paper_s(registries):
         and cfg.clip_preprocess == "clip"
         and cfg.clip_dtype == "float32"
     )
+
+
+def long_recording(path, seconds: int, rate: int = 8000):
+    """A long 16-bit mono WAV: a slow chirp in a little noise."""
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(seconds * rate) / rate
+    y = 0.3 * np.sin(2 * np.pi * (200 + t) * t)
+    y += 0.05 * np.random.default_rng(0).standard_normal(t.size)
+    sf.write(str(path), y.astype("float32"), rate, subtype="PCM_16")
+    return path
+
+
+def test_audio_max_seconds_limits_only_windows(
+    registries, clip_file, soundclip_file, tones, tmp_path
+):
+    from soundguide.plugins.audio import AudioGuidance
+
+    path = long_recording(tmp_path / "long.wav", seconds=30)
+    src = sources(clip_file, soundclip_file, tones)
+    audio = {**src["audio"], "path": str(path), "max_seconds": 20.0}
+    for crop in ("start", "center", "random"):  # one 10 s window, whatever the length
+        editor = Editor(make(registries, [{**audio, "crop": crop}]), registries, progress=False)
+        editor.prepare()
+        assert torch.isfinite(editor.targets["audio"]).all()
+    with pytest.raises(AudioError) as info:
+        Editor(make(registries, [{**audio, "crop": "windows"}]), registries).prepare()
+    assert "30.0 s long, more than max_seconds=20" in str(info.value)
+    # the hint names options the audio guidance has
+    hint = info.value.hint
+    fields = AudioGuidance.Config.model_fields
+    assert 'crop = "start", "center" or "random"' in hint and "max_seconds" in hint
+    assert {"crop", "max_seconds"} <= set(fields)
+    assert {"start", "center", "random"} <= set(fields["crop"].annotation.__args__)
+
+
+def test_too_long_for_windows_through_the_cli(clip_file, soundclip_file, tmp_path, capsys):
+    long_recording(tmp_path / "long.wav", seconds=30)
+    config = tmp_path / "windows.toml"
+    config.write_text(
+        f"""
+[generator]
+type = "toy"
+size = 32
+
+[[guidance]]
+type = "audio"
+path = "long.wav"
+encoder = "{soundclip_file}"
+clip_model = "{clip_file}"
+crop = "windows"
+max_seconds = 20
+
+[optimization]
+steps = 2
+
+[output]
+dir = "out"
+"""
+    )
+    from soundguide.cli import main
+
+    assert main(["-p", "tests.toy_plugins", "edit", str(config), "-q"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in lines[0]
+    assert lines[0].startswith("error: cannot use audio ") and "max_seconds=20" in lines[0]
+    assert lines[1].startswith('hint: crop = "start", "center" or "random"')
