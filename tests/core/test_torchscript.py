@@ -159,6 +159,17 @@ class TestMatchesTorchJitLoad:
         expected = dict(jit_load(archives["scripted"]).state_dict())
         assert_same_state(read_torchscript_state_dict(path), expected)
 
+    def test_storages_saved_on_a_gpu_come_to_the_cpu(self, archives, tmp_path):
+        # OpenAI's archives were written from CUDA: ('storage', ..., 'cuda:0', numel)
+        path = rewrite_data_pkl(
+            archives["scripted"],
+            tmp_path / "cuda.pt",
+            lambda data: data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0"),
+        )
+        ours = read_torchscript_state_dict(path)
+        assert {t.device.type for t in ours.values()} == {"cpu"}
+        assert_same_state(ours, dict(jit_load(archives["scripted"]).state_dict()))
+
 
 def rewrite_data_pkl(source: Path, path: Path, change) -> Path:
     """A copy of an archive with its data.pkl changed."""
