@@ -203,8 +203,6 @@ class AudioFile:
         self.seconds = self.file_frames / self.file_rate
         self._width = resample_margin(self.file_rate, self.sample_rate)
         self._preroll = MP3_PREROLL if self._handle.format == "MP3" else 0
-        self.frames_decoded = 0
-        """Source frames decoded so far, pre-roll included (for tests and benchmarks)."""
 
     def __enter__(self) -> AudioFile:
         return self
@@ -273,7 +271,6 @@ class AudioFile:
             raise AudioError(
                 f"cannot read audio {self.path}: decoding failed ({_detail(exc)})"
             ) from None
-        self.frames_decoded += data.shape[0]
         if data.shape[0] < hi - seek:
             end = (seek + data.shape[0]) / self.file_rate
             raise AudioError(
