@@ -31,6 +31,7 @@ from soundguide.core.interfaces import (
     Regularizer,
     RegularizerConfig,
     RunContext,
+    Seed,
     WeightsRef,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "RegularizerConfig",
     "RunContext",
     "RunResult",
+    "Seed",
     "StepEvent",
     "WeightsRef",
     "SoundguideError",

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from soundguide.core.errors import ConfigError
-from soundguide.core.interfaces import ConfigPath, PluginConfig, StrictModel
+from soundguide.core.interfaces import MAX_SEED, ConfigPath, PluginConfig, StrictModel
 from soundguide.core.registry import Registries, Registry, unknown_name_message
 
 if sys.version_info >= (3, 11):
@@ -56,12 +56,25 @@ own defaults for a preset in its ``presets`` class attribute. Values written in
 the config (or with --set) always win."""
 
 
+MAX_STEPS = 100_000
+"""Most optimizer updates one run may make (a 256 px edit uses 300)."""
+MAX_BATCH = 16
+"""Default of ``optimization.max_batch``: most items optimized together in one run.
+Measured with ``benchmarks/batch_memory.py`` (float32, StyleGAN2 + ViT-B/32): each
+item adds about 1.0 GiB at 1024 px and 0.25 GiB at 256 px, so 16 items at 1024 px
+need about 19 GiB with the models: what a 24 GB GPU holds."""
+MAX_DEPTH = 16
+"""Deepest nesting of tables and arrays a run config may have (a real one has 4)."""
+
+
 class OptimizationConfig(StrictModel):
     preset: Literal["paper"] | None = Field(
         None,
         description="'paper': the original code's settings as defaults (see the README).",
     )
-    steps: int = Field(300, ge=0, description="Number of optimizer updates.")
+    steps: int = Field(
+        300, ge=0, le=MAX_STEPS, description=f"Number of optimizer updates (at most {MAX_STEPS})."
+    )
     lr: float = Field(0.1, gt=0, allow_inf_nan=False, description="Peak learning rate of Adam.")
     schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="'cosine': StyleCLIP's ramp-up and cosine ramp-down; or constant."
@@ -69,7 +82,9 @@ class OptimizationConfig(StrictModel):
     rampup: float = Field(0.05, ge=0, le=1, description="Fraction of the run spent ramping up.")
     rampdown: float = Field(0.25, ge=0, le=1, description="Fraction spent ramping down.")
     seed: int | list[int] = Field(
-        0, description="Seed of the random start latent; a list gives one batch item per seed."
+        0,
+        description="Seed of the random start latent (0 to 2**64 - 1); a list gives one batch "
+        "item per seed.",
     )
     mode: Literal["edit", "generate"] = Field(
         "edit", description="'edit': start from a random truncated latent; 'generate': the mean."
@@ -82,19 +97,48 @@ class OptimizationConfig(StrictModel):
     batch: int | None = Field(
         None, ge=1, description="Items optimized together; default inferred (1 when nothing says)."
     )
+    max_batch: int = Field(
+        MAX_BATCH,
+        ge=1,
+        description="Most items one run optimizes together (seeds, prompts, audio files or "
+        "latent rows); raise it when your device has the memory.",
+    )
 
     @field_validator("seed")
     @classmethod
-    def _seeds_not_empty(cls, value: int | list[int]) -> int | list[int]:
+    def _seeds_in_range(cls, value: int | list[int]) -> int | list[int]:
         if isinstance(value, list) and not value:
             raise ValueError("seed list is empty")
+        for seed in value if isinstance(value, list) else [value]:
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seed {seed} is out of range: seeds are 0 to 2**64 - 1")
         return value
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> OptimizationConfig:
+        for what, n in (("batch", self.batch), ("seed list", _count(self.seed))):
+            if n is not None and n > self.max_batch:
+                raise ValueError(
+                    f"{what} of {n} items is more than max_batch = {self.max_batch} items "
+                    "optimized together; split it into several runs, or raise max_batch if "
+                    "your device has the memory"
+                )
+        return self
 
     def seeds(self, n: int) -> list[int]:
         """One seed per batch item: the list as given, or ``seed + i``."""
         if isinstance(self.seed, list):
             return list(self.seed)
+        if self.seed + n - 1 > MAX_SEED:
+            raise ConfigError(
+                f"optimization.seed: {self.seed} + {n - 1} (one seed per batch item) is beyond "
+                "the largest seed, 2**64 - 1"
+            )
         return [self.seed + i for i in range(n)]
+
+
+def _count(seed: int | list[int]) -> int | None:
+    return len(seed) if isinstance(seed, list) else None
 
 
 class OutputConfig(StrictModel):
@@ -119,6 +163,11 @@ class RunConfig(StrictModel):
     def _at_least_one_source(self) -> RunConfig:
         if not self.guidance:
             raise ValueError("no [[guidance]] source: add at least one (e.g. type = 'text')")
+        if all(g.weight == 0 for g in self.guidance):
+            raise ValueError(
+                "every [[guidance]] source has weight 0, so nothing steers the edit: "
+                "give at least one a non-zero weight"
+            )
         return self
 
 
@@ -219,6 +268,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise ConfigError(
+            f"--set {key}: the value is nested deeper than {MAX_DEPTH} levels"
+        ) from None
+    if len(key.split(".")) > MAX_DEPTH:
+        raise ConfigError(f"--set {key}: the key is nested deeper than {MAX_DEPTH} levels")
     return key.split("."), value
 
 
@@ -260,9 +315,31 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        data = None
+    if data is None or nesting_depth(data) > MAX_DEPTH:
+        raise ConfigError(
+            f"{path}: tables and arrays are nested deeper than {MAX_DEPTH} levels",
+            hint="a run config has [sections], [[arrays of tables]] and values; see the README",
+        )
+    return data
+
+
+def nesting_depth(data: Any) -> int:
+    """How deeply tables and arrays nest in parsed config data (a value alone: 0)."""
+    depth, level = 0, [data]
+    while level:
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        if depth > MAX_DEPTH:
+            break  # deep enough to refuse; never walk a hostile structure to its end
+        level = [item for c in containers for item in (c.values() if isinstance(c, dict) else c)]
+    return depth
 
 
 def apply_preset(data: dict[str, Any], registries: Registries) -> dict[str, Any]:
@@ -307,6 +384,8 @@ def config_from_dict(
     """Validate raw config data; relative paths resolve against ``base_dir``."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a table of sections, got {type(data).__name__}")
+    if nesting_depth(data) > MAX_DEPTH:
+        raise ConfigError(f"{source}: tables and arrays are nested deeper than {MAX_DEPTH} levels")
     problems = _check_plugin_types(data, registries)
     if problems:
         _raise_config_error(source, problems)

@@ -294,6 +294,7 @@ class Editor:
         with torch.no_grad():
             self.image0 = self.generator.synthesize(self.w0)
         self._check_image(self.image0, "the source latent")
+        self._check_target_sizes()
         for term in self.regularizers:
             term.plugin.setup(self.w0, self.image0 if term.plugin.needs_image else None)
         trim_heap()  # loading and the targets freed memory the loop would not reuse
@@ -318,6 +319,7 @@ class Editor:
                 self.generator.latent_dim,
                 index=opt.latent_index,
                 trust=self.context.trust_checkpoint,
+                max_rows=opt.max_batch,
             )
             claims.append(("optimization.latent", latents.shape[0], True))
         for term in self.guidances:
@@ -329,6 +331,14 @@ class Editor:
         if bad:
             said = ", ".join(f"{who} says {k}" for who, k, _ in claims)
             raise ConfigError(f"batch size disagrees: {said}")
+        if n > opt.max_batch:
+            who = next(who for who, k, _ in claims if k == n)
+            raise ConfigError(
+                f"{who} makes a batch of {n} items, more than optimization.max_batch = "
+                f"{opt.max_batch} items optimized together",
+                hint="split it into several runs, or raise optimization.max_batch if your "
+                "device has the memory",
+            )
         return n, latents
 
     def _check_target(self, term: Term, target: Any, n: int) -> torch.Tensor:
@@ -363,6 +373,24 @@ class Editor:
             for s in self.seeds
         ]
         return torch.cat(parts).to(self.context.device)
+
+    def _check_target_sizes(self) -> None:
+        """Each target must live in its space: as many values as the space's image embeddings."""
+        with torch.no_grad():
+            sizes = {
+                space: encoder.encode_image(self.image0[:1]).shape[-1]
+                for space, encoder in self.encoders.items()
+            }
+        for term in self.guidances:
+            space = term.plugin.space
+            got = self.targets[term.label].shape[-1]
+            if got != sizes[space]:
+                raise PluginError(
+                    f"guidance {term.label!r}: its target has {got} values but the images' "
+                    f"embeddings in its space have {sizes[space]}",
+                    hint="the source's model and the image encoder must share one embedding space "
+                    "(e.g. SoundCLIP weights trained for this CLIP model)",
+                )
 
     @staticmethod
     def _check_image(image: torch.Tensor, what: str) -> None:

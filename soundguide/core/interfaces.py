@@ -39,6 +39,10 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 """A path in a config: relative paths resolve against the config file's folder."""
 
+MAX_SEED = 2**64 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+"""A random seed: what ``torch.Generator.manual_seed`` takes, 0 to 2**64 - 1."""
+
 _FILE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".safetensors", ".npz", ".tar"}
 
 
@@ -102,12 +106,20 @@ class RunContext:
         return Path(base, *parts)
 
     def cached_tensor(
-        self, kind: str, key: dict[str, Any], compute: Callable[[], torch.Tensor]
+        self,
+        kind: str,
+        key: dict[str, Any],
+        compute: Callable[[], torch.Tensor],
+        *,
+        shape: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """``compute()``, cached on disk under ``cache/<kind>/`` by a hash of ``key``.
 
         ``key`` must name everything the result depends on (file sha256s,
-        model and settings). A damaged cache file is recomputed.
+        model and settings); ``shape`` is the result's expected shape. A cache
+        file that cannot be read, or holds anything but a finite floating-point
+        tensor of that shape, is recomputed (and replaced); a result that is not
+        finite is returned but never cached.
         """
         import hashlib
         import json
@@ -119,13 +131,21 @@ class RunContext:
         if path.is_file():
             try:
                 value = torch.load(path, weights_only=True, map_location="cpu")
-                if isinstance(value, torch.Tensor) and torch.isfinite(value).all():
-                    return value.to(self.device)
             except Exception:
-                pass
+                value = None
+            if _usable(value, shape):
+                return value.to(self.device)
         value = compute()
-        cpu = value.detach().to("cpu").clone()
-        atomic_write(path, lambda fh: torch.save(cpu, fh))
+        if _usable(value, shape):
+            cpu = value.detach().to("cpu").clone()
+            try:
+                atomic_write(path, lambda fh: torch.save(cpu, fh))
+            except OSError as exc:  # a cache that cannot be written only costs time
+                import warnings
+
+                warnings.warn(
+                    f"cannot write cache file {path}: {exc.strerror or exc}", stacklevel=2
+                )
         return value
 
     def resolve_weights(self, name_or_path: str | os.PathLike[str]) -> Path:
@@ -142,6 +162,15 @@ class RunContext:
         raise WeightsError(
             f"{name!r} is neither an existing file nor a known-weights name (known: {known})"
         )
+
+
+def _usable(value: Any, shape: tuple[int, ...] | None) -> bool:
+    return (
+        isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and (shape is None or tuple(value.shape) == tuple(shape))
+        and bool(torch.isfinite(value).all())
+    )
 
 
 class Generator(abc.ABC):

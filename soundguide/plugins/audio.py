@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 
 import soundguide
-from soundguide import ConfigPath, WeightsRef
+from soundguide import ConfigPath, Seed, WeightsRef
 from soundguide.plugins.clip_space import CLIPGuidance, CLIPGuidanceConfig, FileSources
 
 
@@ -37,7 +37,7 @@ class AudioGuidance(FileSources, CLIPGuidance):
             "windows (all windows, embeddings averaged). Only the audio embedded is decoded: "
             "start, center and random read one 10 s window of a file of any length.",
         )
-        crop_seed: int = Field(0, description="Seed of the random crop.")
+        crop_seed: Seed = Field(0, description="Seed of the random crop.")
         max_seconds: float = Field(
             600.0,
             gt=0,
@@ -74,7 +74,12 @@ class AudioGuidance(FileSources, CLIPGuidance):
             # before, with the whole clip's, differ for clips over 10 s)
             "db_reference": "window",
         }
-        target = self.context.cached_tensor("audio_targets", key, lambda: self._embed(weights))
+        target = self.context.cached_tensor(
+            "audio_targets",
+            key,
+            lambda: self._embed(weights),
+            shape=(len(self.paths), encoder.embed_dim),
+        )
         return self.one_or_all(target)
 
     def _embed(self, weights: Path) -> torch.Tensor:

@@ -20,24 +20,19 @@ from soundguide.plugins.clip_space import CLIPGuidance, CLIPGuidanceConfig, File
 
 
 def load_picture(path: Path, size: int) -> torch.Tensor:
-    """A picture file as a (3, size, size) tensor in [-1, 1]: centre square crop, bicubic resize."""
-    from PIL import Image, UnidentifiedImageError
+    """A picture file as a (3, size, size) tensor in [-1, 1]: centre square crop, bicubic resize.
 
-    from soundguide.core.errors import ImageError
+    Read with :func:`soundguide.core.images.open_rgb` (at most ``MAX_PIXELS`` pixels).
+    """
+    from PIL import Image
 
-    try:
-        with Image.open(path) as picture:
-            picture = picture.convert("RGB")
-            w, h = picture.size
-            side = min(w, h)
-            box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-            picture = picture.resize((size, size), Image.Resampling.BICUBIC, box=box)
-    except FileNotFoundError:
-        raise ImageError(f"reference image not found: {path}") from None
-    except IsADirectoryError:
-        raise ImageError(f"reference image {path} is a directory") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"cannot read reference image {path}: {exc}") from None
+    from soundguide.core.images import open_rgb
+
+    picture = open_rgb(path, what="reference image")
+    w, h = picture.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    picture = picture.resize((size, size), Image.Resampling.BICUBIC, box=box)
     array = np.asarray(picture, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
@@ -57,13 +52,21 @@ class ImageGuidance(FileSources, CLIPGuidance):
 
         for path in self.paths:
             if not path.is_file():
-                raise ImageError(f"reference image not found: {path}")
+                raise ImageError(
+                    f"reference image not found: {path}",
+                    hint="relative paths resolve against the config's folder",
+                )
 
     def target(self, encoder) -> torch.Tensor:
         from soundguide.core.files import sha256_file
 
         key = {"images": [sha256_file(p) for p in self.paths], **self.clip_key()}
-        target = self.context.cached_tensor("image_targets", key, lambda: self._embed(encoder))
+        target = self.context.cached_tensor(
+            "image_targets",
+            key,
+            lambda: self._embed(encoder),
+            shape=(len(self.paths), encoder.embed_dim),
+        )
         return self.one_or_all(target)
 
     def _embed(self, encoder) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, model_validator
 
 import soundguide
-from soundguide import ConfigPath, Generator, GeneratorConfig, KnownWeights
+from soundguide import ConfigPath, Generator, GeneratorConfig, KnownWeights, Seed
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class StyleGAN2(Generator):
         size: int | None = Field(None, description="Checked against the checkpoint when given.")
         channel_multiplier: int | None = Field(None, ge=1)
         mean_samples: int = Field(4096, ge=1, description="Mapping passes for the mean latent.")
-        mean_seed: int = Field(0, description="Seed of the mean-latent samples.")
+        mean_seed: Seed = Field(0, description="Seed of the mean-latent samples.")
         precision: Literal["fp32", "bf16"] = Field(
             "fp32",
             description="bf16 runs the network under bfloat16 autocast (faster, less exact).",
@@ -157,7 +157,9 @@ class StyleGAN2(Generator):
         if self._mean is None:
             c = self.config
             key = {"checkpoint": self._sha256, "samples": c.mean_samples, "seed": c.mean_seed}
-            self._mean = self.context.cached_tensor("mean_latent", key, self._compute_mean)
+            self._mean = self.context.cached_tensor(
+                "mean_latent", key, self._compute_mean, shape=(1, self.latent_dim)
+            )
         return self._mean
 
     def _compute_mean(self) -> torch.Tensor:

@@ -31,8 +31,12 @@ class TextGuidance(CLIPGuidance):
     def target(self, encoder) -> torch.Tensor:
         prompts = self.config.prompt
         key = {"prompts": prompts, **self.clip_key()}
+        count = len(prompts) if isinstance(prompts, list) else 1
         target = self.context.cached_tensor(
-            "text_targets", key, lambda: encoder.encode_text(prompts)
+            "text_targets",
+            key,
+            lambda: encoder.encode_text(prompts),
+            shape=(count, encoder.embed_dim),
         )
         return target if isinstance(prompts, list) else target[0]
 

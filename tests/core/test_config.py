@@ -157,3 +157,76 @@ class TestOverrides:
 def test_seed_list_must_not_be_empty(registries, write_config):
     with pytest.raises(ConfigError, match=r"optimization\.seed: seed list is empty"):
         load_config(write_config(TOY_CONFIG), registries, ["optimization.seed=[]"])
+
+
+# -- limits: every hostile or absurd value is one ConfigError line ------------------------
+
+
+@pytest.mark.parametrize(
+    "replacement, message",
+    [
+        (
+            "seed = 18446744073709551616",
+            r"optimization\.seed: seed 18446744073709551616 is out of range: seeds are 0 to "
+            r"2\*\*64 - 1$",
+        ),
+        ("seed = -1", r"optimization\.seed: seed -1 is out of range"),
+        (
+            "seed = [1, 36893488147419103232]",
+            r"optimization\.seed: seed 36893488147419103232 is out of range",
+        ),
+        (
+            "seed = 7\nmax_batch = 0",
+            r"optimization\.max_batch: input should be greater than or equal to 1",
+        ),
+        ("seed = [1, 2, 3]\nmax_batch = 2", r"seed list of 3 items is more than max_batch = 2"),
+        ("seed = 7\nbatch = 40", r"batch of 40 items is more than max_batch = 16"),
+    ],
+)
+def test_limits_are_config_errors(registries, write_config, replacement, message):
+    path = write_config(TOY_CONFIG.replace("seed = 7", replacement))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, registries)
+
+
+def test_steps_above_the_maximum(registries, write_config):
+    path = write_config(TOY_CONFIG.replace("steps = 12", "steps = 100001"))
+    with pytest.raises(
+        ConfigError, match=r"optimization\.steps: input should be less than or equal to 100000"
+    ):
+        load_config(path, registries)
+
+
+def test_largest_seed_is_accepted_but_not_beyond_for_a_batch(registries, write_config):
+    from soundguide import Editor
+
+    cfg = load_config(
+        write_config(TOY_CONFIG.replace("seed = 7", "seed = 18446744073709551615")), registries
+    )
+    assert cfg.optimization.seeds(1) == [2**64 - 1]
+    with pytest.raises(ConfigError, match=r"beyond the largest seed, 2\*\*64 - 1"):
+        cfg.optimization.seeds(2)
+    Editor(cfg, registries, progress=False).prepare()  # torch takes it
+
+
+def test_every_guidance_at_weight_zero_is_refused(registries, write_config):
+    path = write_config(TOY_CONFIG.replace("weight = 1.0", "weight = 0.0").replace("0.5", "0"))
+    with pytest.raises(ConfigError, match="every \\[\\[guidance\\]\\] source has weight 0"):
+        load_config(path, registries)
+
+
+@pytest.mark.parametrize("depth", [20, 5000])
+def test_deep_nesting_is_refused(registries, write_config, depth):
+    path = write_config(TOY_CONFIG + "\n[extra]\nv = " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(ConfigError, match="nested deeper than 16 levels"):
+        load_config(path, registries)
+
+
+def test_deep_set_key_and_value_are_refused(registries, write_config):
+    path = write_config(TOY_CONFIG)
+    with pytest.raises(ConfigError, match="--set .*nested deeper"):
+        load_config(path, registries, ["x" + ".x" * 40 + "=1"])
+    with pytest.raises(ConfigError, match="--set .*nested deeper"):
+        load_config(path, registries, ["output.dir=" + "[" * 5000 + "]" * 5000])
+    with pytest.raises(ConfigError, match="nested deeper"):
+        load_config(path, registries, ["output.dir=" + "[" * 30 + "]" * 30])

@@ -309,3 +309,12 @@ def test_saved_images_are_cropped_to_the_content_box(registries, tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "o" / "edited.png").size == (8, 4)
+
+
+def test_a_target_outside_its_space_is_refused_before_the_loop(registries):
+    from soundguide.core.errors import PluginError
+
+    guidance = [{"type": "toy-target", "vector": [1.0, 2.0, 3.0]}]  # the toy space has 16 values
+    editor = Editor(make_config(registries, guidance=guidance), registries, progress=False)
+    with pytest.raises(PluginError, match="target has 3 values but the images' embeddings .* 16"):
+        editor.prepare()

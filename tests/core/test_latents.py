@@ -72,3 +72,75 @@ def test_bad_content(tmp_path):
         load_latent_file(tmp_path / "missing.npy", L, D)
     with pytest.raises(LatentError, match="checkpoint not found"):
         load_latent_file(tmp_path / "missing.pt", L, D)
+
+
+def test_stack_larger_than_max_rows_is_refused_with_a_hint(tmp_path):
+    torch.save(torch.randn(20, L, D), tmp_path / "stack.pt")
+    with pytest.raises(LatentError, match=r"holds 20 latents .* at most 16") as info:
+        load_latent_file(tmp_path / "stack.pt", L, D, max_rows=16)
+    assert "latent_index" in info.value.hint
+    picked = load_latent_file(tmp_path / "stack.pt", L, D, index=list(range(16)), max_rows=16)
+    assert picked.shape == (16, L, D)
+
+
+def test_pickled_npy_is_refused_and_never_unpickled(tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([Trap()], dtype=object), allow_pickle=True)
+    with pytest.raises(LatentError, match="pickled Python objects") as info:
+        load_latent_file(tmp_path / "objects.npy", L, D)
+    assert "astype(np.float32)" in info.value.hint
+    assert not Trap.ran
+
+
+class Trap:
+    ran = False
+
+    def __reduce__(self):
+        return (_spring, ())
+
+
+def _spring():
+    Trap.ran = True
+    return None
+
+
+def test_integer_pt_latents_are_refused(tmp_path):
+    torch.save(torch.zeros(1, L, D, dtype=torch.int64), tmp_path / "ints.pt")
+    with pytest.raises(LatentError, match="expected floats"):
+        load_latent_file(tmp_path / "ints.pt", L, D)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy"])
+def test_memory_follows_the_rows_picked_not_the_file(tmp_path, suffix):
+    """A 10,000-row stack (164 MB): picking one row must not read the rest."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"stack{suffix}"
+    stack = torch.randn(10_000, 8, 512)
+    if suffix == ".pt":
+        torch.save(stack, path)
+    else:
+        np.save(path, stack.numpy())
+    expected = stack[[3, 9_999]].clone()
+    del stack
+    script = f"""
+import torch
+from soundguide.core.latents import load_latent_file
+
+def rss_anon():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("RssAnon:"))
+
+before = rss_anon()
+w = load_latent_file({str(path)!r}, 8, 512, index=[3, -1])
+after = rss_anon()
+torch.save(w, {str(tmp_path / "picked.pt")!r})
+print((after - before) // 1024)
+"""
+    grown = int(
+        subprocess.run(
+            [sys.executable, "-c", script], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    assert grown < 32  # MiB; reading the file whole would take 164 MiB (plus copies)
+    assert torch.equal(torch.load(tmp_path / "picked.pt", weights_only=True), expected)
