@@ -1,6 +1,7 @@
 """soundguide: edit and generate images guided by sound, text and pictures.
 
-Plugin authors need only this module::
+Plugin authors need only this module (a source in CLIP space subclasses
+``soundguide.CLIPGuidance`` instead, see the README)::
 
     import soundguide
 
@@ -37,7 +38,21 @@ from soundguide.core.interfaces import (
 
 __version__ = "0.1.0"
 
+_CLIP_SPACE = ("CLIPGuidance", "CLIPGuidanceConfig", "clip_space")
+
+
+def __getattr__(name: str):
+    # the CLIP-space base classes live with the built-in plugins; imported on first use
+    if name in _CLIP_SPACE:
+        from soundguide.plugins import clip_space
+
+        return getattr(clip_space, name)
+    raise AttributeError(f"module 'soundguide' has no attribute {name!r}")
+
+
 __all__ = [
+    "CLIPGuidance",
+    "CLIPGuidanceConfig",
     "ConfigPath",
     "Editor",
     "Generator",
@@ -55,6 +70,7 @@ __all__ = [
     "WeightsRef",
     "SoundguideError",
     "__version__",
+    "clip_space",
     "edit",
     "hookimpl",
     "load_config",

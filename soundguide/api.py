@@ -77,9 +77,9 @@ def edit(
         folder = out
     else:
         folder = RunFolder(out if out is not None else config.output.dir, overwrite=overwrite)
-        if write:
-            folder.open()
     try:
+        if write and owned:
+            folder.open()
         editor = Editor(
             config,
             registries,

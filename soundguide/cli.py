@@ -261,15 +261,21 @@ def config() -> None:
 def config_check(
     ctx: click.Context, path: Path, overrides: tuple[str, ...], preset: str | None
 ) -> None:
-    """Validate a run config without running it."""
+    """Validate a run config and check its input files, without running it."""
     from soundguide.core.config import load_config
+    from soundguide.core.inputs import check_inputs, run_inputs
 
-    cfg = load_config(path, _registries(ctx), _overrides(overrides, preset))
+    registries = _registries(ctx)
+    cfg = load_config(path, registries, _overrides(overrides, preset))
+    inputs = run_inputs(cfg)
+    notes = check_inputs(inputs, registries.weights, download=False, source=str(path))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     sources = ", ".join(f"{g.type}@{g.weight:g}" for g in cfg.guidance)
     regs = ", ".join(f"{r.type}@{r.weight:g}" for r in cfg.regularizer) or "none"
     click.echo(
         f"ok: {path}: generator {cfg.generator.type}; guidance {sources}; regularizers {regs}; "
-        f"{cfg.optimization.steps} steps"
+        f"{cfg.optimization.steps} steps; {len(inputs)} inputs checked"
     )
 
 

@@ -56,7 +56,9 @@ def test_bad_config_exits_2_with_one_line(write_config, capsys):
     path = write_config(TOY_CONFIG.replace("weight = 0.5", "wieght = 0.5"))
     assert cli("edit", str(path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == f"error: {path}: guidance.1.wieght: extra inputs are not permitted"
+    assert err[0] == (
+        f"error: {path}: guidance.1.wieght: extra inputs are not permitted (did you mean 'weight'?)"
+    )
     assert err[1].startswith("hint: ")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from soundguide.cli import main
 
@@ -18,6 +20,15 @@ def test_there_are_example_configs():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_check(path, capsys):
-    assert main(["config", "check", str(path)]) == 0
-    assert capsys.readouterr().out.startswith(f"ok: {path}")
+def test_config_check(path, tmp_path, capsys):
+    """Valid as shipped except for the sound, which the user brings (checked too)."""
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "1 input of " in err and "guidance.0.path = " in err and "(not found)" in err
+    sound = tmp_path / "sound.wav"
+    sf.write(sound, 0.3 * np.sin(np.arange(44100) / 10.0), 44100)
+    assert main(["config", "check", str(path), "--set", f'guidance.0.path="{sound}"']) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"ok: {path}")
+    # the known weights are not downloaded here: said, not an error
+    assert "note: stylegan2-" in captured.err and "is not downloaded yet" in captured.err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import textwrap
@@ -51,3 +52,73 @@ def test_plugin_example_registers_and_validates(installed_example, capsys):
     )
     assert main(["config", "check", str(config)]) == 0
     assert "noise@-0.2" in capsys.readouterr().out
+
+
+def test_plugin_example_runs_offline_and_shares_the_clip_encoder(
+    installed_example, tmp_path, monkeypatch, capsys
+):
+    """The README's module, verbatim, in an edit with the demo's tiny models and a text
+    source: one CLIP encoder is built and serves both sources."""
+    from soundguide.demo import write_demo_inputs
+    from soundguide.encoders.clip import CLIPEncoder
+
+    inputs = tmp_path / "inputs"
+    write_demo_inputs(inputs, steps=2)
+    loads = []
+    real_load = CLIPEncoder.load.__func__
+
+    def counting_load(cls, *args, **kwargs):
+        loads.append(args[0])
+        return real_load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPEncoder, "load", classmethod(counting_load))
+    usage = textwrap.dedent(block_after("the source is available to every run", "toml"))
+    clip = inputs / "clip-tiny.pt"
+    config = installed_example / "run.toml"
+    config.write_text(
+        f"""
+[generator]
+type = "stylegan2"
+checkpoint = "{inputs / "stylegan2-tiny.pt"}"
+
+[[guidance]]
+type = "text"
+prompt = "a burning forest"
+clip_model = "{clip}"
+"""
+        + usage.replace("weight = -0.2", f'weight = -0.2\nclip_model = "{clip}"')
+        + "\n[optimization]\nsteps = 2\n"
+    )
+    out = tmp_path / "out"
+    assert main(["edit", str(config), "--out", str(out), "-q"]) == 0, capsys.readouterr().err
+    assert len(loads) == 1  # the text source and the plugin share one encoder
+    manifest = json.loads((out / "run.json").read_text())
+    assert set(manifest["losses"]["final"]["terms"]) == {"text", "noise"}
+
+
+def test_clip_space_of_the_defaults_is_the_builtins():
+    import soundguide
+    from soundguide.core.plugins import load_registries
+
+    registries = load_registries(entry_points=False)
+    text = registries.guidances.get("text")
+    config = text.Config(prompt="x")
+    plugin = text(config, soundguide.RunContext())
+    assert plugin.space == soundguide.clip_space() == "clip:ViT-B/32:clip:cutouts=0:float32"
+
+
+def test_cpu_install_is_one_documented_command():
+    import shlex
+
+    install = block_after("## Install and run", "bash")
+    cpu = block_after("NVIDIA GPU, take PyTorch's CPU wheels", "bash").strip()
+    assert ".venv/bin/pip install -e ." in install
+    words = shlex.split(cpu)
+    assert words[:4] == [".venv/bin/pip", "install", "-e", "."]
+    assert words[words.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert "nvidia-" not in pyproject and "+cu" not in pyproject  # nothing pins a CUDA build
+
+
+def test_demo_rerun_command_is_documented():
+    assert "soundguide edit runs/demo/demo-inputs/demo.toml" in README

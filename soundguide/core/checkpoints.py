@@ -23,7 +23,6 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from soundguide.core.errors import CheckpointError, DuplicatePluginError, WeightsError
-from soundguide.core.files import atomic_write_text, sha256_file
+from soundguide.core.files import atomic_write_text, create_temporary, sha256_file
 
 HOME_ENV = "SOUNDGUIDE_HOME"
 _SAFE_GLOBALS = [argparse.Namespace]
@@ -76,11 +75,20 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(
+            f"checkpoint not found: {path}",
+            hint="check the path (relative paths in a config resolve against its folder)",
+        )
     if path.is_dir():
-        raise CheckpointError(f"checkpoint is a directory, not a file: {path}")
+        raise CheckpointError(
+            f"checkpoint is a directory, not a file: {path}",
+            hint="give the checkpoint file inside it",
+        )
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+        raise CheckpointError(
+            f"checkpoint is empty (0 bytes): {path}",
+            hint="an interrupted download or copy: delete it and download or copy it again",
+        )
     head = _head(path)
     if _is_html(head):
         raise CheckpointError(
@@ -271,6 +279,9 @@ class KnownWeights:
     description: str = ""
     sha256: str | None = None
     size: int | None = None
+    folder: str | None = None
+    """Where the file lives when not in soundguide's cache (``~`` expanded): CLIP
+    models share ``~/.cache/clip`` with the ``clip`` package."""
 
 
 class WeightsRegistry:
@@ -293,10 +304,6 @@ class WeightsRegistry:
         self._owners[entry.name] = self._current
         return entry
 
-    def _remove_plugin(self, plugin: str) -> None:
-        for name in [n for n, owner in self._owners.items() if owner[0] == plugin]:
-            del self._entries[name], self._owners[name]
-
     def owner(self, name: str) -> tuple[str, str]:
         """(plugin, distribution) that registered ``name``."""
         return self._owners[name]
@@ -314,7 +321,10 @@ class WeightsRegistry:
         if name not in self._entries:
             from soundguide.core.registry import unknown_name_message
 
-            raise WeightsError(unknown_name_message("known weights", name, self._entries))
+            raise WeightsError(
+                unknown_name_message("weights name", name, self._entries),
+                hint="`soundguide weights list` shows the known names; or give a local file's path",
+            )
         return self._entries[name]
 
     # -- files --------------------------------------------------------------------
@@ -323,7 +333,10 @@ class WeightsRegistry:
         return (self._home if self._home is not None else soundguide_home()) / "weights"
 
     def local_path(self, name: str) -> Path:
-        return self.folder / self.get(name).filename
+        """Where ``name``'s file is expected (``soundguide weights list`` prints it)."""
+        entry = self.get(name)
+        folder = Path(entry.folder).expanduser() if entry.folder else self.folder
+        return folder / entry.filename
 
     def _pins_path(self) -> Path:
         return self.folder / "pins.json"
@@ -433,8 +446,7 @@ def download_file(
     path) when the download fails, answers with a web page, or mismatches.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    tmp = Path(tmp_name)
+    fd, tmp = create_temporary(path.parent, path.name)  # the user's umask, as any download
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:

@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 
 from soundguide.core.errors import ConfigError
 from soundguide.core.interfaces import MAX_SEED, ConfigPath, PluginConfig, StrictModel
-from soundguide.core.registry import Registries, Registry, unknown_name_message
+from soundguide.core.registry import Registries, Registry, closest, unknown_name_message
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -203,35 +203,59 @@ def _loc_text(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def _check_plugin_types(data: Mapping[str, Any], registries: Registries) -> list[str]:
-    problems = []
+Problem = tuple[tuple[str, ...], str]
+"""A config error: its location (``("guidance", "1", "weight")``) and the message."""
+
+
+def _check_plugin_types(data: Mapping[str, Any], registries: Registries) -> list[Problem]:
+    problems: list[Problem] = []
     for section, attr in PLUGIN_SECTIONS.items():
         registry: Registry = getattr(registries, attr)
         if section not in data:
             continue
         value = data[section]
         if section == "generator":
-            items: list[tuple[str, Any]] = [(section, value)]
+            items: list[tuple[tuple[str, ...], Any]] = [((section,), value)]
         elif isinstance(value, list):
-            items = [(f"{section}.{i}", item) for i, item in enumerate(value)]
+            items = [((section, str(i)), item) for i, item in enumerate(value)]
         else:
-            problems.append(f"{section}: expected an array of tables ([[{section}]])")
+            problems.append(((section,), f"expected an array of tables ([[{section}]])"))
             continue
         for loc, item in items:
             if not isinstance(item, Mapping):
-                problems.append(f"{loc}: expected a table with a 'type' key")
+                problems.append((loc, "expected a table with a 'type' key"))
             elif "type" not in item:
                 names = ", ".join(registry.names()) or "none"
-                problems.append(f"{loc}.type: missing; available {registry.kind}s: {names}")
+                problems.append(((*loc, "type"), f"missing; available {registry.kind}s: {names}"))
             elif not isinstance(item["type"], str) or item["type"] not in registry:
-                problems.append(
-                    f"{loc}.type: {unknown_name_message(registry.kind, str(item['type']), registry.names())}"
-                )
+                message = unknown_name_message(registry.kind, str(item["type"]), registry.names())
+                problems.append(((*loc, "type"), message))
     return problems
 
 
-def _format_error(error: Mapping[str, Any]) -> str:
-    loc = list(error["loc"])
+def _fields_at(raw_loc: Sequence[Any], registries: Registries) -> list[str]:
+    """The keys allowed in the table an ``extra_forbidden`` error points into."""
+    models: dict[str, type] = {
+        "optimization": OptimizationConfig,
+        "output": OutputConfig,
+    }
+    if len(raw_loc) == 1:
+        return list(RunConfig.model_fields)
+    head = raw_loc[0]
+    if head in models and len(raw_loc) == 2:
+        return list(models[head].model_fields)
+    # a discriminated union puts the plugin's type into the location
+    tag = raw_loc[1] if head == "generator" else raw_loc[2] if len(raw_loc) > 2 else None
+    if head in PLUGIN_SECTIONS and isinstance(tag, str):
+        registry: Registry = getattr(registries, PLUGIN_SECTIONS[head])
+        if tag in registry and len(raw_loc) == (3 if head == "generator" else 4):
+            return list(registry.get(tag).Config.model_fields)
+    return []
+
+
+def _problem(error: Mapping[str, Any], registries: Registries) -> Problem:
+    raw = list(error["loc"])
+    loc = list(raw)
     # a discriminated union puts the tag into the location: guidance.1.text.wieght
     if loc and loc[0] == "generator" and len(loc) > 1:
         del loc[1]
@@ -241,15 +265,30 @@ def _format_error(error: Mapping[str, Any]) -> str:
     if error["type"] == "value_error":
         message = message.removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
-    return f"{_loc_text(loc)}: {message}"
+    if error["type"] == "extra_forbidden" and loc:
+        match = closest(str(loc[-1]), _fields_at(raw, registries))
+        if match is not None:
+            message += f" (did you mean {match!r}?)"
+    return tuple(str(part) for part in loc), message
 
 
-def _raise_config_error(source: str, problems: list[str]) -> None:
-    shown = "; ".join(problems[:5])
-    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+def _raise_config_error(
+    source: str, problems: list[Problem], overridden: Sequence[Sequence[str]] = ()
+) -> None:
+    """One ConfigError line; problems that ``--set`` caused are named by their ``--set``."""
+
+    def from_set(loc: tuple[str, ...]) -> bool:
+        return any(tuple(key[: len(loc)]) == loc[: len(key)] for key in overridden)
+
+    in_file = [f"{_loc_text(loc)}: {message}" for loc, message in problems if not from_set(loc)]
+    by_set = [f"--set {_loc_text(loc)}: {message}" for loc, message in problems if from_set(loc)]
+    parts = ([f"{source}: " + "; ".join(in_file)] if in_file else []) + by_set
+    shown = "; ".join(parts[:5])
+    more = f" (and {len(parts) - 5} more)" if len(parts) > 5 else ""
     raise ConfigError(
-        f"{source}: {shown}{more}",
-        hint="`soundguide plugins` lists the plugin types; each table's keys are its options",
+        f"{shown}{more}",
+        hint="`soundguide plugins` lists the plugin types; `soundguide config show` prints a "
+        "config with every key and its default",
     )
 
 
@@ -309,7 +348,10 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(
+            f"config file not found: {path}",
+            hint="check the path; `soundguide demo` writes an example config you can start from",
+        ) from None
     except IsADirectoryError:
         raise ConfigError(f"config path is a directory, not a file: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -317,7 +359,10 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        raise ConfigError(
+            f"{path}: invalid TOML: {exc}",
+            hint='TOML strings need quotes (path = "a.wav"); see https://toml.io',
+        ) from None
     except RecursionError:
         data = None
     if data is None or nesting_depth(data) > MAX_DEPTH:
@@ -380,22 +425,27 @@ def config_from_dict(
     *,
     base_dir: str | os.PathLike[str] | None = None,
     source: str = "config",
+    overridden: Sequence[Sequence[str]] = (),
 ) -> RunConfig:
-    """Validate raw config data; relative paths resolve against ``base_dir``."""
+    """Validate raw config data; relative paths resolve against ``base_dir``.
+
+    ``overridden``: the keys ``--set`` changed (as lists of parts), so that
+    errors in them name ``--set`` rather than ``source``.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a table of sections, got {type(data).__name__}")
     if nesting_depth(data) > MAX_DEPTH:
         raise ConfigError(f"{source}: tables and arrays are nested deeper than {MAX_DEPTH} levels")
     problems = _check_plugin_types(data, registries)
     if problems:
-        _raise_config_error(source, problems)
+        _raise_config_error(source, problems, overridden)
     data = apply_preset(copy.deepcopy(dict(data)), registries)
     model = run_config_model(registries)
     context = {"base_dir": Path(base_dir).resolve() if base_dir is not None else None}
     try:
         return model.model_validate(dict(data), context=context)
     except ValidationError as exc:
-        _raise_config_error(source, [_format_error(e) for e in exc.errors()])
+        _raise_config_error(source, [_problem(e, registries) for e in exc.errors()], overridden)
     raise AssertionError("unreachable")
 
 
@@ -407,4 +457,7 @@ def load_config(
     """Read a TOML run config, apply ``--set`` overrides and validate it."""
     path = Path(path)
     data = apply_overrides(read_toml(path), overrides)
-    return config_from_dict(data, registries, base_dir=path.parent, source=str(path))
+    overridden = [parse_override(text)[0] for text in overrides]
+    return config_from_dict(
+        data, registries, base_dir=path.parent, source=str(path), overridden=overridden
+    )

@@ -36,6 +36,7 @@ import torch
 
 from soundguide.core.adam import LatentAdam
 from soundguide.core.errors import ConfigError, PluginError
+from soundguide.core.inputs import check_inputs, run_inputs
 from soundguide.core.interfaces import (
     Generator,
     Guidance,
@@ -232,6 +233,11 @@ class Editor:
             return
         cfg = self.config
         ctx = self.context
+        # every input file and weights file at once, before anything is built:
+        # one error lists all that is missing, known weights are downloaded now
+        check_inputs(
+            run_inputs(cfg), self.registries.weights, download=True, progress=self.progress
+        )
         if ctx.device.type == "cpu":
             release_gpu_libraries()  # pages that import torch touched and a CPU run never uses
         if self.malloc == "frugal":
@@ -395,7 +401,11 @@ class Editor:
     @staticmethod
     def _check_image(image: torch.Tensor, what: str) -> None:
         if not torch.isfinite(image).all():
-            raise PluginError(f"the generator produced a non-finite image from {what}")
+            raise PluginError(
+                f"the generator produced a non-finite image from {what}",
+                hint='the generator\'s checkpoint may be damaged; try precision = "fp32" or '
+                "another start latent",
+            )
 
     # -- the loop -----------------------------------------------------------------
     def losses(self, w: torch.Tensor, image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 
 if TYPE_CHECKING:
     from soundguide.core.checkpoints import WeightsRegistry
+    from soundguide.core.inputs import Input
 
 
 class StrictModel(BaseModel):
@@ -66,6 +67,18 @@ class PluginConfig(StrictModel):
     """Base of a plugin's nested ``Config``; subclasses narrow ``type`` to a Literal."""
 
     type: str
+
+    def inputs(self, location: str) -> list[Input]:
+        """What this plugin will read: checked (and known weights fetched) before a run.
+
+        The default lists every path value (``ConfigPath``) as an input file and
+        every ``WeightsRef`` field as weights; override it to add inputs the
+        config implies (the ``stylegan2`` preset's weights). ``location`` is the
+        config section, e.g. ``guidance.0``.
+        """
+        from soundguide.core.inputs import model_inputs
+
+        return model_inputs(self, location)
 
 
 class GeneratorConfig(PluginConfig):
@@ -158,9 +171,13 @@ class RunContext:
         name = str(name_or_path)
         if self.weights is not None and name in self.weights:
             return self.weights.fetch(name, progress=self.progress)
-        known = ", ".join(e.name for e in self.weights) if self.weights else "none"
+        from soundguide.core.registry import unknown_name_message
+
+        known = [e.name for e in self.weights] if self.weights else []
         raise WeightsError(
-            f"{name!r} is neither an existing file nor a known-weights name (known: {known})"
+            unknown_name_message("weights name", name, known) + "; no such file either",
+            hint="`soundguide weights list` shows the known names; relative paths resolve "
+            "against the config's folder",
         )
 
 

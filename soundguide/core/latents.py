@@ -25,7 +25,10 @@ def _read(path: Path, trust: bool) -> np.ndarray | torch.Tensor:
     """The array in a latent file, memory-mapped where the format allows (nothing copied)."""
     if path.suffix.lower() == ".npy":
         if not path.is_file():
-            raise LatentError(f"latent file not found: {path}")
+            raise LatentError(
+                f"latent file not found: {path}",
+                hint="relative paths resolve against the config's folder",
+            )
         dtype = _npy_dtype(path)
         if dtype is not None and dtype.hasobject:
             raise LatentError(

@@ -66,6 +66,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.image",
     "soundguide.plugins.latent_l2",
     "soundguide.plugins.identity",
+    "soundguide.plugins.clip_space",
 )
 """Modules of the built-in plugins, registered like any third-party plugin."""
 

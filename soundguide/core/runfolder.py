@@ -110,8 +110,10 @@ class RunFolder:
             for path in reversed(self._created):
                 try:
                     path.rmdir()
+                except FileNotFoundError:
+                    continue
                 except OSError:
-                    break  # not empty (or gone): keep it and its parents
+                    break  # not empty: keep it and its parents
         self._created = []
 
     # -- open's steps ------------------------------------------------------------------
@@ -124,16 +126,17 @@ class RunFolder:
                 break
             path = path.parent
         for path in reversed(missing):
+            self._created.append(path)  # first: a Ctrl-C right after mkdir still cleans it up
             try:
                 path.mkdir()
             except FileExistsError:
-                continue
+                self._created.pop()
             except OSError as exc:
+                self._created.pop()
                 raise OutputError(
                     f"cannot create output folder {self.folder}: {_reason(exc)}",
                     hint="choose an --out in a folder you can write to",
                 ) from None
-            self._created.append(path)
 
     def _check_contents(self) -> None:
         others = [p for p in self.folder.iterdir() if p.name != LOCK_NAME]
@@ -187,28 +190,34 @@ class _Lock:
                     f"cannot write to output folder {folder}: {_reason(exc)}",
                     hint="choose an --out in a folder you can write to",
                 ) from None
+            held = False
             try:
-                locked = _try_lock(fd)
-            except OSError:  # a file system without locks: fall back to the pid inside
-                locked = not _holder_alive(_read_holder(fd))
-            if not locked:
-                holder = _read_holder(fd)
+                try:
+                    held = _try_lock(fd)
+                except OSError:  # a file system without locks: fall back to the pid inside
+                    held = not _holder_alive(_read_holder(fd))
+                if not held:
+                    holder = _read_holder(fd)
+                    raise OutputError(
+                        f"another soundguide run ({_describe(holder)}) is writing to {folder}",
+                        hint="wait until it has finished, or choose another --out",
+                    )
+                # the previous owner may have removed the file between our open and lock
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.stat(path))
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    lock = cls(path, fd)
+                    lock._write_holder()
+                    return lock
+                held = False  # a file nobody uses any more: try again
+            except BaseException:
+                if held:  # ours: nobody else may rely on it
+                    path.unlink(missing_ok=True)
                 os.close(fd)
-                raise OutputError(
-                    f"another soundguide run ({_describe(holder)}) is writing to {folder}",
-                    hint="wait until it has finished, or choose another --out",
-                )
-            # the previous owner may have removed the file between our open and lock
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            lock = cls(path, fd)
-            lock._write_holder()
-            return lock
+                raise
+            os.close(fd)
         raise OutputError(f"cannot lock output folder {folder}: the lock file keeps changing")
 
     def _write_holder(self) -> None:
@@ -223,7 +232,6 @@ class _Lock:
             os.pwrite(self.fd, data, 0)
             os.fsync(self.fd)
         except OSError as exc:
-            self.release()
             raise OutputError(
                 f"cannot write to output folder {self.path.parent}: {_reason(exc)}",
                 hint="free some space or choose another --out",

@@ -438,17 +438,23 @@ def _open(path: Path) -> tuple[Any, int, int, int]:
     import soundfile as sf
 
     if not path.exists():
-        raise AudioError(f"cannot read audio {path}: no such file")
+        raise AudioError(
+            f"cannot read audio {path}: no such file",
+            hint="relative paths resolve against the config's folder",
+        )
     if path.is_dir():
         raise AudioError(f"cannot read audio {path}: it is a directory, not a file")
     if path.stat().st_size == 0:
-        raise AudioError(f"cannot read audio {path}: the file is empty (0 bytes)")
+        raise AudioError(
+            f"cannot read audio {path}: the file is empty (0 bytes)",
+            hint="an interrupted download or copy? copy the file again",
+        )
     try:
         handle = sf.SoundFile(str(path))
     except sf.LibsndfileError as exc:
-        raise AudioError(_open_error(path, exc.error_string)) from None
+        raise AudioError(_open_error(path, exc.error_string), hint=CONVERT_HINT) from None
     except (RuntimeError, OSError, TypeError, ValueError) as exc:
-        raise AudioError(_open_error(path, str(exc))) from None
+        raise AudioError(_open_error(path, str(exc)), hint=CONVERT_HINT) from None
     rate, frames, channels = int(handle.samplerate), int(handle.frames), int(handle.channels)
     problem = None
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
@@ -540,6 +546,12 @@ def _check_rate(rate: object, what: str) -> int:
 
 def _check_target_rate(rate: object) -> int:
     return _check_rate(rate, "cannot resample audio")
+
+
+CONVERT_HINT = (
+    "soundguide reads what libsndfile decodes (WAV, FLAC, OGG, MP3...); convert other "
+    "formats first, e.g. ffmpeg -i input.m4a output.wav"
+)
 
 
 def _open_error(path: Path, detail: str) -> str:

@@ -55,7 +55,10 @@ class AudioGuidance(FileSources, CLIPGuidance):
         for path in self.paths:
             if not path.is_file():
                 what = "is a directory" if path.is_dir() else "does not exist"
-                raise AudioError(f"audio source {path} {what}")
+                raise AudioError(
+                    f"audio source {path} {what}",
+                    hint="relative paths resolve against the config's folder",
+                )
 
     def encoder_path(self) -> Path:
         return self.context.resolve_weights(self.config.encoder)
@@ -96,7 +99,7 @@ class AudioGuidance(FileSources, CLIPGuidance):
         )
 
     def files(self) -> list[Path]:
-        return [*self.paths, self.encoder_path()]
+        return [*self.paths, self.encoder_path(), *super().files()]
 
 
 @soundguide.hookimpl

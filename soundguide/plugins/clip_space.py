@@ -1,9 +1,14 @@
 """What the audio, text and image guidances share: the CLIP image space.
 
-Not a plugin itself. A third-party source that lives in CLIP space can
-subclass :class:`CLIPGuidance` the same way: sources with the same CLIP
-model and preprocessing share one encoder, so mixing them costs one image
-encoding per step.
+Third-party sources that live in CLIP space subclass :class:`CLIPGuidance`
+(``soundguide.CLIPGuidance``) with a config derived from
+:class:`CLIPGuidanceConfig`: they get ``clip_model``, the preprocessing, the
+loss and the ``paper`` preset like the built-ins, and :attr:`CLIPGuidance.space`
+(:func:`clip_space`) makes every source with the same CLIP settings share one
+encoder, so mixing them costs one image encoding per step.
+
+Also a plugin module: it registers OpenAI's CLIP models as known weights,
+kept where the ``clip`` package keeps them (``~/.cache/clip``).
 """
 
 from __future__ import annotations
@@ -15,12 +20,31 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from soundguide import Guidance, GuidanceConfig, WeightsRef
+import soundguide
+from soundguide import Guidance, GuidanceConfig, KnownWeights, WeightsRef
 
 PAPER_SCALE = math.exp(0.07)
 """The original code's ``1 - exp(0.07) * cos`` guidance loss."""
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def clip_space(
+    clip_model: str = "ViT-B/32",
+    clip_preprocess: str = "clip",
+    clip_cutouts: int = 0,
+    clip_dtype: str = "float32",
+) -> str:
+    """The space key of CLIP image embeddings made with these settings.
+
+    Guidances whose :attr:`~soundguide.Guidance.space` is the same key share
+    one encoder (built by the first of them) and one image encoding per step.
+    The defaults are those of the built-in ``audio``, ``text`` and ``image``
+    sources: ``clip_space()`` is ``"clip:ViT-B/32:clip:cutouts=0:float32"``.
+    ``clip_model`` is compared as written: a model name and a path to the same
+    file are two spaces.
+    """
+    return f"clip:{clip_model}:{clip_preprocess}:cutouts={clip_cutouts}:{clip_dtype}"
 
 
 class CLIPGuidanceConfig(GuidanceConfig):
@@ -50,7 +74,11 @@ class CLIPGuidance(Guidance):
     @property
     def space(self) -> str:
         c = self.config
-        return f"clip:{c.clip_model}:{c.clip_preprocess}:cutouts={c.clip_cutouts}:{c.clip_dtype}"
+        return clip_space(c.clip_model, c.clip_preprocess, c.clip_cutouts, c.clip_dtype)
+
+    def clip_path(self) -> Path:
+        """The local CLIP file (a known model name is downloaded on first use)."""
+        return self.context.resolve_weights(self.config.clip_model)
 
     def build_encoder(self):
         """One CLIP encoder per space; its text tower is read only if a text target needs it."""
@@ -58,7 +86,7 @@ class CLIPGuidance(Guidance):
 
         c = self.config
         return CLIPEncoder.load(
-            c.clip_model,
+            self.clip_path(),
             device=self.context.device,
             dtype=_DTYPES[c.clip_dtype],
             trust=self.context.trust_checkpoint,
@@ -72,6 +100,10 @@ class CLIPGuidance(Guidance):
 
         scale = PAPER_SCALE if self.config.loss == "paper" else 1.0
         return cosine_distance(embedding, target.to(embedding.dtype), scale=scale)
+
+    def files(self) -> list[Path]:
+        """The CLIP file (subclasses add their own inputs), for ``run.json``."""
+        return [self.clip_path()]
 
     def clip_key(self) -> dict[str, Any]:
         """What a CLIP-side target depends on, for :meth:`RunContext.cached_tensor`."""
@@ -107,3 +139,22 @@ class FileSources:
     def one_or_all(self, targets: torch.Tensor) -> torch.Tensor:
         """(N, D) targets, one per path: all of them for a list, the single (D,) one otherwise."""
         return targets if isinstance(self.config.path, list) else targets[0]
+
+
+@soundguide.hookimpl
+def register_weights(registry):
+    from soundguide.encoders.clip_weights import CLIP_CACHE, CLIP_MODELS, CLIP_URL
+
+    for name, tail in CLIP_MODELS.items():
+        digest, filename = tail.split("/")
+        registry.add(
+            KnownWeights(
+                name=name,
+                url=CLIP_URL + tail,
+                filename=filename,
+                license="MIT",
+                description=f"OpenAI CLIP {name} (TorchScript archive, read without running it)",
+                sha256=digest,
+                folder=CLIP_CACHE,
+            )
+        )

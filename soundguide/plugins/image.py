@@ -77,7 +77,7 @@ class ImageGuidance(FileSources, CLIPGuidance):
         return encoder.model.encode_image(encoder.preprocess(pictures)).float()
 
     def files(self) -> list[Path]:
-        return self.paths
+        return [*self.paths, *super().files()]
 
 
 @soundguide.hookimpl

@@ -109,6 +109,14 @@ class StyleGAN2(Generator):
                 raise ValueError("set preset (e.g. 'landscape') or checkpoint = 'file.pt'")
             return self
 
+        def inputs(self, location: str):
+            found = super().inputs(location)
+            if self.checkpoint is None and self.preset is not None:
+                from soundguide.core.inputs import Input
+
+                found.append(Input(f"{location}.preset", PRESETS[self.preset].weights, "weights"))
+            return found
+
     config: Config
 
     def __init__(self, config: Config, context) -> None:

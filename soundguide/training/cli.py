@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from soundguide.cli_options import _registries, plugin_option
 from soundguide.training.config import PAPER_SETTINGS, TrainConfig
 from soundguide.training.curation import DEFAULT_MAX_SECONDS, DEFAULT_SHARD_SIZE
 from soundguide.training.datasets import DEFAULT_PATTERN, LAYOUTS
@@ -27,6 +28,12 @@ _DEFAULTS = {
     for f in dataclasses.fields(TrainConfig)
     if f.default is not dataclasses.MISSING
 }
+
+
+def _load_plugins(ctx: click.Context) -> None:
+    """Register the -p modules given (so a broken one is reported like in every command)."""
+    if ctx.find_root().ensure_object(dict).get("plugins"):
+        _registries(ctx)
 
 
 @click.command("curate")
@@ -84,7 +91,10 @@ _DEFAULTS = {
     "--trust-checkpoint", is_flag=True, help="Allow a CLIP file that unpickles arbitrary objects."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@plugin_option
+@click.pass_context
 def curate(
+    ctx: click.Context,
     dataset: Path,
     out: Path,
     layout: str,
@@ -108,6 +118,7 @@ def curate(
     from soundguide.training.curation import curate as run_curate
     from soundguide.training.distributed import resolve_device
 
+    _load_plugins(ctx)
     report = run_curate(
         dataset,
         out,
@@ -243,6 +254,7 @@ def _option(name: str, help: str, **kwargs: Any):
     help="Allow CLIP and --init files that unpickle arbitrary objects (only files you trust).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@plugin_option
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -264,6 +276,7 @@ def train(
     from soundguide.training.trainer import load_run_config
     from soundguide.training.trainer import train as run_train
 
+    _load_plugins(ctx)
     source = click.core.ParameterSource
     given = {
         name

@@ -281,7 +281,7 @@ class TestWeightsRegistry:
         registry = WeightsRegistry(home=tmp_path)
         registry.add(KnownWeights("landscape", "file:///a", "a.pt", "MIT"))
         with pytest.raises(
-            WeightsError, match="unknown known weights 'landscap'.*did you mean 'landscape'"
+            WeightsError, match="unknown weights name 'landscap'.*did you mean 'landscape'"
         ):
             registry.get("landscap")
         with pytest.raises(DuplicatePluginError, match="registered twice"):

@@ -153,7 +153,9 @@ def test_path_that_is_a_file(tmp_path):
         RunFolder(tmp_path / "f" / "sub").open()
 
 
-@pytest.mark.parametrize("path", ["/proc/soundguide-test", "/proc/self", "/sys/kernel", "/sys/kernel/sg"])
+@pytest.mark.parametrize(
+    "path", ["/proc/soundguide-test", "/proc/self", "/sys/kernel", "/sys/kernel/sg"]
+)
 def test_system_folders_are_refused(path):
     if not Path(path).parent.exists():
         pytest.skip(f"no {Path(path).parent} here")

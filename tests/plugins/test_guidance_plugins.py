@@ -157,7 +157,7 @@ def test_paper_loss_scale(registries, clip_file, soundclip_file, tones):
 
 def test_bad_inputs(registries, clip_file, soundclip_file, tones, tmp_path):
     src = sources(clip_file, soundclip_file, tones)
-    with pytest.raises(AudioError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"guidance\.0\.path = .*nope\.wav \(not found\)"):
         Editor(
             make(registries, [{**src["audio"], "path": str(tmp_path / "nope.wav")}]), registries
         ).prepare()

@@ -8,7 +8,7 @@ import torch
 import soundguide.plugins.identity as identity_module
 from soundguide.core.config import config_from_dict
 from soundguide.core.engine import Editor
-from soundguide.core.errors import CheckpointError, SoundguideError, WeightsError
+from soundguide.core.errors import CheckpointError, ConfigError, SoundguideError
 from soundguide.core.plugins import load_registries
 from soundguide.encoders.arcface import ArcFaceIRSE50, face_features, identity_loss, load_arcface
 from soundguide.plugins.identity import FaceIdentity
@@ -133,7 +133,7 @@ def test_default_weights_come_from_the_known_weights_cache(registries, arcface_f
 
 def test_missing_weights_file_is_one_line_error(registries, tmp_path):
     missing = tmp_path / "model_ir_se50.pth"
-    with pytest.raises(WeightsError) as info:
+    with pytest.raises(ConfigError, match=r"regularizer\.0\.weights = .* \(not found\)") as info:
         make(registries, weights=str(missing)).prepare()
     assert "\n" not in str(info.value)
     assert str(missing) in str(info.value)

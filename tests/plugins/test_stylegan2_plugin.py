@@ -8,7 +8,7 @@ import torch
 import soundguide
 from soundguide.core.config import load_config
 from soundguide.core.engine import Editor
-from soundguide.core.errors import CheckpointError, ConfigError, WeightsError
+from soundguide.core.errors import CheckpointError, ConfigError
 from soundguide.generators.stylegan2 import StyleGAN2Generator
 from soundguide.plugins.stylegan2 import PRESETS
 
@@ -115,7 +115,7 @@ def test_preset_size_is_checked_against_the_checkpoint(registries, write_config,
 def test_preset_without_weights_offline(registries, write_config, monkeypatch):
     text = CONFIG.replace('checkpoint = "{ckpt}"', 'preset = "lsun-cat"')
     cfg = load_config(write_config(text), registries)
-    with pytest.raises(WeightsError, match="'stylegan2-lsun-cat' has no public download") as info:
+    with pytest.raises(ConfigError, match="'stylegan2-lsun-cat' has no public download") as info:
         Editor(cfg, registries, progress=False).prepare()
     assert "convert_weight.py" in info.value.hint
 
