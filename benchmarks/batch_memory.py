@@ -72,7 +72,11 @@ def child(folder: Path, size: int, batch: int) -> None:
         {
             "generator": {"type": "stylegan2", "checkpoint": str(folder / f"g{size}.pt")},
             "guidance": [
-                {"type": "text", "prompt": "a burning forest", "clip_model": str(folder / "clip.pt")}
+                {
+                    "type": "text",
+                    "prompt": "a burning forest",
+                    "clip_model": str(folder / "clip.pt"),
+                }
             ],
             "optimization": {"steps": 2, "seed": list(range(batch)), "max_batch": 1024},
         },
