@@ -120,6 +120,7 @@ def test_weights_commands(tmp_path, capsys, monkeypatch):
     assert "did you mean 'tiny'" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_console_script_prints_no_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[generator\n")

@@ -279,6 +279,7 @@ def _wait_for(path: Path, child, timeout: float = 60.0) -> None:
     [([signal.SIGTERM], 143), ([signal.SIGINT], 130), ([signal.SIGINT, signal.SIGINT], 130)],
     ids=["sigterm", "ctrl-c", "ctrl-c-twice"],
 )
+@pytest.mark.subprocess
 def test_signal_stops_between_steps_and_writes_everything(write_config, tmp_path, signals, code):
     path = _slow_config(write_config, tmp_path)
     child = _start("-p", "tests.toy_plugins", "edit", str(path), "-q")
@@ -302,6 +303,7 @@ def test_signal_stops_between_steps_and_writes_everything(write_config, tmp_path
     assert not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_while_loading_leaves_nothing(write_config, tmp_path):
     path = _slow_config(write_config, tmp_path, load=30.0)
     child = _start("-p", "tests.toy_plugins", "edit", str(path), "-q")
@@ -314,6 +316,7 @@ def test_ctrl_c_while_loading_leaves_nothing(write_config, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.subprocess
 def test_sigterm_while_loading_exits_143(write_config, tmp_path):
     path = _slow_config(write_config, tmp_path, load=30.0)
     child = _start("-p", "tests.toy_plugins", "edit", str(path), "-q")
@@ -324,6 +327,7 @@ def test_sigterm_while_loading_exits_143(write_config, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_demo_exits_130_after_ctrl_c(tmp_path):
     out = tmp_path / "demo"
     child = _start("demo", "--out", str(out), "--steps", "100000", "-q")

@@ -46,6 +46,9 @@ class ToyGenerator(Generator):
         box: tuple[int, int, int, int] | None = None
         load_seconds: float = Field(0.0, description="Sleep this long while loading.")
         step_seconds: float = Field(0.0, description="Sleep this long in every synthesis.")
+        nan_images_at: list[int] = Field(
+            [], description="Synthesis calls (counted from 1) whose images are NaN."
+        )
 
     def __init__(self, config: Config, context) -> None:
         super().__init__(config, context)
@@ -91,9 +94,11 @@ class ToyGenerator(Generator):
 
     def synthesize(self, latent):
         CALLS["generator.synthesize"] += 1
+        self.calls = getattr(self, "calls", 0) + 1
         time.sleep(self.config.step_seconds)
         n, s = latent.shape[0], self.config.size
-        return torch.tanh(latent.reshape(n, -1) @ self.weight).view(n, 3, s, s)
+        image = torch.tanh(latent.reshape(n, -1) @ self.weight).view(n, 3, s, s)
+        return image * float("nan") if self.calls in self.config.nan_images_at else image
 
 
 class ToyEncoder(torch.nn.Module):
@@ -176,7 +181,21 @@ class CountingRegularizer(Regularizer):
 
     def loss(self, w, w0, image, image0):
         CALLS["counting.loss"] += 1
+        assert image is None and image0 is None  # needs_image is False: no images given
         return (w - w0).abs().flatten(1).sum(1)
+
+
+class ImageRegularizer(Regularizer):
+    """Mean squared difference of the images (needs_image = True)."""
+
+    needs_image = True
+
+    class Config(RegularizerConfig):
+        type: Literal["image-mse"] = "image-mse"
+
+    def loss(self, w, w0, image, image0):
+        assert image is not None and image0 is not None and image.shape == image0.shape
+        return (image - image0).pow(2).flatten(1).mean(1)
 
 
 class PoisonRegularizer(Regularizer):
@@ -214,3 +233,4 @@ def register_guidances(registry):
 def register_regularizers(registry):
     registry.add(CountingRegularizer)
     registry.add(PoisonRegularizer)
+    registry.add(ImageRegularizer)

@@ -370,9 +370,7 @@ class Editor:
             return from_file.expand(n, -1, -1).clone()
         if opt.mode == "generate":
             return gen.mean_latent().detach().expand(n, -1, -1).clone()
-        self.seeds = opt.seeds(n)
-        if len(self.seeds) == 1 and n > 1:
-            self.seeds = self.seeds * n
+        self.seeds = opt.seeds(n)  # a seed list is one batch claim: its length is n
         # one generator per item: item i of a batch equals the same seed run alone
         parts = [
             gen.sample_latent(1, opt.truncation, torch.Generator().manual_seed(s)).detach()
@@ -524,9 +522,13 @@ class Editor:
                 with torch.no_grad():
                     image = self.generator.synthesize(done)
                     terms = self.losses(done, image)
-            except Exception:
+            except Exception as exc:  # e.g. out of memory: keep the latent, say why
                 if status != "failed":
-                    raise
+                    status, error = "failed", exc
+                    message = (
+                        f"could not render the edited latent after {steps_done} updates "
+                        f"({type(exc).__name__}: {_first_line(exc)}); kept the latent"
+                    )
                 edited, edited_step, edited_image, kept = done, steps_done, None, True
             else:
                 if _all_finite(done, image, *terms.values()):

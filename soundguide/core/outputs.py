@@ -166,15 +166,14 @@ class RunWriter:
             ("latent_edited.pt", lambda: save_tensor(f / "latent_edited.pt", result.edited_latent)),
             ("latent_source.pt", lambda: save_tensor(f / "latent_source.pt", result.source_latent)),
         ]
-        if result.edited_image is not None:
+        jobs.append(
+            ("source.png", lambda: save_png(f / "source.png", batch_column(result.source_image)))
+        )
+        if result.edited_image is not None:  # None: a failed run could not render its latent
             jobs += [
                 (
                     "edited.png",
                     lambda: save_png(f / "edited.png", batch_column(result.edited_image)),
-                ),
-                (
-                    "source.png",
-                    lambda: save_png(f / "source.png", batch_column(result.source_image)),
                 ),
                 (
                     "comparison.png",

@@ -181,7 +181,12 @@ def _load(
     from soundguide.encoders.audio import load_audio
 
     try:
-        return load_audio(path, rate, max_seconds=max_seconds), None
+        return load_audio(
+            path,
+            rate,
+            max_seconds=max_seconds,
+            too_long_hint="--skip-bad-audio leaves such clips out (they are listed in the report)",
+        ), None
     except AudioError as exc:
         if not skip:
             raise

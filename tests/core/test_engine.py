@@ -318,3 +318,186 @@ def test_a_target_outside_its_space_is_refused_before_the_loop(registries):
     editor = Editor(make_config(registries, guidance=guidance), registries, progress=False)
     with pytest.raises(PluginError, match="target has 3 values but the images' embeddings .* 16"):
         editor.prepare()
+
+
+def test_stop_request_ends_the_run_after_the_step_in_progress(registries):
+    from soundguide.core.engine import Stop
+
+    stop = Stop()
+    phases = []
+
+    def ask(event):
+        phases.append(stop.phase)
+        if event.step == 3 and not event.final:
+            stop.request("stopped by the test")
+
+    editor = Editor(make_config(registries, steps=10), registries, progress=False, stop=stop)
+    editor.subscribe(ask)
+    assert stop.phase == "preparing" and not stop.requested
+    result = editor.run()
+    assert result.status == "interrupted" and result.steps_done == 4  # step 3 completed
+    assert result.message.startswith("stopped by the test: stopped after 4 of 10 updates")
+    assert result.edited_step == 4 and len(result.history) == 4 + 1  # steps 0-3, the final
+    assert phases[:-1] == ["running"] * 4 and phases[-1] == "finishing"
+    stop.request("again", status="failed")  # a later request changes nothing
+    assert stop.message == "stopped by the test" and stop.status == "interrupted"
+
+
+def test_failed_step_keeps_what_was_done(registries, monkeypatch):
+    original = toy_plugins.ToyGenerator.synthesize
+    calls = {"n": 0}
+
+    def synthesize(self, latent):
+        calls["n"] += 1
+        if calls["n"] == 6 and latent.requires_grad:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(self, latent)
+
+    monkeypatch.setattr(toy_plugins.ToyGenerator, "synthesize", synthesize)
+    editor = Editor(make_config(registries, steps=10), registries, progress=False)
+    result = editor.run()
+    assert result.status == "failed" and isinstance(result.error, RuntimeError)
+    assert result.steps_done == 4 and result.edited_step == 4
+    assert "failed after 4 of 10 updates (RuntimeError: CUDA out of memory" in result.message
+    assert torch.isfinite(result.edited_image).all()
+
+
+# -- guards: each test fails when the check it names is removed or inverted ------------
+
+
+def test_a_non_finite_target_is_refused(registries):
+    from soundguide.core.errors import PluginError
+
+    guidance = [{"type": "toy-target", "vector": [float("nan")] + [0.0] * 15}]
+    editor = Editor(make_config(registries, guidance=guidance), registries, progress=False)
+    with pytest.raises(
+        PluginError, match="guidance 'toy-target': its target embedding is not finite"
+    ):
+        editor.prepare()
+
+
+def test_a_target_that_is_not_a_tensor_is_refused(registries, monkeypatch):
+    from soundguide.core.errors import PluginError
+
+    monkeypatch.setattr(toy_plugins.ToyGuidance, "target", lambda self, encoder: [0.0] * 16)
+    editor = Editor(make_config(registries, guidance=[{"type": "toy-target"}]), registries)
+    with pytest.raises(PluginError, match=r"target\(\) must return \(D,\) or \(n, D\), got list"):
+        editor.prepare()
+
+
+def test_per_item_targets_must_match_the_batch(registries, monkeypatch):
+    monkeypatch.setattr(toy_plugins.ToyGuidance, "target", lambda self, encoder: torch.randn(2, 16))
+    config = make_config(registries, guidance=[{"type": "toy-target"}], seed=[1, 2, 3])
+    with pytest.raises(ConfigError, match="gives 2 targets but the batch has 3 items"):
+        Editor(config, registries, progress=False).prepare()
+
+
+def test_batch_claims_must_agree_unless_one_broadcasts(registries, tmp_path):
+    torch.save(torch.randn(2, 4, 8), tmp_path / "two.pt")
+    config = make_config(registries, seed=[1, 2, 3], latent=str(tmp_path / "two.pt"))
+    with pytest.raises(ConfigError, match="batch size disagrees: optimization.seed says 3, "):
+        Editor(config, registries, progress=False).prepare()
+    torch.save(torch.randn(1, 4, 8), tmp_path / "one.pt")
+    config = make_config(registries, seed=[1, 2, 3], latent=str(tmp_path / "one.pt"))
+    editor = Editor(config, registries, progress=False)
+    editor.prepare()
+    assert editor.w0.shape == (3, 4, 8)  # one latent, broadcast to the three items
+
+
+def test_max_batch_is_inclusive_and_names_who_asks(registries):
+    editor = Editor(make_config(registries, seed=[1, 2], max_batch=2), registries, progress=False)
+    editor.prepare()
+    assert editor.w0.shape[0] == 2
+    guidance = [{"type": "toy-target", "items": 3}]
+    config = make_config(registries, guidance=guidance, max_batch=2)
+    with pytest.raises(ConfigError, match=r"guidance\.0 \(toy-target\) makes a batch of 3 items"):
+        Editor(config, registries, progress=False).prepare()
+
+
+def test_trust_reaches_the_latent_file(registries, tmp_path):
+    from pathlib import PurePosixPath
+
+    from soundguide.core.errors import LatentError
+
+    meta = PurePosixPath("/made/by/a/script")  # not a plain container: needs trust
+    torch.save({"latent": torch.randn(1, 4, 8), "meta": meta}, tmp_path / "w.pt")
+    config = make_config(registries, latent=str(tmp_path / "w.pt"))
+    with pytest.raises(LatentError, match="could run arbitrary code"):
+        Editor(config, registries, progress=False).prepare()
+    editor = Editor(config, registries, progress=False, trust_checkpoint=True)
+    editor.prepare()
+    assert editor.w0.shape == (1, 4, 8)
+
+
+def test_regularizers_get_images_only_when_they_ask(registries):
+    regularizer = [{"type": "counting", "weight": 0.1}, {"type": "image-mse", "weight": 1.0}]
+    result = run(registries, regularizer=regularizer, steps=3)
+    assert result.ok and result.history[-1]["terms"]["image-mse"][0] > 0
+
+
+def test_nonfinite_message_names_the_last_good_update(registries):
+    guidance = [{"type": "toy-target", "nan_after": 2}]
+    result = run(registries, guidance=guidance, steps=5)
+    assert "non-finite after 2 updates" in result.message and "(after 1 updates)" in result.message
+    guidance = [{"type": "toy-target", "nan_after": 1}]
+    result = run(registries, guidance=guidance, steps=5)
+    assert "(after 0 updates)" in result.message
+
+
+def test_a_non_finite_final_loss_keeps_the_last_finite_latent(registries):
+    guidance = [{"type": "toy-target", "nan_after": 5}]  # the 6th loss: the final evaluation
+    editor = Editor(make_config(registries, guidance=guidance, steps=5), registries, progress=False)
+    events = []
+    editor.subscribe(events.append)
+    result = editor.run()
+    assert result.status == "nonfinite" and result.steps_done == 5 and result.edited_step == 4
+    assert torch.equal(result.edited_latent, events[4].latent)
+
+
+def test_a_non_finite_final_image_keeps_the_last_finite_latent(registries):
+    # synthesis calls: 1 the source, 2-6 the five steps, 7 the final latent
+    generator = {"type": "toy", "nan_images_at": [7]}
+    data = {
+        "generator": generator,
+        "guidance": [{"type": "toy-target"}],
+        "optimization": {"steps": 5, "seed": 7},
+    }
+    result = Editor(config_from_dict(data, registries), registries, progress=False).run()
+    assert result.status == "nonfinite" and result.edited_step == 4
+    assert torch.isfinite(result.edited_image).all()
+
+
+def test_when_no_later_image_is_finite_the_source_is_kept(registries):
+    data = {
+        "generator": {"type": "toy", "nan_images_at": [7, 8]},
+        "guidance": [{"type": "toy-target"}],
+        "optimization": {"steps": 5, "seed": 7},
+    }
+    editor = Editor(config_from_dict(data, registries), registries, progress=False)
+    result = editor.run()
+    assert result.status == "nonfinite" and result.edited_step == 0
+    assert torch.equal(result.edited_latent, result.source_latent)
+    assert torch.isfinite(result.edited_image).all()
+
+
+def test_a_final_render_that_raises_keeps_the_latent(registries, tmp_path, monkeypatch):
+    original = toy_plugins.ToyGenerator.synthesize
+
+    def synthesize(self, latent):
+        if not torch.is_grad_enabled() and getattr(self, "calls", 0) >= 4:
+            raise RuntimeError("out of memory (simulated)")
+        return original(self, latent)
+
+    monkeypatch.setattr(toy_plugins.ToyGenerator, "synthesize", synthesize)
+    cfg = make_config(registries, steps=3)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        soundguide.edit(cfg, out=tmp_path / "out", registries=registries, progress=False)
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert (
+        manifest["status"] == "failed"
+        and "could not render the edited latent" in manifest["message"]
+    )
+    assert (tmp_path / "out" / "latent_edited.pt").is_file()
+    assert (tmp_path / "out" / "source.png").is_file() and not (
+        tmp_path / "out" / "edited.png"
+    ).exists()

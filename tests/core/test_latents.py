@@ -110,6 +110,7 @@ def test_integer_pt_latents_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".npy"])
+@pytest.mark.subprocess
 def test_memory_follows_the_rows_picked_not_the_file(tmp_path, suffix):
     """A 10,000-row stack (164 MB): picking one row must not read the rest."""
     import subprocess
@@ -144,3 +145,89 @@ print((after - before) // 1024)
     )
     assert grown < 32  # MiB; reading the file whole would take 164 MiB (plus copies)
     assert torch.equal(torch.load(tmp_path / "picked.pt", weights_only=True), expected)
+
+
+def test_unsafe_pickles_need_trust(tmp_path):
+    from pathlib import PurePosixPath
+
+    torch.save({"latent": torch.randn(1, L, D), "meta": PurePosixPath("/x")}, tmp_path / "w.pt")
+    with pytest.raises(LatentError, match="could run arbitrary code") as info:
+        load_latent_file(tmp_path / "w.pt", L, D)
+    assert "--trust-checkpoint" in info.value.hint
+    assert load_latent_file(tmp_path / "w.pt", L, D, trust=True).shape == (1, L, D)
+
+
+def test_npy_format_3_loads(tmp_path):
+    from numpy.lib import format as npy
+
+    array = np.random.default_rng(0).standard_normal((2, L, D)).astype(np.float32)
+    with open(tmp_path / "v3.npy", "wb") as fh:
+        npy.write_array(fh, array, version=(3, 0))
+    torch.testing.assert_close(load_latent_file(tmp_path / "v3.npy", L, D), torch.from_numpy(array))
+
+
+@pytest.mark.parametrize(("layers", "shape"), [(1, (D,)), (1, (1, D)), (2, (1, D)), (2, (D,))])
+def test_w_vectors_for_few_layers(tmp_path, layers, shape):
+    w = torch.randn(shape)
+    torch.save(w, tmp_path / "w.pt")
+    out = load_latent_file(tmp_path / "w.pt", layers, D)
+    assert out.shape == (1, layers, D)
+    assert torch.equal(out[0, -1], w.reshape(D))
+
+
+def test_index_bounds_are_exact(tmp_path):
+    stack = torch.randn(5, L, D)
+    torch.save(stack, tmp_path / "s.pt")
+    torch.testing.assert_close(load_latent_file(tmp_path / "s.pt", L, D, index=-5), stack[:1])
+    with pytest.raises(LatentError, match=r"latent index \[5\] out of range"):
+        load_latent_file(tmp_path / "s.pt", L, D, index=5)
+    with pytest.raises(LatentError, match=r"latent index \[-6\] out of range"):
+        load_latent_file(tmp_path / "s.pt", L, D, index=-6)
+
+
+class _PeakAnon:
+    """Peak growth of this process's private memory (RssAnon) while the block runs."""
+
+    def __enter__(self):
+        import threading
+
+        self.base = self.peak = _rss_anon_kib()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        import time
+
+        while self.running:
+            self.peak = max(self.peak, _rss_anon_kib())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, _rss_anon_kib())
+        self.grown_mib = (self.peak - self.base) / 1024
+
+
+def _rss_anon_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:"))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy"])
+def test_picking_rows_reads_only_them_in_process(tmp_path, suffix):
+    """The same as the child-process test, measured here (so mutation testing runs it)."""
+    path = tmp_path / f"stack{suffix}"
+    stack = torch.randn(10_000, 8, 512)
+    if suffix == ".pt":
+        torch.save(stack, path)
+    else:
+        np.save(path, stack.numpy())
+    expected = stack[[3]].clone()
+    del stack
+    with _PeakAnon() as memory:
+        w = load_latent_file(path, 8, 512, index=[3])
+    assert torch.equal(w, expected)
+    assert memory.grown_mib < 64  # the whole stack is 156 MiB

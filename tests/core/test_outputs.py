@@ -60,3 +60,108 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (4, 3, 3), (1, 3, 3, 3), (3,)])
+def test_to_pil_refuses_what_is_not_one_rgb_image(shape):
+    with pytest.raises(ValueError, match=r"expected an image \(3, H, W\)"):
+        to_pil(torch.zeros(shape))
+
+
+def _event(step, final=False):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        step=step,
+        final=final,
+        latent=torch.zeros(1, 2, 2),
+        image=torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(step)) * 2 - 1,
+        losses={"total": torch.zeros(1), "a": torch.zeros(1)},
+        lr=None if final else 0.1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("save_every", "steps", "frames"),
+    [(0, 100, list(range(0, 100, 2)) + [100]), (5, 12, [0, 5, 10, 12]), (0, 30, list(range(31)))],
+)
+def test_gif_frames_follow_save_every_or_fifty_frames(tmp_path, save_every, steps, frames):
+    from PIL import Image
+
+    from soundguide.core.outputs import StepWriter
+
+    writer = StepWriter(tmp_path, save_every=save_every, gif=True, steps=steps)
+    for step in range(steps):
+        writer(_event(step))
+    writer(_event(steps, final=True))
+    path = writer.finish()
+    assert Image.open(path).n_frames == len(frames)
+    saved = sorted(p.name for p in (tmp_path / "steps").glob("*.pt")) if save_every else []
+    assert saved == ([f"{k:05d}.pt" for k in frames] if save_every else [])
+
+
+def test_no_gif_no_frames(tmp_path):
+    from soundguide.core.outputs import StepWriter
+
+    writer = StepWriter(tmp_path, save_every=0, gif=False, steps=3)
+    for step in range(3):
+        writer(_event(step))
+    assert writer.frames == [] and writer.finish() is None
+
+
+def test_loss_log_that_cannot_be_written_says_so_once(tmp_path):
+    from soundguide.core.outputs import LossLog
+
+    messages = []
+    (tmp_path / "losses.csv").mkdir()  # not writable as a file
+    log = LossLog(tmp_path / "losses.csv", on_error=messages.append)
+    log(_event(0))
+    log(_event(1))
+    assert list(log.failures) == ["losses.csv (from step 0)"]
+    assert len(messages) == 1 and messages[0].startswith(
+        f"could not write {tmp_path / 'losses.csv'}"
+    )
+    assert log.finish() is None
+
+
+def test_loss_log_rows(tmp_path):
+    from soundguide.core.outputs import LossLog
+
+    log = LossLog(tmp_path / "losses.csv")
+    log(_event(0))
+    log(_event(1, final=True))
+    assert log.finish() == tmp_path / "losses.csv"
+    assert (tmp_path / "losses.csv").read_text().splitlines() == [
+        "step,item,lr,total,a",
+        "0,0,0.1,0.0,0.0",
+        "1,0,,0.0,0.0",
+    ]
+
+
+def test_file_records_dedupe_and_missing_files(tmp_path):
+    from soundguide.core.outputs import file_records
+
+    a = tmp_path / "a.txt"
+    a.write_text("a")
+    records = file_records([a, a, tmp_path / "missing.pt", a])
+    assert [r["path"] for r in records] == [
+        str(a.resolve()),
+        str((tmp_path / "missing.pt").resolve()),
+    ]
+    assert len(records[0]["sha256"]) == 64 and records[1]["sha256"] is None
+
+
+def test_versions_say_not_installed(monkeypatch):
+    import importlib.metadata
+
+    from soundguide.core.outputs import package_versions
+
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "kornia":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert package_versions()["kornia"] == "not installed"

@@ -48,6 +48,7 @@ def test_lock_of_a_dead_process_does_not_block(tmp_path):
         assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
 
 
+@pytest.mark.subprocess
 def test_lock_held_by_another_process_names_its_pid_and_goes_with_it(tmp_path):
     out = tmp_path / "out"
     child = subprocess.Popen(
@@ -199,3 +200,102 @@ def test_read_only_folder_by_mode(tmp_path):
             RunFolder(out).open()
     finally:
         out.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("relative", "own"),
+    [("steps/sub/00012.png", False), ("notes/00012.png", False), ("00012.png", False)],
+)
+def test_is_own_file_only_directly_in_steps(relative, own):
+    assert is_own_file(relative) is own
+
+
+def test_context_manager_keeps_the_folder_on_success_and_cleans_on_error(tmp_path):
+    with RunFolder(tmp_path / "ok"):
+        pass
+    assert (tmp_path / "ok").is_dir()  # a finished run keeps its (even empty) folder
+    with pytest.raises(RuntimeError):
+        with RunFolder(tmp_path / "failed" / "deep"):
+            raise RuntimeError("loading failed")
+    assert not (tmp_path / "failed").exists()
+
+
+def test_close_keeps_by_default(tmp_path):
+    folder = RunFolder(tmp_path / "new")
+    folder.open()
+    folder.close()
+    assert (tmp_path / "new").is_dir() and not folder.locked
+
+
+def test_close_goes_on_past_folders_already_gone(tmp_path):
+    folder = RunFolder(tmp_path / "a" / "b")
+    folder.open()
+    (tmp_path / "a" / "b" / LOCK_NAME).unlink()
+    (tmp_path / "a" / "b").rmdir()  # someone removed the innermost folder already
+    folder.close(keep=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_lock_message_names_pid_and_start(tmp_path):
+    with RunFolder(tmp_path / "out"):
+        started = json.loads((tmp_path / "out" / LOCK_NAME).read_text())["started"]
+        with pytest.raises(OutputError) as info:
+            RunFolder(tmp_path / "out").open()
+    assert f"(pid {os.getpid()}, since {started})" in info.value.message
+    assert " on " not in info.value.message  # this machine: no host named
+
+
+@pytest.fixture
+def no_flock(monkeypatch):
+    """A file system without locks (some network mounts): flock fails with ENOLCK."""
+    import fcntl
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+
+
+def write_holder(folder: Path, **holder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_NAME).write_text(json.dumps(holder) + "\n")
+
+
+def test_without_locks_a_live_pid_holds_the_folder(tmp_path, no_flock):
+    import socket
+
+    write_holder(tmp_path / "out", pid=os.getpid(), host=socket.gethostname())
+    with pytest.raises(OutputError, match=rf"another soundguide run \(pid {os.getpid()}"):
+        RunFolder(tmp_path / "out").open()
+
+
+def test_without_locks_a_dead_pid_does_not(tmp_path, no_flock):
+    import socket
+
+    write_holder(tmp_path / "out", pid=2**22 + 12345, host=socket.gethostname())
+    with RunFolder(tmp_path / "out"):
+        assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_without_locks_another_machines_run_is_assumed_alive(tmp_path, no_flock):
+    write_holder(tmp_path / "out", pid=1, host="elsewhere", started="2026-01-01T00:00:00+00:00")
+    with pytest.raises(OutputError, match=r"\(pid 1 on elsewhere, since 2026-01-01"):
+        RunFolder(tmp_path / "out").open()
+
+
+def test_without_locks_a_holder_without_pid_does_not_block(tmp_path, no_flock):
+    write_holder(tmp_path / "out", host="elsewhere")
+    with RunFolder(tmp_path / "out"):
+        pass
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.EACCES])
+def test_flock_refusals_other_than_blocking_mean_taken(tmp_path, monkeypatch, code):
+    import fcntl
+
+    def busy(fd, operation):
+        raise OSError(code, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(fcntl, "flock", busy)
+    with pytest.raises(OutputError, match="another soundguide run"):
+        RunFolder(tmp_path / "out").open()
