@@ -44,7 +44,6 @@ def edit(
     trust_checkpoint: bool = False,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
-    malloc: str | None = None,
     stop: Stop | None = None,
 ) -> RunResult:
     """Run one edit from a config (object or TOML path) and write its outputs.
@@ -56,9 +55,8 @@ def edit(
     checked for writing before anything is loaded; a run that fails before
     its first step leaves no folder behind; a stopped, non-finite or failed
     run writes what it has. ``stop`` (a :class:`~soundguide.core.engine.Stop`)
-    lets another thread end the run between two steps. ``malloc`` sets the
-    process's allocator policy for the run (see :mod:`soundguide.core.memory`);
-    None leaves it alone.
+    lets another thread end the run between two steps. Nothing process-wide
+    changes: no allocator setting, signal handler or global state.
 
     Raises :class:`~soundguide.core.errors.OutputError` when an output could not
     be written (after writing all the others), and re-raises the exception of a
@@ -86,7 +84,6 @@ def edit(
             device=device,
             trust_checkpoint=trust_checkpoint,
             progress=progress,
-            malloc=malloc,
             stop=stop,
         )
         recorders: tuple[Any, ...] = ()

@@ -145,6 +145,7 @@ def edit(
 ) -> None:
     """Optimize a latent code as the CONFIG file describes and write the outputs."""
     from soundguide.api import edit as run_edit
+    from soundguide.cli_malloc import malloc_policy
     from soundguide.core.config import load_config
     from soundguide.core.engine import Stop
 
@@ -152,7 +153,7 @@ def edit(
     run_config = load_config(config, registries, _overrides(overrides, preset))
     folder = out.expanduser() if out is not None else run_config.output.dir
     stop = Stop()
-    with stop_on_signals(stop) as received:
+    with stop_on_signals(stop) as received, malloc_policy(malloc):
         try:
             result = run_edit(
                 run_config,
@@ -162,7 +163,6 @@ def edit(
                 registries=registries,
                 trust_checkpoint=trust_checkpoint,
                 progress=not quiet,
-                malloc=malloc,
                 stop=stop,
             )
         except KeyboardInterrupt:
@@ -204,20 +204,20 @@ def demo(
     config (OUT/demo-inputs/demo.toml) can be edited and run again with
     `soundguide edit`.
     """
+    from soundguide.cli_malloc import malloc_policy
     from soundguide.core.engine import Stop
     from soundguide.demo import BANNER, demo_config, run_demo
 
     out = out.expanduser()
     click.echo(BANNER, err=True)
     stop = Stop()
-    with stop_on_signals(stop) as received:
+    with stop_on_signals(stop) as received, malloc_policy(malloc):
         try:
             result = run_demo(
                 out,
                 steps=steps,
                 overwrite=overwrite,
                 progress=not quiet,
-                malloc=malloc,
                 stop=stop,
                 registries=_registries(ctx),
             )

@@ -30,9 +30,10 @@ def malloc_option(func):
         type=click.Choice(["reuse", "adaptive", "frugal"]),
         default="reuse",
         show_default=True,
-        help="Allocator policy on glibc. reuse: after loading, every block comes from the heap "
-        "and each step reuses the last one's (fastest); adaptive: glibc's default; frugal: "
-        "large tensors never linger in the heap (least memory, slowest).",
+        help="glibc allocator policy for this command's process (see soundguide/cli_malloc.py). "
+        "reuse: every block from the heap, each step reuses the last one's (fastest); "
+        "adaptive: glibc's default; frugal: large tensors never linger in the heap "
+        "(least memory, slowest).",
     )(func)
 
 

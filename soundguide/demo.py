@@ -107,7 +107,6 @@ def run_demo(
     steps: int = 20,
     overwrite: bool = False,
     progress: bool = True,
-    malloc: str | None = None,
     stop=None,
     registries=None,
 ):
@@ -135,7 +134,6 @@ def run_demo(
             registries=registries,
             progress=progress,
             extra_manifest={"demo": BANNER},
-            malloc=malloc,
             stop=stop,
         )
     finally:

@@ -46,14 +46,6 @@ from soundguide.core.interfaces import (
 )
 from soundguide.core.latents import load_latent_file
 from soundguide.core.losses import SCHEDULES
-from soundguide.core.memory import (
-    MALLOC_POLICIES,
-    frugal_malloc,
-    release_gpu_libraries,
-    release_libraries,
-    reusing_malloc,
-    trim_heap,
-)
 from soundguide.core.registry import Registries
 
 Status = Literal["finished", "nonfinite", "interrupted", "failed"]
@@ -196,14 +188,8 @@ class Editor:
         cache_dir: str | Path | None = None,
         progress: bool = True,
         plugins: Sequence[str | ModuleType] = (),
-        malloc: str | None = None,
         stop: Stop | None = None,
     ) -> None:
-        if malloc is not None and malloc not in MALLOC_POLICIES:
-            raise ValueError(
-                f"malloc must be one of {', '.join(MALLOC_POLICIES)} or None, not {malloc!r}"
-            )
-        self.malloc = malloc
         if registries is None:
             from soundguide.core.plugins import load_registries
 
@@ -238,10 +224,6 @@ class Editor:
         check_inputs(
             run_inputs(cfg), self.registries.weights, download=True, progress=self.progress
         )
-        if ctx.device.type == "cpu":
-            release_gpu_libraries()  # pages that import torch touched and a CPU run never uses
-        if self.malloc == "frugal":
-            frugal_malloc()
         gen_cls = self.registries.generators.get(cfg.generator.type)
         guidance_labels = _labels("guidance", cfg.guidance)
         reg_labels = _labels("regularizer", cfg.regularizer)
@@ -303,11 +285,6 @@ class Editor:
         self._check_target_sizes()
         for term in self.regularizers:
             term.plugin.setup(self.w0, self.image0 if term.plugin.needs_image else None)
-        trim_heap()  # loading and the targets freed memory the loop would not reuse
-        if ctx.device.type == "cpu":
-            release_libraries()  # code that loading ran; the loop reads back the little it uses
-        if self.malloc == "reuse":
-            reusing_malloc()  # from here on: every step reuses the previous step's blocks
         self._prepared = True
 
     def _batch_size(self) -> tuple[int, torch.Tensor | None]:

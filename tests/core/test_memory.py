@@ -48,13 +48,6 @@ def test_no_mallopt_means_no_change(monkeypatch):
     assert memory.frugal_malloc(-1) is False
 
 
-@pytest.mark.parametrize("choice", ["frugal", "adaptive", "reuse"])
-def test_cli_accepts_the_malloc_choice(choice, tmp_path):
-    from soundguide.cli import main
-
-    assert main(["edit", str(tmp_path / "missing.toml"), "--malloc", choice]) == 2
-
-
 def test_trim_heap_returns_freed_heap_pages():
     if not sys.platform.startswith("linux"):
         assert memory.trim_heap() is False
@@ -72,16 +65,6 @@ def test_trim_heap_returns_freed_heap_pages():
         "print(before - rss())\n"
     )
     assert int(run_python(code)) >= 16  # of the 32 MB freed
-
-
-def test_the_engine_trims_once_after_loading(monkeypatch, registries):
-    from soundguide.core import engine
-    from tests.core.test_engine import run
-
-    calls = []
-    monkeypatch.setattr(engine, "trim_heap", lambda: calls.append(1) or True)
-    assert run(registries, steps=3).ok
-    assert len(calls) == 1  # per step it would cost more time (re-faulted pages) than it saves
 
 
 @pytest.mark.parametrize(
@@ -215,36 +198,3 @@ def test_no_mallopt_means_no_reuse_either(monkeypatch):
     assert memory.reusing_malloc() is False
     assert memory.release_gpu_libraries() == 0
     assert memory.release_libraries() == 0
-
-
-@pytest.mark.parametrize("policy", [None, "adaptive", "reuse", "frugal"])
-def test_the_engine_applies_the_allocator_policy_around_loading(monkeypatch, registries, policy):
-    from soundguide.core import engine
-    from tests.core.test_engine import make_config
-
-    calls = []
-    monkeypatch.setattr(engine, "release_gpu_libraries", lambda: calls.append("gpu") or 0)
-    monkeypatch.setattr(engine, "frugal_malloc", lambda: calls.append("frugal") or True)
-    monkeypatch.setattr(engine, "reusing_malloc", lambda: calls.append("reuse") or True)
-    monkeypatch.setattr(engine, "trim_heap", lambda: calls.append("trim") or True)
-    monkeypatch.setattr(engine, "release_libraries", lambda: calls.append("libs") or 0)
-    editor = engine.Editor(
-        make_config(registries, steps=2), registries, progress=False, malloc=policy
-    )
-    assert editor.run().ok
-    expected = {
-        None: ["gpu", "trim", "libs"],
-        "adaptive": ["gpu", "trim", "libs"],
-        "frugal": ["gpu", "frugal", "trim", "libs"],  # frugal from the start
-        # loading under glibc's default, then the loop reuses
-        "reuse": ["gpu", "trim", "libs", "reuse"],
-    }[policy]
-    assert calls == expected
-
-
-def test_the_engine_refuses_an_unknown_policy(registries):
-    from soundguide.core.engine import Editor
-    from tests.core.test_engine import make_config
-
-    with pytest.raises(ValueError, match="malloc must be one of"):
-        Editor(make_config(registries), registries, malloc="greedy")
