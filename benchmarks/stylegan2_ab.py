@@ -1,9 +1,10 @@
 """The generator's speed against an earlier revision of it, side by side in one process.
 
 This machine's speed drifts by 20-50 % between minutes, so two runs made
-apart cannot show a change of a few percent. Here ``soundguide/generators/
-stylegan2.py`` as it is at a git revision (``--base``, HEAD by default) and
-as it is in the working tree build the same 256 px generator (same weights)
+apart cannot show a change of a few percent. Here the generator package
+``soundguide/generators/stylegan2/`` (a single ``stylegan2.py`` in revisions
+before the split) as it is at a git revision (``--base``, HEAD by
+default) and as it is in the working tree build the same 256 px generator (same weights)
 and run forward + backward to the W+ latent in turns (ABBA order), and the
 ratio of each pair of neighbouring steps is reported. Batch 1, float32, the
 engine's allocator policy (``reuse``).
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -27,26 +30,37 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from soundguide.core.memory import reusing_malloc  # noqa: E402
+from soundguide.cli_malloc import malloc_policy  # noqa: E402
 from soundguide.generators import stylegan2 as current  # noqa: E402
 
-MODULE = "soundguide/generators/stylegan2.py"
+PACKAGE = "soundguide/generators/stylegan2"
+
+
+def git(*args: str) -> bytes:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
 
 
 def load_revision(revision: str, folder: Path):
-    """The generator module as it is at ``revision``, imported under another name."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:{MODULE}"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = folder / "stylegan2_base.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("stylegan2_base", path)
+    """The generator as it is at ``revision``, imported under the name ``stylegan2_base``.
+
+    The package (its modules import each other relatively), or the single
+    module it was before.
+    """
+    names = git("ls-tree", "--name-only", revision, "soundguide/generators/").decode().split()
+    if f"{PACKAGE}.py" in names:
+        path = folder / "stylegan2_base.py"
+        path.write_bytes(git("show", f"{revision}:{PACKAGE}.py"))
+        spec = importlib.util.spec_from_file_location("stylegan2_base", path)
+    else:
+        with tarfile.open(fileobj=io.BytesIO(git("archive", revision, PACKAGE))) as archive:
+            archive.extractall(folder, filter="data")
+        package = folder / PACKAGE
+        spec = importlib.util.spec_from_file_location(
+            "stylegan2_base", package / "__init__.py", submodule_search_locations=[str(package)]
+        )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["stylegan2_base"] = module
     spec.loader.exec_module(module)
     return module
 
@@ -64,13 +78,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps of each, after one warm-up")
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
-    reusing_malloc()
     with tempfile.TemporaryDirectory() as folder:
         try:
             base = load_revision(args.base, Path(folder))
         except (OSError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", None) or exc
-            parser.error(f"cannot read {MODULE} at {args.base!r}: {str(detail).strip()}")
+            if isinstance(detail, bytes):
+                detail = detail.decode(errors="replace")
+            parser.error(f"cannot read {PACKAGE} at {args.base!r}: {str(detail).strip()}")
+        with malloc_policy("reuse"):
+            compare(args, base)
+
+
+def compare(args: argparse.Namespace, base) -> None:
     torch.manual_seed(0)
     old = base.StyleGAN2Generator(args.size, 512, 8, 2)
     new = current.StyleGAN2Generator(args.size, 512, 8, 2)
@@ -88,7 +108,8 @@ def main() -> None:
                 times[name].append(seconds)
         if i == 0:
             diff = (grads["tree"] - grads["base"]).norm() / grads["base"].norm()
-            print(f"latent gradients differ by {diff.item():.1e} (relative)")
+            same = torch.equal(grads["tree"], grads["base"])
+            print(f"latent gradients differ by {diff.item():.1e} (relative; bitwise equal: {same})")
     ratios = [t / b for t, b in zip(times["tree"], times["base"], strict=True)]
     print(
         f"{args.size} px, forward + backward, {args.steps} steps each: "

@@ -334,7 +334,7 @@ def test_upfirdn2d_matches_the_native_reference() -> None:
 def test_winograd_convolution_and_its_adjoint_equal_conv2d(
     n, c_in, c_out, size, channels_last, chunked, monkeypatch
 ):
-    from soundguide.generators import stylegan2
+    from soundguide.generators.stylegan2 import model as stylegan2
 
     if chunked:  # one tile row per chunk: the chunks' seams, and their overlaps in the adjoint
         monkeypatch.setattr(stylegan2, "WINOGRAD_CHUNK_BYTES", 1)
@@ -357,7 +357,7 @@ def test_winograd_convolution_and_its_adjoint_equal_conv2d(
 def test_winograd_float32_error_is_small_and_beats_the_common_points(monkeypatch) -> None:
     import functools
 
-    from soundguide.generators import stylegan2
+    from soundguide.generators.stylegan2 import model as stylegan2
 
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(256, 256, 3, 3, generator=gen) / 48
