@@ -99,10 +99,9 @@ def test_a_cached_target_of_the_wrong_size_is_recomputed_in_a_run(registries, tm
     """Through a real plugin: a poisoned text-target cache entry is not used."""
     from soundguide import Editor
     from soundguide.core.config import config_from_dict
-    from tests.encoders.test_clip import tiny_clip
+    from tests.factories import save_tiny_clip
 
-    clip = tmp_path / "clip.pt"
-    torch.save(tiny_clip(seed=0).state_dict(), clip)
+    clip = save_tiny_clip(tmp_path / "clip.pt", seed=0)
     config = config_from_dict(
         {
             "generator": {"type": "toy", "size": 32},

@@ -7,14 +7,13 @@ import warnings
 import zlib
 
 import pytest
-import torch
 from PIL import Image
 
 from soundguide.cli import main
 from soundguide.core.errors import ImageError
 from soundguide.core.images import MAX_PIXELS, open_rgb
 from soundguide.plugins.image import load_picture
-from tests.encoders.test_clip import tiny_clip
+from tests.factories import save_tiny_clip
 
 
 def png_claiming(path, width: int, height: int):
@@ -81,8 +80,7 @@ def test_reference_image_loader_uses_the_limit(tmp_path):
 
 def test_cli_reports_a_bomb_in_one_line(tmp_path, write_config, capsys):
     png_claiming(tmp_path / "bomb.png", 20000, 20000)
-    clip = tmp_path / "clip.pt"
-    torch.save(tiny_clip(seed=0).state_dict(), clip)
+    clip = save_tiny_clip(tmp_path / "clip.pt", seed=0)
     path = write_config(
         f"""
         [generator]

@@ -16,6 +16,7 @@ from soundguide.encoders.arcface import (
     identity_loss,
     load_arcface,
 )
+from tests.factories import random_arcface
 
 MANIFEST = Path(__file__).resolve().parents[1] / "data" / "arcface_ir_se50.keys.json"
 
@@ -27,19 +28,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def random_arcface(seed: int = 0) -> ArcFaceIRSE50:
-    """A randomly initialized IR-SE50 with non-trivial batch-norm statistics."""
-    torch.manual_seed(seed)
-    model = ArcFaceIRSE50()
-    g = torch.Generator().manual_seed(seed)
-    for name, buffer in model.named_buffers():
-        if name.endswith("running_mean"):
-            buffer.copy_(0.1 * torch.randn(buffer.shape, generator=g))
-        elif name.endswith("running_var"):
-            buffer.copy_(1.0 + 0.2 * torch.rand(buffer.shape, generator=g))
-    return model.eval()
 
 
 def manifest() -> list[tuple[str, list[int], str]]:

@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 
 from soundguide.encoders.clip import CLIPEncoder
-from tests.encoders.test_clip import tiny_clip
+from tests.factories import save_random_soundclip, save_tiny_clip, tiny_clip
 
 ESC50_CLASSES = {0: "dog", 12: "crackling_fire", 14: "chirping_birds", 38: "clock_tick"}
 US8K_CLASSES = {0: "air_conditioner", 1: "car_horn", 3: "dog_bark", 9: "street_music"}
@@ -229,18 +229,11 @@ def text_encoder() -> CLIPEncoder:
 
 @pytest.fixture(scope="session")
 def tiny_clip_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
-    torch.save(tiny_clip(seed=0).state_dict(), path)
-    return path
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt", seed=0)
 
 
 @pytest.fixture(scope="session")
 def soundclip_file(tmp_path_factory) -> Path:
     """Random SoundCLIP ResNet18 weights with a 32-dim fc (the tiny CLIP's space)."""
-    from soundguide.encoders.soundclip import SoundCLIPEncoder
-
-    torch.manual_seed(1)
-    encoder = SoundCLIPEncoder(embed_dim=32)
     path = tmp_path_factory.mktemp("soundclip") / "soundclip.pt"
-    torch.save({f"module.{k}": v for k, v in encoder.state_dict().items()}, path)
-    return path
+    return save_random_soundclip(path, embed_dim=32, seed=1)

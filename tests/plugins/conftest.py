@@ -3,29 +3,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from tests.encoders.test_clip import tiny_clip
+from tests.factories import save_random_soundclip, save_tiny_clip
 
 
 @pytest.fixture(scope="session")
 def clip_file(tmp_path_factory):
     """A tiny random CLIP (224 px ViT, embed dim 32) saved as a plain state dict."""
-    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
-    torch.save(tiny_clip(seed=0).state_dict(), path)
-    return path
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt", seed=0)
 
 
 @pytest.fixture(scope="session")
 def soundclip_file(tmp_path_factory):
     """Random SoundCLIP weights whose fc is resized to CLIP's tiny 32-dim space."""
-    from soundguide.encoders.soundclip import SoundCLIPEncoder
-
-    torch.manual_seed(1)
-    encoder = SoundCLIPEncoder(embed_dim=32)
     path = tmp_path_factory.mktemp("soundclip") / "soundclip.pt"
-    torch.save({f"module.{k}": v for k, v in encoder.state_dict().items()}, path)
-    return path
+    return save_random_soundclip(path, embed_dim=32, seed=1)
 
 
 def write_tone(path, freq: float, seconds: float = 2.0, rate: int = 44100, channels: int = 1):

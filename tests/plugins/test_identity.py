@@ -13,7 +13,7 @@ from soundguide.core.plugins import load_registries
 from soundguide.encoders.arcface import ArcFaceIRSE50, face_features, identity_loss, load_arcface
 from soundguide.plugins.identity import FaceIdentity
 from tests import toy_plugins
-from tests.encoders.test_arcface import random_arcface
+from tests.factories import random_arcface
 
 
 @pytest.fixture(autouse=True, scope="module")

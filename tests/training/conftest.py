@@ -40,6 +40,6 @@ def store(dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def text_encoder():
     from soundguide.encoders.clip import CLIPEncoder
-    from tests.encoders.test_clip import tiny_clip
+    from tests.factories import tiny_clip
 
     return CLIPEncoder(tiny_clip())

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 
 SR = 44100
 CLASSES = ("tone", "chirp", "noise_burst", "whistle")
@@ -55,7 +54,6 @@ def write_bad_files(folder: Path) -> dict[str, Path]:
 
 def tiny_clip_file(path: Path) -> Path:
     """The tiny random CLIP of the encoder tests, saved as a state dict file."""
-    from tests.encoders.test_clip import tiny_clip
+    from tests.factories import save_tiny_clip
 
-    torch.save(tiny_clip().state_dict(), path)
-    return path
+    return save_tiny_clip(path)
