@@ -48,13 +48,13 @@ class PeakSampler(threading.Thread):
 def write_inputs(folder: Path, size: int) -> None:
     import torch
 
-    from soundguide.encoders.clip_model import CLIP, VIT_B_32
+    from soundguide.encoders.clip import VIT_B_32, clip
     from soundguide.generators.stylegan2 import StyleGAN2Generator
 
     torch.manual_seed(0)
     torch.save({"g_ema": StyleGAN2Generator(size, 512, 8, 2).state_dict()}, folder / f"g{size}.pt")
     if not (folder / "clip.pt").exists():
-        torch.save(CLIP(VIT_B_32).state_dict(), folder / "clip.pt")
+        torch.save(clip.model.CLIP(**VIT_B_32).state_dict(), folder / "clip.pt")
 
 
 def child(folder: Path, size: int, batch: int) -> None:

@@ -56,13 +56,13 @@ def write_inputs(folder: Path) -> None:
     import soundfile as sf
     import torch
 
-    from soundguide.encoders.clip_model import CLIP, VIT_B_32
+    from soundguide.encoders.clip import VIT_B_32, clip
     from soundguide.encoders.soundclip import SoundCLIPEncoder
     from soundguide.generators.stylegan2 import StyleGAN2Generator
 
     torch.manual_seed(0)
     torch.save({"g_ema": StyleGAN2Generator(256, 512, 8, 2).state_dict()}, folder / "g.pt")
-    vit = CLIP(VIT_B_32)
+    vit = clip.model.CLIP(**VIT_B_32)
     torch.save(vit.state_dict(), folder / "clip.pt")
     torch.save(SoundCLIPEncoder().state_dict(), folder / "soundclip.pt")
     rng = np.random.default_rng(0)

@@ -40,7 +40,7 @@ def _sound(path: Path, seconds: float = 3.0, rate: int = 44100) -> Path:
 
 def write_demo_inputs(folder: Path, *, steps: int = 20) -> Path:
     """Write the tiny random models, a sound and ``demo.toml``; return the config path."""
-    from soundguide.encoders.clip_model import CLIP, CLIPConfig
+    from soundguide.encoders.clip import clip  # the package, without its pkg_resources warning
     from soundguide.encoders.soundclip import SoundCLIPEncoder
     from soundguide.generators.stylegan2 import StyleGAN2Generator
 
@@ -48,7 +48,7 @@ def write_demo_inputs(folder: Path, *, steps: int = 20) -> Path:
     torch.manual_seed(0)
     generator = StyleGAN2Generator(32, style_dim=64, n_mlp=2, channel_multiplier=1)
     torch.save({"g_ema": generator.state_dict()}, folder / "stylegan2-tiny.pt")
-    clip_config = CLIPConfig(
+    clip_model = clip.model.CLIP(  # OpenAI's architecture, tiny
         embed_dim=EMBED_DIM,
         image_resolution=224,
         vision_layers=2,
@@ -60,7 +60,7 @@ def write_demo_inputs(folder: Path, *, steps: int = 20) -> Path:
         transformer_heads=1,
         transformer_layers=2,
     )
-    torch.save(CLIP(clip_config).state_dict(), folder / "clip-tiny.pt")
+    torch.save(clip_model.state_dict(), folder / "clip-tiny.pt")
     torch.save(SoundCLIPEncoder(embed_dim=EMBED_DIM).state_dict(), folder / "soundclip-random.pt")
     _sound(folder / "sound.wav")
     config = folder / "demo.toml"

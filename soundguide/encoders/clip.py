@@ -1,19 +1,45 @@
-"""CLIP: loading, text and image encoding, and differentiable image preprocessing.
+"""CLIP through OpenAI's ``clip`` package: loading, text and image encoding, preprocessing.
 
-Two ways to turn a generator image (n, 3, H, W) in [-1, 1] into CLIP's input:
+The architecture is ``clip.model.CLIP`` and the tokenizer ``clip.tokenize``,
+used as they are. What this module adds is what ``clip`` lacks:
 
-- ``"paper"``: what the original code did: nearest-neighbour upsampling x7,
-  then average pooling with kernel ``size // 32`` (256 px -> 224), no mean/std
-  normalization, the image unclamped. :func:`paper_preprocess` computes it
-  exactly as ``A_h @ image @ A_w^T`` with small averaging matrices, without
-  materializing the 7x image (at 1024 px that would be 3 x 7168 x 7168 per image).
-- ``"clip"``: what CLIP was trained on: [-1, 1] -> [0, 1], antialiased bicubic
-  resize of the shorter side to the model's input resolution (PIL-like, as
-  CLIP's own ``Resize(BICUBIC)``), centre crop, CLIP mean/std normalization.
+- **Loading** (:func:`load_clip`, :func:`build_clip`). ``clip.load`` reads
+  OpenAI's TorchScript archives with ``torch.jit.load``, which runs their
+  code, and ``clip.model.build_model`` initializes a model at random and
+  then rounds it to float16. Here archives are read without running their
+  code (:mod:`soundguide.core.torchscript`), the weights stay float32 unless
+  another dtype is asked for, and the model is built on the meta device,
+  given memory once and the file's tensors copied in (no random
+  initialization, no second copy; ``torch.nn.init`` and the global RNG
+  untouched).
+- **The image tower alone** (``text=False``): an edit with only audio or image
+  guidance never materializes the text tower (about 40 % of ViT-B/32's
+  weights); :func:`attach_text` reads it when a text target needs it and
+  :func:`release_text` frees it once the targets exist.
+- **Differentiable preprocessing** of generator images (n, 3, H, W) in [-1, 1]
+  (``clip``'s own is a PIL pipeline):
 
-Optional random cutouts (crop + rotation, averaged embeddings) make guidance
-more robust; they are off by default and drawn from the encoder's own seeded
-``torch.Generator``.
+  - ``"paper"``: what the original code did: nearest-neighbour upsampling x7,
+    then average pooling with kernel ``size // 32`` (256 px -> 224), no
+    mean/std normalization, the image unclamped. :func:`paper_preprocess`
+    computes it exactly as ``A_h @ image @ A_w^T`` with small averaging
+    matrices, without materializing the 7x image (at 1024 px that would be
+    3 x 7168 x 7168 per image); neither torch nor kornia has this operator.
+  - ``"clip"``: what CLIP was trained on: [-1, 1] -> [0, 1], the shorter side
+    resized to the model's resolution with torch's antialiased bicubic
+    ``F.interpolate`` (PIL's filter, as CLIP's ``Resize(BICUBIC)``), a centre
+    crop, ``kornia.enhance.normalize`` with CLIP's mean and std. kornia's own
+    ``resize(antialias=True)`` is not used: it blurs with a Gaussian first
+    instead of widening the bicubic filter as PIL does, which puts it about 4
+    times farther from CLIP's PIL preprocessing on photographs (on average;
+    up to 70 8-bit levels at single pixels where torch's stays under 15;
+    ``tests/encoders/test_clip.py`` compares the two).
+
+- **Random cutouts** (off by default): kornia's ``RandomAffine`` (zoom into a
+  random square, rotate, reflect at the border; one warp), its parameters
+  drawn inside ``torch.random.fork_rng`` from a seed that the encoder's own
+  ``torch.Generator`` gives (kornia's samplers take no generator), so a seed
+  reproduces a run and the global RNG is left as it was.
 """
 
 from __future__ import annotations
@@ -29,20 +55,18 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from kornia.augmentation import RandomAffine
+from kornia.enhance import normalize
 from torch import nn
 
 from soundguide.core.checkpoints import load_checkpoint
 from soundguide.core.errors import CheckpointError, ConfigError, ImageError, WeightsError
 from soundguide.core.torchscript import read_torchscript_state_dict
-from soundguide.encoders.clip_model import (
-    CLIP,
-    METADATA_KEYS,
-    CLIPConfig,
-    cast_each,
-    is_text_key,
-    uninitialized,
-)
 from soundguide.encoders.clip_weights import CLIP_CACHE, CLIP_MODELS, CLIP_URL
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # clip imports pkg_resources, which warns
+    import clip
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,6 +74,39 @@ PAPER_UPSAMPLE = 7
 
 PreprocessMode = Literal["paper", "clip"]
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+TEXT_ATTRIBUTES = (
+    "transformer",
+    "token_embedding",
+    "positional_embedding",
+    "ln_final",
+    "text_projection",
+)
+"""The attributes of ``clip.model.CLIP`` that make its text tower."""
+TEXT_PARAMETERS = ("positional_embedding", "text_projection")
+TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.")
+METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+"""Integers that OpenAI's TorchScript archives keep beside the weights."""
+
+OPENAI_TEXT = {
+    "context_length": 77,
+    "vocab_size": 49408,
+    "transformer_width": 512,
+    "transformer_heads": 8,
+    "transformer_layers": 12,
+}
+"""The text tower's sizes in every released model: assumed for an image-only state dict."""
+
+
+VIT_B_32 = {
+    "embed_dim": 512,
+    "image_resolution": 224,
+    "vision_layers": 12,
+    "vision_width": 768,
+    "vision_patch_size": 32,
+    **OPENAI_TEXT,
+}
+"""``clip.model.CLIP``'s arguments for ViT-B/32, the model SoundCLIP was trained against."""
 
 
 def available_models() -> list[str]:
@@ -116,8 +173,8 @@ def load_clip(
     download_root: str | os.PathLike[str] | None = None,
     trust: bool = False,
     text: bool = True,
-) -> CLIP:
-    """Load a CLIP model, frozen (no parameter requires grad) and in eval mode.
+) -> clip.model.CLIP:
+    """Load a ``clip.model.CLIP``, frozen (no parameter requires grad) and in eval mode.
 
     ``name_or_path`` is a model name of :func:`available_models` (e.g.
     ``"ViT-B/32"``, downloaded once into ``download_root``, default
@@ -168,7 +225,7 @@ def read_clip_state(
             return state
         except Exception as exc:
             raise CheckpointError(
-                f"cannot read CLIP TorchScript archive {path}: {_first_line(exc)}"
+                f"cannot read CLIP TorchScript archive {path}: {_one_line(exc)}"
             ) from None
     obj = load_checkpoint(path, trust=trust, mmap=True)
     if isinstance(obj, nn.Module):
@@ -183,6 +240,72 @@ def read_clip_state(
     return dict(obj)
 
 
+def is_text_key(key: str) -> bool:
+    """Whether a CLIP state-dict key belongs to the text tower."""
+    return key.startswith(TEXT_PREFIXES) or key in TEXT_PARAMETERS
+
+
+def text_config(state: Mapping[str, torch.Tensor]) -> dict[str, int] | None:
+    """The text tower's sizes read off a state dict (as ``clip.model.build_model`` reads
+    them), or None when it has no text tower."""
+    needed = (
+        "text_projection",
+        "ln_final.weight",
+        "positional_embedding",
+        "token_embedding.weight",
+    )
+    if any(k not in state for k in needed):
+        return None
+    width = int(state["ln_final.weight"].shape[0])
+    return {
+        "context_length": int(state["positional_embedding"].shape[0]),
+        "vocab_size": int(state["token_embedding.weight"].shape[0]),
+        "transformer_width": width,
+        "transformer_heads": width // 64,
+        "transformer_layers": len(
+            {k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}
+        ),
+    }
+
+
+def clip_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The keyword arguments of ``clip.model.CLIP`` for a state dict.
+
+    Read off the tensor shapes as ``clip.model.build_model`` reads them (which
+    cannot be used itself: it allocates the model and rounds it to float16).
+    An image-only state dict gets the released models' text sizes. Raises
+    KeyError when a needed key is absent.
+    """
+    if "visual.proj" in state:
+        conv = state["visual.conv1.weight"]
+        layers: int | tuple[int, ...] = sum(
+            1
+            for k in state
+            if k.startswith("visual.transformer.resblocks.") and k.endswith(".attn.in_proj_weight")
+        )
+        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        width, patch = int(conv.shape[0]), int(conv.shape[-1])
+        resolution = patch * grid
+        embed_dim = state["visual.proj"].shape[1]
+    else:
+        layers = tuple(
+            len({k.split(".")[2] for k in state if k.startswith(f"visual.layer{b}.")})
+            for b in (1, 2, 3, 4)
+        )
+        width, patch = int(state["visual.layer1.0.conv1.weight"].shape[0]), None
+        grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        resolution = grid * 32
+        embed_dim = state["visual.attnpool.c_proj.weight"].shape[0]
+    return {
+        "embed_dim": int(embed_dim),
+        "image_resolution": int(resolution),
+        "vision_layers": layers,
+        "vision_width": width,
+        "vision_patch_size": patch,
+        **(text_config(state) or OPENAI_TEXT),
+    }
+
+
 def build_clip(
     state_dict: Mapping[str, torch.Tensor],
     *,
@@ -190,21 +313,20 @@ def build_clip(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     text: bool = True,
-) -> CLIP:
-    """A frozen :class:`~soundguide.encoders.clip_model.CLIP` from its state dict.
+) -> clip.model.CLIP:
+    """A frozen ``clip.model.CLIP`` in eval mode from its state dict.
 
-    The architecture is read off the keys and shapes. Memory-frugal: the
-    module is built uninitialized (nothing allocated is touched), takes the
-    state dict's tensors, then copies or casts them one at a time into its
-    own memory (a memory-mapped file's pages are let go with the state dict).
-    Float32 weights stay exact. ``text=False`` builds the image tower only
-    and never reads the text weights.
+    The architecture is read off the keys and shapes (:func:`clip_config`).
+    The model is built on the meta device (no memory, no initialization),
+    given uninitialized memory on ``device`` (``to_empty``), and the state
+    dict's tensors copied in (``load_state_dict``): a memory-mapped file is
+    read once, straight into the model, and the model owns its weights.
+    Float32 weights stay exact; float16 and bfloat16 go to the layers
+    ``clip.model.convert_weights`` converts (norms and embeddings stay
+    float32). ``text=False`` builds the image tower only and never reads the
+    text weights.
     """
-    state = {
-        k[len("module.") :] if k.startswith("module.") else k: v
-        for k, v in state_dict.items()
-        if k not in METADATA_KEYS
-    }
+    state = {k.removeprefix("module."): v for k, v in state_dict.items() if k not in METADATA_KEYS}
     has_visual = "visual.proj" in state or "visual.attnpool.positional_embedding" in state
     if not has_visual or (text and "text_projection" not in state):
         raise CheckpointError(
@@ -212,26 +334,101 @@ def build_clip(
             "(or visual.attnpool) weights",
             hint="expected an OpenAI CLIP file (e.g. ViT-B-32.pt) or its state dict",
         )
+    if not text:
+        state = {k: v for k, v in state.items() if not is_text_key(k)}
+    if "logit_scale" not in state:  # unused for encoding; image-only files may lack it
+        state["logit_scale"] = torch.tensor(math.log(1 / 0.07))
     try:
-        config = CLIPConfig.from_state_dict(state)
+        with torch.device("meta"):
+            model = clip.model.CLIP(**clip_config(state))
         if not text:
-            state = {k: v for k, v in state.items() if not is_text_key(k)}
-        with uninitialized():
-            model = CLIP(config, text=text)
-        if "logit_scale" not in state:  # unused for encoding; image-only files may lack it
-            state["logit_scale"] = torch.full((), math.log(1 / 0.07))
-        model.load_state_dict(state, strict=True, assign=True)
+            release_text(model)
+        _materialize(model, state, dtype, device)
     except Exception as exc:
         raise CheckpointError(
-            f"{source} does not fit a CLIP architecture: {_first_line(exc)}"
+            f"{source} does not fit a CLIP architecture: {_one_line(exc)}"
         ) from None
-    del state
-    # own copies: memory-mapped pages of a file can be evicted under the
-    # model's feet (and re-read every step); the text weights of an
-    # image-only model are never read at all
-    cast_each(model, dtype, device, copy=True)
     model.requires_grad_(False)
     return model.eval()
+
+
+def has_text(model: clip.model.CLIP) -> bool:
+    """Whether ``model`` has its text tower (see :func:`attach_text`, :func:`release_text`)."""
+    return hasattr(model, "text_projection")
+
+
+def attach_text(model: clip.model.CLIP, state: Mapping[str, torch.Tensor]) -> None:
+    """Give an image-only ``model`` its text tower from ``state`` (only its text keys are read).
+
+    The tower is built as ``clip.model.CLIP`` builds it (on the meta device,
+    then given memory on the image tower's device), in the image tower's
+    dtype and frozen like it. Raises :class:`CheckpointError` naming missing
+    or misshapen weights; the model is then left as it was.
+    """
+    if has_text(model):
+        return
+    text = {k.removeprefix("module."): v for k, v in state.items()}
+    text = {k: v for k, v in text.items() if is_text_key(k)}
+    sizes = text_config(text)
+    hint = "text guidance needs a CLIP file with its text weights"
+    if sizes is None:
+        needed = ("text_projection", "ln_final.weight", "positional_embedding")
+        missing = [k for k in needed if k not in text] or ["token_embedding.weight"]
+        raise CheckpointError(f"cannot build CLIP's text tower: missing keys {missing}", hint=hint)
+    weight = model.visual.conv1.weight
+    config = {**clip_config(model.state_dict()), **sizes}
+    try:
+        with torch.device("meta"):
+            donor = clip.model.CLIP(**config)
+        del donor.visual
+        _materialize(donor, {**text, "logit_scale": model.logit_scale}, model.dtype, weight.device)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot build CLIP's text tower: {_one_line(exc)}", hint=hint
+        ) from None
+    donor.requires_grad_(weight.requires_grad)
+    for name in TEXT_ATTRIBUTES:
+        setattr(model, name, getattr(donor, name))
+    model.context_length = donor.context_length
+    model.vocab_size = donor.vocab_size
+
+
+def release_text(model: clip.model.CLIP) -> None:
+    """Free the text tower of ``model``; image encoding keeps working."""
+    for name in TEXT_ATTRIBUTES:
+        if hasattr(model, name):
+            delattr(model, name)
+
+
+def _materialize(
+    model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype, device: Any
+) -> None:
+    """Memory for a model built on the meta device, filled from ``state`` (strict).
+
+    The causal attention mask of a text transformer, a plain attribute that
+    ``clip.model.CLIP.__init__`` made on the meta device, is made again on ``device``.
+    """
+    if dtype != torch.float32:
+        _convert_weights(model, dtype)
+    model.to_empty(device=device)
+    model.load_state_dict(state, strict=True)
+    transformer = getattr(model, "transformer", None)
+    if transformer is not None:
+        mask = model.build_attention_mask().to(device)
+        for block in transformer.resblocks:
+            block.attn_mask = mask
+
+
+def _convert_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """``clip.model.convert_weights`` for any dtype: convolutions, linear layers,
+    attention and the two projections; norms and embeddings stay float32 (the
+    ``clip`` LayerNorm computes in float32 and needs float32 weights)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear | nn.MultiheadAttention):
+            module.to(dtype)
+        for name, param in list(module.named_parameters(recurse=False)):
+            if name in ("text_projection", "proj"):
+                setattr(module, name, nn.Parameter(param.to(dtype), param.requires_grad))
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -243,10 +440,48 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-def _first_line(exc: object, limit: int = 160) -> str:
-    text = str(exc).strip()
-    line = " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+def _one_line(exc: object, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- tokenizing ----------------------------------------------------------------------
+
+_SHOWN_CHARS = 60
+
+
+@functools.cache
+def _tokenizer() -> Any:
+    return clip.simple_tokenizer.SimpleTokenizer()
+
+
+def token_count(text: str) -> int:
+    """CLIP tokens of ``text``, start and end tokens included (``clip``'s BPE tokenizer)."""
+    return len(_tokenizer().encode(text)) + 2
+
+
+def tokenize(
+    texts: str | Sequence[str], context_length: int = 77, truncate: bool = False
+) -> torch.Tensor:
+    """``clip.tokenize``: prompts -> (N, context_length) int64.
+
+    A prompt longer than ``context_length`` tokens (start and end included)
+    raises :class:`ConfigError` naming it, in one line, unless ``truncate``.
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    try:
+        return clip.tokenize(texts, context_length=context_length, truncate=truncate)
+    except RuntimeError:
+        for row, text in enumerate(texts, start=1):
+            count = token_count(text)
+            if count > context_length:
+                shown = text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+                raise ConfigError(
+                    f"text prompt {row} ({shown!r}) is {count} tokens long; CLIP takes at "
+                    f"most {context_length}, start and end tokens included",
+                    hint="shorten the prompt",
+                ) from None
+        raise
 
 
 # -- preprocessing: the math --------------------------------------------------------
@@ -328,9 +563,7 @@ def clip_preprocess(image: torch.Tensor, size: int) -> torch.Tensor:
         )
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     x = x[..., top : top + size, left : left + size]
-    mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x, x.new_tensor(CLIP_MEAN), x.new_tensor(CLIP_STD))
 
 
 def random_cutouts(
@@ -341,34 +574,41 @@ def random_cutouts(
     degrees: float = 10.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``count`` random square crops per image, each rotated and resized back to full size.
+    """``count`` random square cutouts per image, each rotated and resized back to full size.
 
-    The crop side is a ``scale`` fraction of the image side, its centre keeps the
-    unrotated crop inside the image, the rotation is uniform in
-    ``[-degrees, degrees]``; sampling is bilinear with reflection at the border
-    (one ``affine_grid`` + ``grid_sample``: differentiable). Parameters are drawn
-    on the CPU from ``generator``, so a seed reproduces them on any device.
+    kornia's ``RandomAffine``: a zoom by ``1 / side`` with the cutout's side a
+    fraction ``side`` in ``scale`` of the image's, a shift of up to
+    ``(1 - scale[0]) / 2`` of the image, a rotation uniform in
+    ``[-degrees, degrees]``, bilinear sampling with reflection at the border:
+    one warp, differentiable. The parameters are drawn on the CPU from a seed
+    that ``generator`` gives, inside ``torch.random.fork_rng`` (kornia's
+    samplers draw from the global RNG and take no generator), so a seed
+    reproduces them on any device and the global RNG state is left as it was
+    (other threads drawing from it meanwhile would see the seeded state).
+    Without ``generator`` they come from the global RNG, as kornia's do.
 
     Input: (n, C, H, W). Output: (n * count, C, H, W), the cutouts of image ``i``
     at rows ``i * count ... (i + 1) * count - 1``.
     """
-    n = image.shape[0] * count
     low, high = scale
-    rand = torch.rand(4, n, generator=generator, dtype=torch.float64)
-    side = low + (high - low) * rand[0]
-    angle = math.radians(degrees) * (2 * rand[1] - 1)
-    shift_x = (1 - side) * (2 * rand[2] - 1)
-    shift_y = (1 - side) * (2 * rand[3] - 1)
-    cos, sin = side * torch.cos(angle), side * torch.sin(angle)
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift_x], dim=-1), torch.stack([sin, cos, shift_y], dim=-1)],
-        dim=1,
-    ).to(device=image.device, dtype=image.dtype)
-    source = image.repeat_interleave(count, dim=0)
-    grid = F.affine_grid(theta, list(source.shape), align_corners=False)
-    return F.grid_sample(
-        source, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    shift = (1.0 - low) / 2.0
+    augment = RandomAffine(
+        degrees=degrees,
+        translate=(shift, shift),
+        scale=(1.0 / high, 1.0 / low),
+        padding_mode="reflection",
+        align_corners=False,
+        p=1.0,
     )
+    source = image.repeat_interleave(count, dim=0)
+    if generator is None:
+        params = augment.forward_parameters(source.shape)
+    else:
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            params = augment.forward_parameters(source.shape)
+    return augment(source, params=params)
 
 
 # -- the encoder ----------------------------------------------------------------------
@@ -378,8 +618,8 @@ class CLIPEncoder(nn.Module):
     """Text and image encoding with a CLIP model, differentiable w.r.t. the image.
 
     Args:
-        model: a :class:`~soundguide.encoders.clip_model.CLIP` (see :func:`load_clip`),
-            with or without its text tower.
+        model: a ``clip.model.CLIP`` (see :func:`load_clip`), with or without
+            its text tower.
         preprocess: ``"paper"`` (the original code's, the default) or ``"clip"``.
         cutouts: random cutouts per image whose embeddings are averaged; 0 (the
             default) turns augmentation off.
@@ -396,7 +636,7 @@ class CLIPEncoder(nn.Module):
 
     def __init__(
         self,
-        model: CLIP,
+        model: clip.model.CLIP,
         *,
         preprocess: PreprocessMode = "paper",
         cutouts: int = 0,
@@ -448,17 +688,17 @@ class CLIPEncoder(nn.Module):
     @property
     def input_resolution(self) -> int:
         """Side of the square image the vision tower takes (224 for ViT-B/32)."""
-        return self.model.config.image_resolution
+        return int(self.model.visual.input_resolution)
 
     @property
     def embed_dim(self) -> int:
         """D: the size of text and image embeddings (512 for ViT-B/32)."""
-        return self.model.config.embed_dim
+        return int(self.model.visual.output_dim)
 
     @property
     def context_length(self) -> int:
         """Maximum tokens per prompt, start and end tokens included (77)."""
-        return self.model.config.context_length
+        return int(self.model.context_length)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Input: (n, 3, H, W) in [-1, 1]. Output: (n, 3, R, R), R = :attr:`input_resolution`."""
@@ -499,8 +739,6 @@ class CLIPEncoder(nn.Module):
 
         Raises :class:`ConfigError` naming the prompt that is empty or too long.
         """
-        from soundguide.encoders.clip_tokenizer import tokenize
-
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ConfigError("no text prompts given")
@@ -516,19 +754,12 @@ class CLIPEncoder(nn.Module):
     def encode_text(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Input: N prompts (a string counts as one). Output: (N, D) float32."""
         tokens = self.tokenize(prompts)
-        if not self.model.has_text:
+        if not has_text(self.model):
             if self.text_loader is None:
                 raise RuntimeError(
                     "this CLIP model has no text tower and the encoder has no text_loader"
                 )
-            try:
-                self.model.attach_text(self.text_loader())
-            except RuntimeError as exc:
-                raise CheckpointError(
-                    f"cannot build CLIP's text tower: {_first_line(exc)}",
-                    hint="text guidance needs a CLIP file with its text weights",
-                ) from None
-            self.model.requires_grad_(False)
+            attach_text(self.model, self.text_loader())
         return self.model.encode_text(tokens).float()
 
     def release_text(self) -> None:
@@ -538,7 +769,7 @@ class CLIPEncoder(nn.Module):
         computed: the optimization loop only encodes images. With a
         ``text_loader`` a later :meth:`encode_text` loads the tower again.
         """
-        self.model.release_text()
+        release_text(self.model)
 
     after_targets = release_text
 

@@ -17,8 +17,6 @@ makes a label too long (that is a setting to fix, not an item to drop).
 
 from __future__ import annotations
 
-import functools
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,17 +37,12 @@ DEFAULT_TEMPLATES = (
 )
 
 
-@functools.cache
-def _tokenizer() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # clip imports pkg_resources
-        from clip.simple_tokenizer import SimpleTokenizer
-    return SimpleTokenizer()
-
-
 def token_count(text: str) -> int:
-    """CLIP tokens of ``text``, start and end tokens included."""
-    return len(_tokenizer().encode(text)) + 2
+    """CLIP tokens of ``text``, start and end tokens included: the tokenizer of
+    :class:`~soundguide.encoders.clip.CLIPEncoder` (``clip``'s)."""
+    from soundguide.encoders.clip import token_count
+
+    return token_count(text)
 
 
 def text_problem(text: str, context_length: int = CONTEXT_LENGTH) -> str | None:

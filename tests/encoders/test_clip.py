@@ -15,20 +15,45 @@ from soundguide.encoders.clip import (
     CLIP_MEAN,
     CLIP_MODELS,
     CLIP_STD,
+    VIT_B_32,
     CLIPEncoder,
+    attach_text,
     build_clip,
+    clip_config,
     clip_preprocess,
+    has_text,
+    is_text_key,
     load_clip,
     paper_pool_matrix,
     paper_preprocess,
     random_cutouts,
     read_clip_state,
+    release_text,
+    token_count,
+    tokenize,
 )
-from soundguide.encoders.clip_model import CLIP
+from tests.factories import TINY_CLIP, tiny_clip_reference
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # clip imports pkg_resources, which warns about itself
-    import clip  # OpenAI's package: the reference for the released files' format
+    import clip  # OpenAI's package: the architecture, and the reference for its outputs
+
+RESNET_CLIP = {
+    "embed_dim": 64,
+    "image_resolution": 64,
+    "vision_layers": (1, 2, 1, 1),
+    "vision_width": 32,
+    "vision_patch_size": None,
+    "context_length": 16,
+    "vocab_size": 500,
+    "transformer_width": 128,
+    "transformer_heads": 2,
+    "transformer_layers": 2,
+}
+"""A modified-ResNet CLIP (the RN50 family's architecture), tiny."""
+
+RN50 = {**VIT_B_32, "embed_dim": 1024, "vision_layers": (3, 4, 6, 3), "vision_width": 64}
+RN50["vision_patch_size"] = None
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,41 +75,34 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
-def tiny_reference(seed: int = 0) -> nn.Module:
-    """OpenAI's ViT CLIP, small enough for CPU tests, that still takes 224 px input (7x7 patches).
-
-    Widths are multiples of 64 because ``clip.model.build_model`` infers heads as width // 64.
-    """
-    torch.manual_seed(seed)
-    model = clip.model.CLIP(
-        embed_dim=32,
-        image_resolution=224,
-        vision_layers=2,
-        vision_width=64,
-        vision_patch_size=32,
-        context_length=77,
-        vocab_size=49408,
-        transformer_width=64,
-        transformer_heads=1,
-        transformer_layers=2,
-    )
-    return model.eval().requires_grad_(False)
-
-
-def tiny_clip(seed: int = 0) -> CLIP:
-    """soundguide's CLIP with :func:`tiny_reference`'s weights (what other test packages use)."""
-    return build_clip(tiny_reference(seed).state_dict())
-
-
 @pytest.fixture(scope="module")
 def reference() -> nn.Module:
-    return tiny_reference()
+    """OpenAI's model with random weights, built the plain way (``clip.model.CLIP``)."""
+    return tiny_clip_reference()
 
 
 @pytest.fixture(scope="module")
-def model(reference) -> CLIP:
-    """soundguide's CLIP holding the reference's weights."""
+def model(reference) -> nn.Module:
+    """soundguide's build of the reference's weights."""
     return build_clip(reference.state_dict())
+
+
+def assert_relative(got: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5) -> None:
+    """``got`` equals ``expected`` within ``tolerance`` of its largest magnitude."""
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    error = (got - expected).abs().max() / expected.abs().max()
+    assert error <= tolerance, f"relative error {float(error):.2e}"
+
+
+def tokens(config: dict) -> torch.Tensor:
+    """Token ids below the vocabulary size, the end token (the largest id) at different places."""
+    length, top = config["context_length"], config["vocab_size"] - 1
+    t = torch.zeros(3, length, dtype=torch.long)
+    t[0, :4] = torch.tensor([1, 7, 9, top])
+    t[1, :2] = torch.tensor([3, top])
+    t[2, :] = torch.randint(1, top, (length,), generator=torch.Generator().manual_seed(0))
+    t[2, -1] = top
+    return t
 
 
 def jit_load(path) -> torch.jit.ScriptModule:
@@ -128,6 +146,20 @@ class DoublesOnLoad(nn.Module):
 def literal_paper(image: torch.Tensor, size: int) -> torch.Tensor:
     """The original code, verbatim in behaviour: Upsample(x7, nearest) then AvgPool2d(size // 32)."""
     return nn.AvgPool2d(kernel_size=size // 32)(nn.Upsample(scale_factor=7)(image))
+
+
+def detailed_picture(height: int, width: int) -> torch.Tensor:
+    """A photograph-like 8-bit picture (3, H, W): smooth shading, a sharp disc, stripes, texture."""
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij"
+    )
+    shade = torch.stack([xx, yy, 1 - xx * yy])
+    disc = ((xx - 0.4) ** 2 + (yy - 0.5) ** 2 < 0.08).float()
+    stripes = (torch.sin(xx * width / 3) > 0).float() * (yy > 0.7).float()
+    texture = torch.rand(1, 3, height // 4, width // 4, generator=torch.Generator().manual_seed(0))
+    texture = nn.functional.interpolate(texture, size=(height, width), mode="bilinear")[0]
+    x = 0.5 * shade + 0.3 * disc + 0.2 * stripes + 0.2 * texture
+    return (x / x.amax() * 255).round().to(torch.uint8)
 
 
 class TestPaperPreprocess:
@@ -187,6 +219,33 @@ class TestClipPreprocess:
         assert got.shape == (3, 224, 224)
         # PIL rounds its output to 8 bits: one level is 1 / 255 / 0.26 = 0.015 here.
         assert (got - expected).abs().max() < 0.03
+
+    @pytest.mark.parametrize(
+        ("height", "width"), [(256, 256), (512, 512), (1024, 1024), (300, 400)]
+    )
+    def test_detailed_pictures_and_kornias_gaussian_antialiasing(self, height, width):
+        """Edges and fine texture: torch's antialiased bicubic (PIL's filter) stays within
+        about a level of PIL on average; kornia's ``resize(antialias=True)``, a Gaussian blur
+        then bicubic, is at least twice as far (why ``clip_preprocess`` does not use it)."""
+        import kornia
+        from PIL import Image
+
+        pixels = detailed_picture(height, width)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = clip.clip._transform(224)(Image.fromarray(pixels.permute(1, 2, 0).numpy()))
+        x = pixels[None].float() / 255
+        got = clip_preprocess(x * 2 - 1, 224)[0]
+        level = 1 / 255 / min(CLIP_STD)
+        assert (got - expected).abs().mean() < 0.5 * level
+        assert (got - expected).abs().max() < 3 * level
+        resized = kornia.geometry.transform.resize(x, 224, interpolation="bicubic", antialias=True)
+        top, left = (resized.shape[-2] - 224) // 2, (resized.shape[-1] - 224) // 2
+        crop = resized[0, :, top : top + 224, left : left + 224]
+        theirs = kornia.enhance.normalize(
+            crop[None], torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+        )
+        assert (theirs[0] - expected).abs().mean() > 1.5 * (got - expected).abs().mean()
 
     def test_range(self):
         coarse = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -285,6 +344,22 @@ class TestCLIPEncoder:
         )
         assert small.shape == (4, 3, 4, 4)
 
+    def test_cutout_side_is_the_scale_fraction(self):
+        ramp = torch.arange(64.0).expand(1, 3, 64, 64)  # each pixel's value is its column
+        g = torch.Generator().manual_seed(0)
+        out = random_cutouts(ramp, 6, scale=(0.5, 0.5), degrees=0.0, generator=g)
+        step = out[..., 4:60, 5:60] - out[..., 4:60, 4:59]
+        torch.testing.assert_close(step, torch.full_like(step, 0.5), atol=1e-3, rtol=0)  # 2x zoom
+        assert out.min() >= 0 and out.max() <= 63
+        assert len({round(float(c[0, 32, 32]), 3) for c in out}) > 1  # shifted differently
+
+    def test_cutouts_leave_the_global_rng_alone(self, model):
+        image = torch.randn(2, 3, 64, 64)
+        before = torch.get_rng_state()
+        with torch.no_grad():
+            CLIPEncoder(model, cutouts=3).encode_image(image)
+        assert torch.equal(torch.get_rng_state(), before)
+
     def test_bad_options(self, model):
         with pytest.raises(ConfigError, match="unknown CLIP preprocessing 'fancy'"):
             CLIPEncoder(model, preprocess="fancy")
@@ -382,7 +457,8 @@ class TestLoadClip:
         path = save_traced(reference, tmp_path / "tiny-jit.pt")
         for lazy in (False, True):
             encoder = CLIPEncoder.load(path, preprocess="clip", lazy_text=lazy)
-            assert isinstance(encoder.model, CLIP) and encoder.model.has_text is not lazy
+            assert isinstance(encoder.model, clip.model.CLIP)
+            assert has_text(encoder.model) is not lazy
             image = torch.rand(1, 3, 224, 224) * 2 - 1
             with torch.no_grad():
                 torch.testing.assert_close(
@@ -475,7 +551,7 @@ def test_lazy_text_is_read_only_when_text_is_encoded(reference, tmp_path):
     path = tmp_path / "tiny.pt"
     torch.save(reference.state_dict(), path)
     encoder = CLIPEncoder.load(path, lazy_text=True)
-    assert not encoder.model.has_text
+    assert not has_text(encoder.model)
     assert all(n.startswith("visual.") or n == "logit_scale" for n in encoder.model.state_dict())
     image = torch.rand(2, 3, 224, 224) * 2 - 1
     with torch.no_grad():
@@ -486,10 +562,10 @@ def test_lazy_text_is_read_only_when_text_is_encoded(reference, tmp_path):
     expected = reference.encode_text(clip.tokenize(["rain", "a dog barking"]))
     with torch.no_grad():
         torch.testing.assert_close(encoder.encode_text(["rain", "a dog barking"]), expected)
-        assert encoder.model.has_text
+        assert has_text(encoder.model)
         assert not any(p.requires_grad for p in encoder.model.parameters())
         encoder.release_text()
-        assert not encoder.model.has_text
+        assert not has_text(encoder.model)
         torch.testing.assert_close(encoder.encode_text(["rain", "a dog barking"]), expected)
 
 
@@ -501,22 +577,164 @@ def test_lazy_text_needs_no_text_weights_until_asked(reference, tmp_path):
     encoder.encode_image(torch.zeros(1, 3, 224, 224))
     with pytest.raises(CheckpointError, match="cannot build CLIP's text tower: .*missing"):
         encoder.encode_text("a dog")
-    assert not encoder.model.has_text
+    assert not has_text(encoder.model)
     with pytest.raises(CheckpointError, match="is not a CLIP model"):
         load_clip(path)  # the whole model needs the text tower
 
 
-def test_image_guidance_never_imports_torchvision_or_clip(reference, tmp_path):
-    from tests.isolation import imported_by
+class TestTokenize:
+    PROMPTS = [
+        "a photo of a dog",
+        "The sound of RAIN on a tin roof.",
+        "HTML &amp; entities &lt;b&gt;",
+        "café crème 🔥 日本語",
+        "don't stop, it's 3 o'clock",
+    ]
 
+    def test_ids_are_clips(self):
+        ours = tokenize(self.PROMPTS)
+        assert ours.dtype == torch.int64 and ours.shape == (len(self.PROMPTS), 77)
+        assert torch.equal(ours, clip.tokenize(self.PROMPTS))
+        assert torch.equal(tokenize("a dog", context_length=8), clip.tokenize("a dog", 8))
+
+    def test_token_count_is_where_the_end_token_lands(self):
+        ids = clip.tokenize(self.PROMPTS)
+        for text, row in zip(self.PROMPTS, ids, strict=True):
+            assert token_count(text) == int(row.argmax()) + 1
+
+    def test_too_long_names_the_prompt_in_one_line(self):
+        long = "the sound of heavy rain\non a tin roof " * 12
+        with pytest.raises(ConfigError) as info:
+            tokenize(["ok", long])
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith("text prompt 2 ('the sound of heavy rain\\non")
+        assert f"({long[:57] + '...'!r})" in message  # shortened to 60 characters
+        assert "is 110 tokens long; CLIP takes at most 77" in message
+        assert info.value.hint == "shorten the prompt"
+        truncated = tokenize(["ok", long], truncate=True)
+        assert torch.equal(truncated, clip.tokenize(["ok", long], truncate=True))
+
+
+@pytest.mark.parametrize("config", [TINY_CLIP, RESNET_CLIP], ids=["vit", "resnet"])
+class TestParityWithClipsModel:
+    """soundguide's build against ``clip.model.CLIP`` built the plain way, same weights."""
+
+    def test_state_dict_and_config(self, config):
+        reference = tiny_clip_reference(**config)
+        ours = build_clip(reference.state_dict())
+        assert isinstance(ours, clip.model.CLIP)
+        assert clip_config(reference.state_dict()) == config
+        expected = reference.state_dict()
+        assert list(ours.state_dict()) == list(expected)
+        assert all(torch.equal(v, expected[k]) for k, v in ours.state_dict().items())
+
+    def test_outputs(self, config):
+        reference = tiny_clip_reference(**config)
+        ours = build_clip(reference.state_dict())
+        size = config["image_resolution"]
+        image = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        t = tokens(config)
+        with torch.no_grad():
+            assert_relative(ours.encode_image(image), reference.encode_image(image))
+            assert_relative(ours.encode_text(t), reference.encode_text(t))
+            for a, b in zip(ours(image, t), reference(image, t), strict=True):
+                assert_relative(a, b)
+
+    def test_gradient_to_the_image(self, config):
+        reference = tiny_clip_reference(**config)
+        ours = build_clip(reference.state_dict())
+        size = config["image_resolution"]
+        image = torch.randn(1, 3, size, size, requires_grad=True)
+        (grad,) = torch.autograd.grad(ours.encode_image(image).square().sum(), image)
+        (expected,) = torch.autograd.grad(reference.encode_image(image).square().sum(), image)
+        assert grad.abs().sum() > 0
+        assert_relative(grad, expected)
+
+    def test_image_tower_alone_then_text(self, config):
+        reference = tiny_clip_reference(**config)
+        model = build_clip(reference.state_dict(), text=False)
+        assert not has_text(model)
+        assert all(not is_text_key(k) for k in model.state_dict())
+        t = tokens(config)
+        attach_text(model, {f"module.{k}": v for k, v in reference.state_dict().items()})
+        assert has_text(model) and model.context_length == config["context_length"]
+        assert not any(p.requires_grad for p in model.parameters())
+        with torch.no_grad():
+            assert_relative(model.encode_text(t), reference.encode_text(t))
+        release_text(model)
+        assert not has_text(model) and not any(is_text_key(k) for k in model.state_dict())
+
+
+@pytest.mark.parametrize("config", [VIT_B_32, RN50], ids=["ViT-B/32", "RN50"])
+def test_config_of_the_released_shapes(config):
+    with torch.device("meta"):  # the full-size shapes without their memory
+        reference = clip.model.CLIP(**config)
+    assert clip_config(reference.state_dict()) == config
+    if config is VIT_B_32:
+        params = sum(p.numel() for p in reference.parameters())
+        assert params == 151_277_313  # OpenAI's ViT-B/32
+
+
+def test_every_text_block_gets_a_real_causal_mask(reference):
+    causal = torch.full((77, 77), float("-inf")).triu(1)
+    model = build_clip(reference.state_dict())
+    lazy = build_clip(reference.state_dict(), text=False)
+    attach_text(lazy, reference.state_dict())
+    for m in (model, lazy):
+        blocks = list(m.transformer.resblocks)
+        assert len(blocks) == TINY_CLIP["transformer_layers"]
+        for block in blocks:
+            assert block.attn_mask.device.type == "cpu"
+            assert torch.equal(block.attn_mask, causal)
+        assert all(block.attn_mask is None for block in m.visual.transformer.resblocks)
+
+
+def test_building_leaves_torch_as_it_was(reference, tmp_path):
+    """No patched ``torch.nn.init``, no draw from the global RNG, no default device left set."""
     path = tmp_path / "tiny.pt"
     torch.save(reference.state_dict(), path)
-    code = (
-        "import torch\n"
-        "from soundguide.encoders.clip import CLIPEncoder\n"
-        f"e = CLIPEncoder.load({str(path)!r}, lazy_text=True)\n"
-        "image = torch.zeros(1, 3, 256, 256, requires_grad=True)\n"
-        "e.encode_image(image).sum().backward()\n"
-        "e.encode_text('a dog')\n"
-    )
-    assert imported_by(code, ["torchvision", "clip"]) == []
+    init = {name: getattr(nn.init, name) for name in dir(nn.init) if not name.startswith("_")}
+    before = torch.get_rng_state()
+    model = build_clip(reference.state_dict())
+    encoder = CLIPEncoder.load(path, lazy_text=True, preprocess="clip")
+    encoder.encode_text("a dog")
+    encoder.release_text()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(getattr(nn.init, name) is function for name, function in init.items())
+    assert torch.empty(1).device.type == "cpu"
+    assert model.visual.proj.device.type == "cpu"
+
+
+def test_weights_are_copied_not_shared(reference):
+    state = reference.state_dict()
+    model = build_clip(state)
+    assert model.visual.proj.data_ptr() != state["visual.proj"].data_ptr()
+    assert model.text_projection.data_ptr() != state["text_projection"].data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights_run_and_stay_close(reference, dtype):
+    model = build_clip(reference.state_dict(), dtype=dtype)
+    assert model.dtype == dtype and model.visual.proj.dtype == dtype
+    assert model.visual.ln_pre.weight.dtype == torch.float32  # as clip.model.convert_weights
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        low = model.encode_image(image)
+        text = model.encode_text(tokens(TINY_CLIP))
+        full = reference.encode_image(image)
+    assert low.dtype == dtype and text.dtype == dtype
+    assert nn.functional.cosine_similarity(low.float(), full, dim=-1).min() > 0.99
+
+
+def test_attach_text_with_missing_weights_leaves_no_half_tower(reference):
+    model = build_clip(reference.state_dict(), text=False)
+    state = {k: v for k, v in reference.state_dict().items() if k != "text_projection"}
+    with pytest.raises(CheckpointError, match=r"missing keys \['text_projection'\]"):
+        attach_text(model, state)
+    state = {
+        k: v for k, v in reference.state_dict().items() if k != "transformer.resblocks.1.ln_2.bias"
+    }
+    with pytest.raises(CheckpointError, match="transformer.resblocks.1.ln_2.bias"):
+        attach_text(model, state)
+    assert not has_text(model) and not hasattr(model, "transformer")

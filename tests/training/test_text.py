@@ -68,3 +68,13 @@ def test_too_long_caption_at_training_time(text_encoder):
 def test_bad_templates(templates):
     with pytest.raises(ConfigError):
         check_templates(templates)
+
+
+def test_training_counts_tokens_as_the_encoder_tokenizes(text_encoder):
+    fits = " ".join(["rain"] * 75)  # 75 words + start and end tokens
+    too_long = fits + " rain"
+    assert token_count(fits) == 77 and text_problem(fits) is None
+    assert text_encoder.tokenize(fits).shape == (1, 77)
+    assert text_problem(too_long) is not None
+    with pytest.raises(ConfigError, match="is 78 tokens long"):
+        text_encoder.tokenize(too_long)
