@@ -366,68 +366,9 @@ def _check_batch(wave: torch.Tensor) -> torch.Tensor:
 # -- the encoder ----------------------------------------------------------------------
 
 
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 convolutions with batch norm and a shortcut.
-
-    Input: (B, C_in, H, W). Output: (B, C_out, H / stride, W / stride).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
-class ResNet18(nn.Module):
-    """ResNet18 with torchvision's state-dict keys, shapes, initialization and outputs.
-
-    Written here so that the audio encoder does not import torchvision (about
-    165 MB of resident memory). Input: (B, 3, H, W). Output: (B, num_classes).
-    """
-
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        widths = (64, 128, 256, 512)
-        for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(widths[max(i - 1, 0)], width, stride), BasicBlock(width, width)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 class SoundCLIPEncoder(nn.Module):
-    """The SoundCLIP audio encoder: a 3x3 convolution to 3 channels, then ResNet18.
+    """The SoundCLIP audio encoder: a 3x3 convolution to 3 channels, then
+    torchvision's ResNet18 with an ``embed_dim``-way ``fc``.
 
     Input: (B, 1, 128, 512) from :class:`SoundCLIPFrontend`.
     Output: (B, embed_dim) embeddings in the CLIP space, not normalized.
@@ -435,10 +376,11 @@ class SoundCLIPEncoder(nn.Module):
 
     def __init__(self, embed_dim: int = EMBED_DIM) -> None:
         super().__init__()
-        # `conv` and `feature_extractor` (a timm/torchvision ResNet18 with a
-        # 512-way `fc`) are the key names of the released checkpoint.
+        from torchvision.models import resnet18
+
+        # `conv` and `feature_extractor` are the key names of the released checkpoint.
         self.conv = nn.Conv2d(1, 3, kernel_size=3)
-        self.feature_extractor = ResNet18(num_classes=embed_dim)
+        self.feature_extractor = resnet18(weights=None, num_classes=embed_dim)
         self.embed_dim = embed_dim
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
@@ -476,18 +418,21 @@ def load_soundclip(
     (no pickled code unless ``trust``). Loading is strict: a checkpoint with
     missing, unexpected or wrongly shaped keys raises one
     :class:`CheckpointError` line naming them. The embedding size follows
-    ``feature_extractor.fc``. Returns the encoder in eval mode.
+    ``feature_extractor.fc``. The model is built on the meta device and the
+    weights copied into its CPU memory (no random initialization, the global
+    RNG untouched). Returns the encoder in eval mode, on the CPU.
     """
     source, obj = read_checkpoint(path_or_state_dict, trust=trust, map_location=map_location)
     state = soundclip_state_dict(obj, source)
     fc = state.get("feature_extractor.fc.weight")
     embed_dim = fc.shape[0] if isinstance(fc, torch.Tensor) and fc.dim() == 2 else EMBED_DIM
-    model = SoundCLIPEncoder(embed_dim=embed_dim)
+    with torch.device("meta"):
+        model = SoundCLIPEncoder(embed_dim=embed_dim)
     expected = model.state_dict()
     # Counters of batch-norm updates do not affect eval; older exports drop them.
-    for key, value in expected.items():
+    for key in expected:
         if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = value
+            state[key] = torch.zeros((), dtype=torch.long)
     check_state_dict(
         expected,
         state,
@@ -495,6 +440,7 @@ def load_soundclip(
         what="the SoundCLIP ResNet18 encoder",
         hint="expected the keys of resnet18_57.pth (conv.*, feature_extractor.*)",
     )
+    model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True)
     return model.eval()
 

@@ -29,6 +29,7 @@ from soundguide.encoders.soundclip import (
     window_starts,
 )
 from tests.encoders.reference_frontend import reference_frontend, reference_spectrogram
+from tests.factories import random_soundclip
 
 SR = 44100
 MANIFEST = Path(__file__).resolve().parents[1] / "data" / "soundclip_resnet18.keys.json"
@@ -70,8 +71,7 @@ def frontend() -> SoundCLIPFrontend:
 
 @pytest.fixture(scope="module")
 def encoder() -> SoundCLIPEncoder:
-    torch.manual_seed(0)
-    return SoundCLIPEncoder().eval()
+    return random_soundclip(embed_dim=512, seed=0)
 
 
 def run(frontend: SoundCLIPFrontend, y: np.ndarray, **kwargs) -> np.ndarray:
@@ -648,81 +648,82 @@ class RecordingEncoder(TinyAudioEncoder):
         return super().forward(spec)
 
 
+def reference_encoder(state: dict[str, torch.Tensor], spec: torch.Tensor) -> torch.Tensor:
+    """The SoundCLIP encoder in eval mode written out with ``torch.nn.functional`` from its
+    state dict (the released checkpoint's keys): an independent reference for the module."""
+    F = torch.nn.functional
+
+    def conv(x: torch.Tensor, name: str, stride: int = 1, padding: int = 0) -> torch.Tensor:
+        return F.conv2d(x, state[f"{name}.weight"], state.get(f"{name}.bias"), stride, padding)
+
+    def bn(x: torch.Tensor, name: str) -> torch.Tensor:
+        mean, var = state[f"{name}.running_mean"], state[f"{name}.running_var"]
+        return F.batch_norm(x, mean, var, state[f"{name}.weight"], state[f"{name}.bias"], eps=1e-5)
+
+    r = "feature_extractor"
+    x = conv(spec, "conv")  # 3x3, no padding: (B, 3, 126, 510)
+    x = F.max_pool2d(F.relu(bn(conv(x, f"{r}.conv1", 2, 3), f"{r}.bn1")), 3, 2, 1)
+    for layer in (1, 2, 3, 4):
+        for block in (0, 1):
+            name = f"{r}.layer{layer}.{block}"
+            stride = 2 if layer > 1 and block == 0 else 1
+            out = F.relu(bn(conv(x, f"{name}.conv1", stride, 1), f"{name}.bn1"))
+            out = bn(conv(out, f"{name}.conv2", 1, 1), f"{name}.bn2")
+            if f"{name}.downsample.0.weight" in state:
+                x = bn(conv(x, f"{name}.downsample.0", stride), f"{name}.downsample.1")
+            x = F.relu(out + x)
+    return F.linear(x.mean(dim=(2, 3)), state[f"{r}.fc.weight"], state[f"{r}.fc.bias"])
+
+
 @pytest.fixture(scope="module")
-def resnet_pair():
-    """torchvision's ResNet18 and ours with its weights (non-trivial batch-norm statistics)."""
-    import torchvision
-
-    from soundguide.encoders.soundclip import ResNet18
-
-    torch.manual_seed(0)
-    reference = torchvision.models.resnet18(weights=None, num_classes=512)
-    with torch.no_grad():  # batch-norm statistics that are not the identity
-        for m in reference.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    ours = ResNet18(num_classes=512)
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    return reference, ours
+def trained_state(state) -> dict[str, torch.Tensor]:
+    """Random weights with batch-norm statistics and biases that are not the identity."""
+    g = torch.Generator().manual_seed(3)
+    out = dict(state)
+    for key, value in state.items():
+        if key.endswith(("running_mean", "bias")):
+            out[key] = 0.1 * torch.randn(value.shape, generator=g)
+        elif key.endswith("running_var"):
+            out[key] = 0.5 + torch.rand(value.shape, generator=g)
+    return out
 
 
-class TestResNet18:
-    """The feature extractor is written here; torchvision is the reference."""
+class TestTorchvisionFeatureExtractor:
+    """``feature_extractor`` is torchvision's ResNet18 under the released checkpoint's keys."""
 
-    def test_keys_and_shapes_are_torchvisions(self, resnet_pair):
-        reference, ours = resnet_pair
-        assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
-            (k, v.shape) for k, v in reference.state_dict().items()
-        ]
-
-    def test_eval_outputs_and_gradients_equal(self, resnet_pair):
-        reference, ours = resnet_pair
-        reference.eval(), ours.eval()
-        x = torch.randn(2, 3, 126, 510, generator=torch.Generator().manual_seed(1))
-        x.requires_grad_(True)
-        out = ours(x)
-        (grad,) = torch.autograd.grad(out.square().sum(), x)
-        x2 = x.detach().clone().requires_grad_(True)
-        expected = reference(x2)
-        expected.square().sum().backward()
-        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
-        torch.testing.assert_close(grad, x2.grad)
-        assert grad.abs().sum() > 0
-
-    def test_train_mode_updates_the_same_statistics(self, resnet_pair):
-        import copy
-
-        reference, ours = (copy.deepcopy(m).train() for m in resnet_pair)
-        x = torch.randn(2, 3, 126, 510, generator=torch.Generator().manual_seed(2))
-        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=1e-5)
-        for (key, a), b in zip(
-            ours.state_dict().items(), reference.state_dict().values(), strict=True
-        ):
-            torch.testing.assert_close(a, b, msg=key)
-
-    def test_default_initialization_follows_torchvision(self):
+    def test_is_torchvisions_resnet18(self, encoder):
         import torchvision
 
-        from soundguide.encoders.soundclip import ResNet18
+        assert type(encoder.feature_extractor) is torchvision.models.ResNet
+        assert encoder.feature_extractor.fc.out_features == 512
+        reference = torchvision.models.resnet18(weights=None, num_classes=512)
+        assert list(encoder.feature_extractor.state_dict()) == list(reference.state_dict())
 
-        torch.manual_seed(7)  # same modules in the same order: the same random draws
-        reference = torchvision.models.resnet18(weights=None, num_classes=512).state_dict()
-        torch.manual_seed(7)
-        ours = ResNet18(num_classes=512).state_dict()
-        assert all(torch.equal(ours[k], v) for k, v in reference.items())
-        assert torch.equal(ours["bn1.weight"], torch.ones(64))
-        std = ours["layer1.0.conv1.weight"].std().item()  # kaiming normal, fan_out, relu
-        assert abs(std - (2 / (64 * 9)) ** 0.5) < 0.01
+    def test_outputs_and_gradients_equal_the_functional_reference(self, trained_state):
+        model = load_soundclip(trained_state)
+        spec = torch.rand(2, 1, 128, 512, generator=torch.Generator().manual_seed(1))
+        spec.requires_grad_(True)
+        out = model(spec)
+        (grad,) = torch.autograd.grad(out.square().sum(), spec)
+        spec2 = spec.detach().clone().requires_grad_(True)
+        expected = reference_encoder(trained_state, spec2)
+        (grad_expected,) = torch.autograd.grad(expected.square().sum(), spec2)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, grad_expected, rtol=1e-4, atol=1e-6)
+        assert grad.abs().sum() > 0
 
-    def test_encoder_never_imports_torchvision(self):
-        from tests.isolation import imported_by
+    def test_loading_draws_nothing_from_the_global_rng(self, state):
+        before = torch.get_rng_state()
+        load_soundclip(state)
+        assert torch.equal(torch.get_rng_state(), before)
 
-        code = (
-            "import torch\n"
-            "torch.set_num_threads(1)\n"
-            "from soundguide.encoders.soundclip import SoundCLIPEncoder\n"
-            "SoundCLIPEncoder()(torch.zeros(1, 1, 128, 512))\n"
-        )
-        assert imported_by(code, ["torchvision"]) == []
+    def test_default_initialization_is_torchvisions(self):
+        import torchvision
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7)
+            ours = SoundCLIPEncoder().state_dict()
+            torch.manual_seed(7)
+            torch.nn.Conv2d(1, 3, kernel_size=3)  # `conv` is built first
+            reference = torchvision.models.resnet18(weights=None, num_classes=512).state_dict()
+        assert all(torch.equal(ours[f"feature_extractor.{k}"], v) for k, v in reference.items())
