@@ -155,7 +155,8 @@ def _head(path: Path) -> bytes:
 
 def _head_text(head: bytes) -> str | None:
     """The first bytes as text (a byte-order mark dropped), or None when they are binary."""
-    encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
+    # the byte-order mark says which UTF-16; the codec would guess the machine's order
+    encoding = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}.get(head[:2], "utf-8")
     for bom in _BOMS:
         if head.startswith(bom):
             head = head[len(bom) :]
@@ -221,7 +222,10 @@ def _cut_short(path: Path, head: bytes, exc: Exception) -> bool:
     """
     if not (head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80"):
         return False
-    if isinstance(exc, EOFError) or _TRUNCATION.search(str(exc)):
+    # only torch's own read errors are taken at their word: an unpickling error or a
+    # missing module or attribute quotes names from the file ('truncated_normal')
+    quotes_the_file = isinstance(exc, pickle.UnpicklingError | AttributeError | ImportError)
+    if isinstance(exc, EOFError) or (not quotes_the_file and _TRUNCATION.search(str(exc))):
         return True
     try:
         if head.startswith(_ZIP_MAGIC):
