@@ -1,4 +1,8 @@
-"""The Python API: load a config, run an edit, write its outputs."""
+"""The Python API: load a config, run an edit, write its outputs.
+
+:func:`load_config` is :func:`soundguide.core.config.load_config` (one function:
+``load_config(path, registries=None, overrides=(), *, plugins=())``).
+"""
 
 from __future__ import annotations
 
@@ -9,26 +13,14 @@ from typing import Any
 
 import torch
 
-from soundguide.core.config import RunConfig
-from soundguide.core.config import load_config as _load_config
+from soundguide.core.config import RunConfig, load_config
 from soundguide.core.engine import Editor, RunResult, Stop, resolve_device
 from soundguide.core.outputs import LossLog, RunWriter, StepWriter
 from soundguide.core.plugins import load_registries
 from soundguide.core.registry import Registries
 from soundguide.core.runfolder import RunFolder
 
-
-def load_config(
-    path: str | os.PathLike[str],
-    overrides: Sequence[str] = (),
-    *,
-    registries: Registries | None = None,
-    plugins: Sequence[str | ModuleType] = (),
-) -> RunConfig:
-    """Read and validate a TOML run config (``overrides`` as with ``--set``)."""
-    if registries is None:
-        registries = load_registries(plugins=plugins)
-    return _load_config(path, registries, overrides)
+__all__ = ["edit", "load_config"]
 
 
 def edit(
@@ -65,7 +57,7 @@ def edit(
     if registries is None:
         registries = load_registries(plugins=plugins)
     if not isinstance(config, RunConfig):
-        config = _load_config(config, registries, overrides)
+        config = load_config(config, registries, overrides)
     elif overrides:
         raise TypeError("overrides apply to a config file; change the config object instead")
     device = resolve_device(device)

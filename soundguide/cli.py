@@ -1,5 +1,14 @@
 """The ``soundguide`` command.
 
+Its own subcommands (``edit``, ``demo``, ``plugins``, ``config``, ``weights``)
+live here; every other one comes from a plugin's ``register_commands`` hook
+(the built-ins ``curate``, ``train``, ``zeroshot`` and ``probe`` from
+:mod:`soundguide.training.plugin` and :mod:`soundguide.evaluation.plugin`).
+Plugins are loaded once per command line, when a command is looked up or
+listed, with the ``-p`` modules read from the whole command line first (see
+:mod:`soundguide.cli_options`). ``soundguide --help`` imports the plugin
+modules only, not the code behind their commands.
+
 Errors of soundguide's own types are caught once, here: one line ``error: ...``
 plus a hint, exit code 2. A run stopped by a non-finite loss exits with 1
 (its outputs are written). Ctrl-C (SIGINT) and SIGTERM stop a run between two
@@ -22,9 +31,12 @@ from typing import Any
 import click
 
 from soundguide.cli_options import (
+    LazyCommand,
     _registries,
+    accept_plugin_option,
     malloc_option,
     plugin_option,
+    scan_plugin_args,
 )
 from soundguide.core.errors import SoundguideError
 
@@ -102,14 +114,43 @@ def _overrides(overrides: tuple[str, ...], preset: str | None) -> list[str]:
     return ([f'optimization.preset="{preset}"'] if preset else []) + list(overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class SoundguideGroup(click.Group):
+    """The root group: its own commands, then those the plugins registered.
+
+    Before parsing, the ``-p`` modules of the whole command line are noted, so
+    the plugins are loaded with them when a plugin command is looked up or
+    ``--help`` lists the commands.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            plugins = ctx.ensure_object(dict).setdefault("plugins", [])
+            plugins.extend(name for name in scan_plugin_args(args) if name not in plugins)
+        return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_registries(ctx).commands.names()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = self.commands.get(cmd_name)
+        if command is None:
+            command = _registries(ctx).commands.commands.get(cmd_name)
+            if command is not None and not isinstance(command, LazyCommand):
+                accept_plugin_option(command)  # -p may follow any command's name
+        return command
+
+
+@click.group(
+    cls=SoundguideGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="soundguide")
 @plugin_option
 def cli() -> None:
     """Edit and generate images guided by sound, text and pictures."""
 
 
-@cli.command()
+@cli.command(short_help="Edit an image as a run config describes.")
 @click.argument("config", type=click.Path(path_type=Path))
 @set_option
 @click.option(
@@ -184,7 +225,7 @@ def _report(ctx: click.Context, result: Any, folder: Path, received: list[int]) 
     ctx.exit(_exit_code(result.status, received))
 
 
-@cli.command()
+@cli.command(short_help="Try the whole pipeline offline with tiny random models.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True
 )
@@ -229,11 +270,15 @@ def demo(
     _report(ctx, result, out, received)
 
 
-@cli.command()
+@cli.command(short_help="List the plugins and what each registered.")
 @plugin_option
 @click.pass_context
 def plugins(ctx: click.Context) -> None:
-    """List the loaded plugins: kind, name, plugin module and distribution."""
+    """List the loaded plugins: kind, name, plugin module and distribution.
+
+    Kinds: generator, guidance, regularizer, weights and command (the
+    subcommands plugins add; those of soundguide itself are not listed).
+    """
     registries = _registries(ctx)
     rows = [("KIND", "NAME", "PLUGIN", "DISTRIBUTION")]
     for registry in (registries.generators, registries.guidances, registries.regularizers):
@@ -241,6 +286,8 @@ def plugins(ctx: click.Context) -> None:
             rows.append((registry.kind, entry.name, entry.plugin, entry.distribution))
     for weights in registries.weights:
         rows.append(("weights", weights.name, *registries.weights.owner(weights.name)))
+    for name in registries.commands.names():
+        rows.append(("command", name, *registries.commands.owner(name)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         click.echo(
@@ -248,12 +295,12 @@ def plugins(ctx: click.Context) -> None:
         )
 
 
-@cli.group()
+@cli.group(short_help="Check or show run configs.")
 def config() -> None:
     """Check or show run configs."""
 
 
-@config.command("check")
+@config.command("check", short_help="Validate a run config and its input files.")
 @click.argument("path", type=click.Path(path_type=Path))
 @set_option
 @plugin_option
@@ -279,7 +326,7 @@ def config_check(
     )
 
 
-@config.command("show")
+@config.command("show", short_help="Print the resolved config as JSON.")
 @click.argument("path", type=click.Path(path_type=Path))
 @set_option
 @plugin_option
@@ -294,12 +341,12 @@ def config_show(
     click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
 
-@cli.group()
+@cli.group(short_help="Known pretrained weights: list, download, verify.")
 def weights() -> None:
     """Known pretrained weights: list, download, verify."""
 
 
-@weights.command("list")
+@weights.command("list", short_help="List the known weights and their state.")
 @plugin_option
 @click.pass_context
 def weights_list(ctx: click.Context) -> None:
@@ -319,7 +366,7 @@ def weights_list(ctx: click.Context) -> None:
         click.echo(f"    -> {path}")
 
 
-@weights.command("download")
+@weights.command("download", short_help="Download known weights into the cache.")
 @click.argument("names", nargs=-1, required=True)
 @click.option("--force", is_flag=True, help="Download again even if the file exists.")
 @plugin_option
@@ -332,7 +379,7 @@ def weights_download(ctx: click.Context, names: tuple[str, ...], force: bool) ->
         click.echo(f"{name}: {path}")
 
 
-@weights.command("verify")
+@weights.command("verify", short_help="Check downloaded files against their sha256.")
 @click.argument("names", nargs=-1)
 @plugin_option
 @click.pass_context
@@ -347,17 +394,6 @@ def weights_verify(ctx: click.Context, names: tuple[str, ...]) -> None:
         failed |= status in ("mismatch", "missing")
     if failed:
         ctx.exit(EXIT_BAD_INPUT)
-
-
-def _add_subcommands() -> None:
-    from soundguide.evaluation.cli import probe, zeroshot
-    from soundguide.training.cli import curate, train
-
-    for command in (curate, train, zeroshot, probe):
-        cli.add_command(command)
-
-
-_add_subcommands()
 
 
 def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import torch
 
 from soundguide.cli import main
 from tests.conftest import TOY_CONFIG
+from tests.isolation import imported_by
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,20 +151,79 @@ def test_zeroshot_bad_layout_exits_2_with_one_line(tmp_path, capsys):
     assert err[0] == f"error: dataset metadata not found: {tmp_path / 'meta' / 'esc50.csv'}"
 
 
-def test_every_command_is_wired():
+BUILT_IN_COMMANDS = (
+    "edit",
+    "demo",
+    "plugins",
+    "config",
+    "weights",
+    "curate",
+    "train",
+    "zeroshot",
+    "probe",
+)
+
+
+def _all_commands(command, path=()):
+    """(path, command) of every command under ``command``, sub-groups included."""
+    ctx = click.Context(command, info_name="soundguide")
+    for name in command.list_commands(ctx):
+        sub = command.get_command(ctx, name)
+        yield (*path, name), sub
+        if isinstance(sub, click.Group):
+            yield from _all_commands(sub, (*path, name))
+
+
+def test_help_lists_every_command_with_its_whole_short_help(capsys, monkeypatch):
     from soundguide.cli import cli as group
 
-    assert {
-        "edit",
-        "demo",
-        "plugins",
-        "config",
-        "weights",
-        "curate",
-        "train",
-        "zeroshot",
-        "probe",
-    } <= set(group.commands)
+    monkeypatch.setenv("COLUMNS", "80")
+    commands = dict(_all_commands(group))
+    assert {(name,) for name in BUILT_IN_COMMANDS} <= set(commands)
+    for path, command in commands.items():
+        assert command.short_help, path
+        assert main([*path[:-1], "--help"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        # on one line with its name: not cut, not wrapped
+        assert any(line.split(None, 1) == [path[-1], command.short_help] for line in lines), (
+            path,
+            lines,
+        )
+
+
+def test_a_plugin_command_runs_and_shows_its_own_help(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: soundguide train [OPTIONS] [STORE] [OUT]")
+    assert "--config PATH" in out and "--paper" in out
+
+
+@pytest.mark.subprocess
+def test_help_imports_no_training_or_evaluation_code():
+    import pkgutil
+
+    import soundguide.evaluation
+    import soundguide.training
+
+    modules = [
+        f"{package.__name__}.{info.name}"
+        for package in (soundguide.training, soundguide.evaluation)
+        for info in pkgutil.iter_modules(package.__path__)
+    ]
+    code = (
+        "import contextlib, io\n"
+        "from soundguide.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0\n"
+    )
+    heavy = ["sklearn", "torch.utils.tensorboard", *modules]
+    assert sorted(imported_by(code, heavy)) == [
+        "soundguide.evaluation.plugin",
+        "soundguide.training.plugin",
+    ]
+    # the check can fail: running a command does import its code
+    code = code.replace("main(['--help'])", "main(['train', '--help'])")
+    assert "soundguide.training.cli" in imported_by(code, modules)
 
 
 def test_curate_of_a_missing_folder_exits_2(tmp_path, capsys):

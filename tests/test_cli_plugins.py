@@ -309,3 +309,128 @@ def test_console_script_p_module_in_the_current_folder_shadows_nothing(tmp_path)
     assert (proc.returncode, proc.stderr) == (0, "")
     assert ["weights", "sg-cwd-soundfile", "sg_cwd_plugin", "-p"] in table(proc.stdout)
     assert ["weights", "sg-cwd-pkg", "sg_cwd_pkg", "-p"] in table(proc.stdout)
+
+
+# -- commands (register_commands) ----------------------------------------------------
+
+COMMAND_PLUGIN = """
+from typing import Literal
+
+import click
+import soundguide
+from tests.toy_plugins import ToyGuidance
+
+class Hello(ToyGuidance):
+    class Config(ToyGuidance.Config):
+        type: Literal["hello"] = "hello"
+
+@soundguide.hookimpl
+def register_guidances(registry):
+    registry.add(Hello)
+
+@soundguide.hookimpl
+def register_commands(cli):
+    @cli.command(name={name!r}, short_help="Say hello to someone.")
+    @click.argument("who")
+    @click.option("--shout", is_flag=True, help="In capitals.")
+    def hello(who, shout):
+        '''Say hello to WHO, the way plugins do.'''
+        text = "hello " + who
+        click.echo(text.upper() if shout else text)
+"""
+
+
+def test_an_installed_plugin_adds_a_command(install, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    install("sg-hello", "sg_hello_plugin", COMMAND_PLUGIN.format(name="hello"))
+    assert main(["hello", "you", "--shout"]) == 0
+    assert capsys.readouterr().out == "HELLO YOU\n"
+    assert main(["--help"]) == 0
+    assert ["hello", "Say", "hello", "to", "someone."] in table(capsys.readouterr().out)
+    assert main(["hello", "--help"]) == 0
+    assert "Say hello to WHO, the way plugins do." in capsys.readouterr().out
+    assert main(["plugins"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert ["command", "hello", "sg_hello_plugin", "sg-hello", "1.0"] in table(out)
+    assert ["guidance", "hello", "sg_hello_plugin", "sg-hello", "1.0"] in table(out)
+    assert ["command", "train", "soundguide.training.plugin", "soundguide", "(built-in)"] in (
+        table(out)
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "owner"),
+    [("train", "soundguide.training.plugin"), ("edit", "soundguide.cli")],
+    ids=["a-plugin-command", "a-command-of-soundguide-itself"],
+)
+def test_a_command_name_clash_with_a_builtin_skips_the_whole_plugin(install, capsys, name, owner):
+    install("sg-clash", "sg_clash_plugin", COMMAND_PLUGIN.format(name=name))
+    assert main(["plugins"]) == 0
+    out, err = capsys.readouterr()
+    [warning] = warnings_in(err)
+    assert warning == (
+        f"warning: command {name!r} is registered twice: by plugin {owner!r} "
+        "(soundguide (built-in)) and by plugin 'sg_clash_plugin' (sg-clash 1.0); plugin "
+        "'sg_clash_plugin' skipped (a built-in name cannot be taken over; "
+        "SOUNDGUIDE_DISABLE_PLUGIN_AUTOLOAD=1 turns installed plugins off)"
+    )
+    assert not [row for row in table(out) if "sg_clash_plugin" in row]  # its guidance neither
+    # the built-in command is the one that runs
+    assert main([name, "--help"]) == 0
+    assert "Say hello" not in capsys.readouterr().out
+
+
+def test_a_failing_register_commands_hook_skips_the_plugin(install, capsys):
+    install(
+        "sg-broken",
+        "sg_broken_plugin",
+        COMMAND_PLUGIN.format(name="hello").replace(
+            "def register_commands(cli):", "def register_commands(cli):\n    raise SystemExit(3)"
+        ),
+    )
+    assert main(["--help"]) == 0
+    out, err = capsys.readouterr()
+    assert warnings_in(err) == [
+        "warning: plugin 'sg_broken_plugin' (sg-broken 1.0) failed in register_commands "
+        "(SystemExit: 3); skipped"
+    ]
+    assert "hello" not in out and "train" in out
+    assert main(["hello", "you"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-p", "sg_cmd_plugin", "hello", "you"],
+        ["hello", "you", "-p", "sg_cmd_plugin"],
+        ["hello", "-p", "sg_cmd_plugin", "you"],
+        ["--plugin=sg_cmd_plugin", "hello", "you"],
+        ["hello", "you", "-psg_cmd_plugin"],
+    ],
+    ids=["before", "after", "between", "--plugin=", "-pNAME"],
+)
+def test_a_p_module_adds_a_command_wherever_p_stands(cwd, capsys, argv):
+    (cwd / "sg_cmd_plugin.py").write_text(COMMAND_PLUGIN.format(name="hello"))
+    assert main(argv) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == "hello you\n"
+
+
+def test_a_p_module_listed_in_help_and_a_clash_from_p_is_an_error(cwd, capsys):
+    (cwd / "sg_cmd_plugin.py").write_text(COMMAND_PLUGIN.format(name="hello"))
+    (cwd / "sg_cmd_clash.py").write_text(COMMAND_PLUGIN.format(name="probe"))
+    assert main(["-p", "sg_cmd_plugin", "--help"]) == 0
+    assert "hello" in capsys.readouterr().out
+    assert main(["--help", "-p", "sg_cmd_plugin"]) == 0
+    assert "hello" in capsys.readouterr().out
+    assert main(["-p", "sg_cmd_clash", "plugins"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "error: command 'probe' is registered twice: by plugin 'soundguide.evaluation.plugin' "
+        "(soundguide (built-in)) and by plugin 'sg_cmd_clash' (-p)"
+    )
+
+
+def test_without_p_the_command_is_unknown(cwd, capsys):
+    (cwd / "sg_cmd_plugin.py").write_text(COMMAND_PLUGIN.format(name="hello"))
+    assert main(["hello", "you"]) == 2
+    assert "No such command 'hello'" in capsys.readouterr().err

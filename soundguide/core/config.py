@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
@@ -60,9 +61,8 @@ MAX_STEPS = 100_000
 """Most optimizer updates one run may make (a 256 px edit uses 300)."""
 MAX_BATCH = 16
 """Default of ``optimization.max_batch``: most items optimized together in one run.
-Measured with ``benchmarks/batch_memory.py`` (float32, StyleGAN2 + ViT-B/32): each
-item adds about 1.0 GiB at 1024 px and 0.25 GiB at 256 px, so 16 items at 1024 px
-need about 19 GiB with the models: what a 24 GB GPU holds."""
+Chosen so that a 24 GB GPU holds a full batch at 1024 px; the memory each item
+takes is measured by ``benchmarks/batch_memory.py`` and listed in the README."""
 MAX_DEPTH = 16
 """Deepest nesting of tables and arrays a run config may have (a real one has 4)."""
 
@@ -253,6 +253,23 @@ def _fields_at(raw_loc: Sequence[Any], registries: Registries) -> list[str]:
     return []
 
 
+def validation_problem(
+    error: Mapping[str, Any], loc: Sequence[Any], allowed: Sequence[str] = ()
+) -> Problem:
+    """One pydantic error as (location, message): the message starts in lower case,
+    without pydantic's ``Value error, `` prefix; an unknown key gets the closest of
+    ``allowed`` (the keys of its table) as a did-you-mean."""
+    message = str(error["msg"])
+    if error["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    if error["type"] == "extra_forbidden" and loc:
+        match = closest(str(loc[-1]), allowed)
+        if match is not None:
+            message += f" (did you mean {match!r}?)"
+    return tuple(str(part) for part in loc), message
+
+
 def _problem(error: Mapping[str, Any], registries: Registries) -> Problem:
     raw = list(error["loc"])
     loc = list(raw)
@@ -261,35 +278,47 @@ def _problem(error: Mapping[str, Any], registries: Registries) -> Problem:
         del loc[1]
     elif loc and loc[0] in PLUGIN_SECTIONS and len(loc) > 2:
         del loc[2]
-    message = str(error["msg"])
-    if error["type"] == "value_error":
-        message = message.removeprefix("Value error, ")
-    message = message[:1].lower() + message[1:]
-    if error["type"] == "extra_forbidden" and loc:
-        match = closest(str(loc[-1]), _fields_at(raw, registries))
-        if match is not None:
-            message += f" (did you mean {match!r}?)"
-    return tuple(str(part) for part in loc), message
+    allowed = _fields_at(raw, registries) if error["type"] == "extra_forbidden" else []
+    return validation_problem(error, loc, allowed)
 
 
-def _raise_config_error(
-    source: str, problems: list[Problem], overridden: Sequence[Sequence[str]] = ()
-) -> None:
-    """One ConfigError line; problems that ``--set`` caused are named by their ``--set``."""
+RUN_CONFIG_HINT = (
+    "`soundguide plugins` lists the plugin types; `soundguide config show` prints a "
+    "config with every key and its default"
+)
 
-    def from_set(loc: tuple[str, ...]) -> bool:
+
+def _set_name(loc: tuple[str, ...]) -> str:
+    return f"--set {_loc_text(loc)}"
+
+
+def config_error(
+    source: str,
+    problems: Sequence[Problem],
+    overridden: Sequence[Sequence[str]] = (),
+    *,
+    override_name: Callable[[tuple[str, ...]], str] = _set_name,
+    hint: str | None = RUN_CONFIG_HINT,
+) -> ConfigError:
+    """One ConfigError line: ``SOURCE: loc: message; loc: message``, at most five problems.
+
+    Problems at keys in ``overridden`` (set on the command line) are named by
+    ``override_name(loc)`` (``--set guidance.0.weight``) instead of ``source``.
+    """
+
+    def from_command_line(loc: tuple[str, ...]) -> bool:
         return any(tuple(key[: len(loc)]) == loc[: len(key)] for key in overridden)
 
-    in_file = [f"{_loc_text(loc)}: {message}" for loc, message in problems if not from_set(loc)]
-    by_set = [f"--set {_loc_text(loc)}: {message}" for loc, message in problems if from_set(loc)]
-    parts = ([f"{source}: " + "; ".join(in_file)] if in_file else []) + by_set
+    in_file = [
+        f"{_loc_text(loc)}: {message}" for loc, message in problems if not from_command_line(loc)
+    ]
+    by_flag = [
+        f"{override_name(loc)}: {message}" for loc, message in problems if from_command_line(loc)
+    ]
+    parts = ([f"{source}: " + "; ".join(in_file)] if in_file else []) + by_flag
     shown = "; ".join(parts[:5])
     more = f" (and {len(parts) - 5} more)" if len(parts) > 5 else ""
-    raise ConfigError(
-        f"{shown}{more}",
-        hint="`soundguide plugins` lists the plugin types; `soundguide config show` prints a "
-        "config with every key and its default",
-    )
+    return ConfigError(f"{shown}{more}", hint=hint)
 
 
 # -- loading ------------------------------------------------------------------------
@@ -438,23 +467,36 @@ def config_from_dict(
         raise ConfigError(f"{source}: tables and arrays are nested deeper than {MAX_DEPTH} levels")
     problems = _check_plugin_types(data, registries)
     if problems:
-        _raise_config_error(source, problems, overridden)
+        raise config_error(source, problems, overridden)
     data = apply_preset(copy.deepcopy(dict(data)), registries)
     model = run_config_model(registries)
     context = {"base_dir": Path(base_dir).resolve() if base_dir is not None else None}
     try:
         return model.model_validate(dict(data), context=context)
     except ValidationError as exc:
-        _raise_config_error(source, [_problem(e, registries) for e in exc.errors()], overridden)
-    raise AssertionError("unreachable")
+        problems = [_problem(e, registries) for e in exc.errors()]
+        raise config_error(source, problems, overridden) from None
 
 
 def load_config(
     path: str | os.PathLike[str],
-    registries: Registries,
+    registries: Registries | None = None,
     overrides: Sequence[str] = (),
+    *,
+    plugins: Sequence[str | ModuleType] = (),
 ) -> RunConfig:
-    """Read a TOML run config, apply ``--set`` overrides and validate it."""
+    """Read a TOML run config, apply ``--set`` overrides and validate it.
+
+    ``registries``: the plugins' registrations the config may name; when None,
+    the installed plugins are loaded (with the extra modules ``plugins``, as
+    ``-p`` gives them). This is ``soundguide.load_config``.
+    """
+    if registries is None:
+        from soundguide.core.plugins import load_registries
+
+        registries = load_registries(plugins=plugins)
+    elif plugins:
+        raise TypeError("pass either registries or plugins, not both")
     path = Path(path)
     data = apply_overrides(read_toml(path), overrides)
     overridden = [parse_override(text)[0] for text in overrides]

@@ -3,6 +3,7 @@
 A plugin module implements any of these hooks with ``@soundguide.hookimpl``.
 Each hook receives a typed registrar; calling ``registry.add(SomeClass)``
 makes the class available under the name in its ``Config.type`` literal.
+A plugin's registrations count all or nothing (see :mod:`soundguide.core.plugins`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import click
+
     from soundguide.core.checkpoints import WeightsRegistry
     from soundguide.core.registry import (
         GeneratorRegistry,
@@ -43,3 +46,13 @@ def register_regularizers(registry: RegularizerRegistry) -> None:
 @hookspec
 def register_weights(registry: WeightsRegistry) -> None:
     """Add :class:`soundguide.KnownWeights` entries (public files fetched by name)."""
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands of ``soundguide`` with ``@cli.command()`` or ``cli.add_command(cmd)``.
+
+    This hook runs for every ``soundguide`` command line, ``--help`` included:
+    import heavy code inside the command function, not at the top of the module.
+    A name the ``soundguide`` command or another plugin already has is refused.
+    """

@@ -4,6 +4,11 @@ A plugin class has a nested pydantic ``Config`` whose ``type: Literal[...]``
 field names it in config files, and is built as ``cls(config, context)``.
 The engine builds only what a run uses: a guidance or regularizer with
 weight 0 is never constructed.
+
+Optional interfaces: an :class:`ImageEncoder` may free memory in
+``after_targets()``; a guidance whose target comes from an audio encoder may
+offer that encoder to the evaluation (``soundguide zeroshot --guidance NAME``)
+by overriding :meth:`Guidance.audio_embedder` to return an :class:`AudioEmbedder`.
 """
 
 from __future__ import annotations
@@ -259,6 +264,30 @@ class ImageEncoder(Protocol):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
 
 
+EVAL_CROPS = ("start", "center", "windows")
+"""Crop policies an evaluation asks an :class:`AudioEmbedder` for: deterministic ones only."""
+
+
+@runtime_checkable
+class AudioEmbedder(Protocol):
+    """Mono waveforms -> embeddings: what the evaluation needs from an audio encoder.
+
+    - ``sample_rate``: the rate of the waveforms it is handed (the evaluation
+      resamples every clip to it);
+    - ``identity``: names its weights *and* settings (crop policy, ...), so that
+      two embedders with the same identity give the same embeddings; it is part
+      of the embedding cache key;
+    - ``embed_audio_batch(waves)``: N mono float32 waveforms ``(T_i,)`` of any
+      lengths -> ``(N, D)`` float, on any device (need not be normalized; the
+      evaluation L2-normalizes). The same wave always gives the same row.
+    """
+
+    sample_rate: int
+    identity: str
+
+    def embed_audio_batch(self, waves: list[torch.Tensor]) -> torch.Tensor: ...
+
+
 class Guidance(abc.ABC):
     """A target in some embedding space and how far an image is from it."""
 
@@ -304,6 +333,18 @@ class Guidance(abc.ABC):
     def files(self) -> list[Path]:
         """Input files this source read (recorded with their sha256 in run.json)."""
         return []
+
+    @classmethod
+    def audio_embedder(cls, encoder: str, context: RunContext, crop: str) -> AudioEmbedder | None:
+        """Optional: this guidance's audio encoder, for ``soundguide zeroshot`` and ``probe``.
+
+        ``encoder`` is what ``--encoder`` names (a known-weights name or a file:
+        ``context.resolve_weights(encoder)`` gives the path), ``context`` gives
+        the device and whether checkpoints are trusted, ``crop`` is one of
+        :data:`EVAL_CROPS`. Return an :class:`AudioEmbedder`; the default, None,
+        says that this guidance cannot embed audio.
+        """
+        return None
 
 
 class Regularizer(abc.ABC):

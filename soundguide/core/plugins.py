@@ -22,7 +22,9 @@ registers a name an earlier plugin already has (built-ins come first) is
 skipped entirely, with one warning naming the kind, the name and both plugins
 (module and distribution) -- or, for a ``-p`` module, a
 :class:`DuplicatePluginError` -- so the other plugins, ``soundguide plugins``
-and every command keep working.
+and every command keep working. Commands count like any other name: one that
+the ``soundguide`` command itself has (``edit``...) or a plugin registered
+before (``train``...) makes the plugin that registers it again skipped.
 
 ``-p NAME`` imports ``NAME`` as an installed module first. If nothing
 importable has that name and a ``folder`` is given (the CLI gives the current
@@ -67,6 +69,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.latent_l2",
     "soundguide.plugins.identity",
     "soundguide.plugins.clip_space",
+    "soundguide.training.plugin",
+    "soundguide.evaluation.plugin",
 )
 """Modules of the built-in plugins, registered like any third-party plugin."""
 
@@ -262,17 +266,20 @@ def _duplicate_hint(clashes: Sequence[Clash], owner: tuple[str, str]) -> str:
     return f"to choose, set {DISABLE_AUTOLOAD_ENV}=1 and load the one you want with -p MODULE"
 
 
-def collect_registries(pm: SoundguidePluginManager) -> Registries:
+def collect_registries(
+    pm: SoundguidePluginManager, registries: Registries | None = None
+) -> Registries:
     """Call every plugin's register hooks, one plugin at a time, all or nothing.
 
     Each plugin registers into registrars of its own, stamped with the plugin
     (for ``soundguide plugins`` and duplicate-name messages); they are merged
-    into the result only if all its hooks returned and none of its names is
-    taken. Otherwise the plugin is skipped with one warning line -- or, for a
-    ``-p`` module, a :class:`PluginError` / :class:`DuplicatePluginError` is
-    raised.
+    into ``registries`` (a new one by default; the CLI passes one with its own
+    command names reserved) only if all its hooks returned and none of its
+    names is taken. Otherwise the plugin is skipped with one warning line --
+    or, for a ``-p`` module, a :class:`PluginError` /
+    :class:`DuplicatePluginError` is raised.
     """
-    registries = Registries()
+    registries = registries if registries is not None else Registries()
     hook_names = list(registries.by_hook())
     for name, plugin in pm.list_name_plugin():  # registration order: built-ins first
         if plugin is None:  # blocked
@@ -324,8 +331,9 @@ def load_registries(
     entry_points: bool = True,
     plugins: Sequence[str | ModuleType] = (),
     folder: str | os.PathLike[str] | None = None,
+    registries: Registries | None = None,
 ) -> Registries:
     """Shortcut: build the plugin manager and collect what its plugins register."""
     return collect_registries(
-        get_plugin_manager(entry_points=entry_points, plugins=plugins, folder=folder)
+        get_plugin_manager(entry_points=entry_points, plugins=plugins, folder=folder), registries
     )

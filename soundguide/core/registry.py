@@ -1,6 +1,8 @@
-"""Typed registrars: plugin name -> plugin class (and its pydantic ``Config``).
+"""Typed registrars: plugin name -> plugin class (and its pydantic ``Config``), and commands.
 
 Each entry remembers the plugin (module and distribution) that registered it.
+Commands are registered on a :class:`CommandRegistry`, a ``click.Group`` (what
+``register_commands`` receives, as in simonw/llm).
 :class:`Registries` holds one registrar per kind; the plugin manager gives
 each plugin a fresh :class:`Registries` of its own, then checks it against
 the shared one (:meth:`Registries.clashes`) and merges it only when no name
@@ -14,6 +16,8 @@ import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+import click
 
 from soundguide.core.checkpoints import WeightsRegistry
 from soundguide.core.errors import DuplicatePluginError, PluginError, UnknownPluginError
@@ -144,6 +148,49 @@ class RegularizerRegistry(Registry[Regularizer]):
     config_base = RegularizerConfig
 
 
+class CommandRegistry(click.Group):
+    """The ``soundguide`` subcommands plugins add: ``@cli.command()`` or ``cli.add_command(cmd)``.
+
+    A ``click.Group`` that remembers which plugin added each command and
+    refuses a name taken twice. ``reserved`` names belong to the ``soundguide``
+    command itself (``edit``, ``config``...): no plugin may take them.
+    """
+
+    kind = "command"
+
+    def __init__(self) -> None:
+        super().__init__(name="soundguide")
+        self._current = ("<python>", "<python>")
+        self._owners: dict[str, tuple[str, str]] = {}
+        self.reserved: dict[str, tuple[str, str]] = {}
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        name = name or cmd.name
+        if not name:
+            raise PluginError(f"a command of plugin {self._current[0]!r} has no name")
+        if name in self.commands or name in self.reserved:
+            other = self.owner(name)
+            raise DuplicatePluginError(
+                f"command {name!r} is registered twice: by plugin {other[0]!r} ({other[1]}) "
+                f"and by plugin {self._current[0]!r} ({self._current[1]})"
+            )
+        super().add_command(cmd, name)
+        self._owners[name] = self._current
+
+    def reserve(self, names: Iterable[str], owner: tuple[str, str]) -> None:
+        """Keep ``names`` (the host command's own subcommands) from every plugin."""
+        for name in names:
+            self.reserved[name] = owner
+
+    def owner(self, name: str) -> tuple[str, str]:
+        """(plugin module, distribution) of the command ``name`` (or of a reserved name)."""
+        return self._owners.get(name) or self.reserved[name]
+
+    def names(self) -> list[str]:
+        """The plugins' commands, sorted (reserved names not included)."""
+        return sorted(self.commands)
+
+
 @dataclass(frozen=True)
 class Clash:
     """A name one plugin wants that an earlier plugin already registered."""
@@ -162,15 +209,17 @@ class Registries:
     guidances: GuidanceRegistry = field(default_factory=GuidanceRegistry)
     regularizers: RegularizerRegistry = field(default_factory=RegularizerRegistry)
     weights: WeightsRegistry = field(default_factory=WeightsRegistry)
+    commands: CommandRegistry = field(default_factory=CommandRegistry)
     config_model: Any = field(default=None, init=False, repr=False, compare=False)
     """The run-config model built from these registries (see core.config)."""
 
-    def by_hook(self) -> Mapping[str, Registry | WeightsRegistry]:
+    def by_hook(self) -> Mapping[str, Registry | WeightsRegistry | CommandRegistry]:
         return {
             "register_generators": self.generators,
             "register_guidances": self.guidances,
             "register_regularizers": self.regularizers,
             "register_weights": self.weights,
+            "register_commands": self.commands,
         }
 
     def _owners(self) -> Iterator[tuple[str, str, tuple[str, str]]]:
@@ -180,6 +229,8 @@ class Registries:
                 yield registry.kind, entry.name, (entry.plugin, entry.distribution)
         for weights in self.weights:
             yield "known weights", weights.name, self.weights.owner(weights.name)
+        for name in (*self.commands.reserved, *self.commands.commands):
+            yield "command", name, self.commands.owner(name)
 
     def clashes(self, other: Registries) -> list[Clash]:
         """Names in ``other`` that are already registered here, with their owners here."""
@@ -199,6 +250,10 @@ class Registries:
                     for weights in theirs:
                         mine._current = theirs.owner(weights.name)
                         mine.add(weights)
+                elif isinstance(theirs, CommandRegistry):
+                    for name, command in theirs.commands.items():
+                        mine._current = theirs.owner(name)
+                        mine.add_command(command, name)
                 else:
                     for entry in theirs:
                         mine._current = (entry.plugin, entry.distribution)

@@ -8,10 +8,18 @@ Two protocols, both on the official cross-validation folds:
   regression on frozen, L2-normalized embeddings, leave-one-fold-out, with
   ``C`` chosen by cross-validation over the training folds only.
 
-Any audio encoder plugs in as an :class:`AudioEmbedder` (``sample_rate``,
-``identity``, ``embed_audio_batch(waves) -> (N, D)``); :class:`SoundCLIPEmbedder`
-is the built-in one. Embeddings are cached per (dataset, encoder checksum,
-crop policy). Command line: ``soundguide zeroshot`` and ``soundguide probe``.
+Any audio encoder plugs in as an :class:`~soundguide.core.interfaces.AudioEmbedder`
+(``sample_rate``, ``identity``, ``embed_audio_batch(waves) -> (N, D)``); a
+guidance plugin offers one with ``audio_embedder(...)`` (declared in
+:mod:`soundguide.core.interfaces`); :class:`SoundCLIPEmbedder` is the built-in
+``audio`` guidance's. Embeddings are cached per (dataset, encoder checksum,
+crop policy). Prompt templates and label cleaning are shared with training
+(:mod:`~soundguide.evaluation.prompts`). Command line: ``soundguide zeroshot``
+and ``soundguide probe`` (registered by the plugin module
+:mod:`soundguide.evaluation.plugin`).
+
+Names are imported from their modules on first use, so that importing
+``soundguide.evaluation.plugin`` (what ``soundguide --help`` does) loads none of them.
 
 Example::
 
@@ -26,69 +34,54 @@ Example::
 
 from __future__ import annotations
 
-from soundguide.evaluation.datasets import (
-    AudioDataset,
-    Clip,
-    clean_label,
-    load_dataset,
-    load_esc50,
-    load_urbansound8k,
-)
-from soundguide.evaluation.embedders import (
-    EVAL_CROPS,
-    AudioEmbedder,
-    SoundCLIPEmbedder,
-    embedder_from_guidance,
-)
-from soundguide.evaluation.encoding import DatasetEmbeddings, default_cache_dir, embed_dataset
-from soundguide.evaluation.metrics import classification_metrics, confusion_matrix, topk_hits
-from soundguide.evaluation.probe import (
-    DEFAULT_CS,
-    ProbeReport,
-    ProbeResult,
-    linear_probe,
-    probe_dataset,
-    select_C,
-)
-from soundguide.evaluation.reports import write_probe_report, write_zeroshot_report
-from soundguide.evaluation.zeroshot import (
-    DEFAULT_TEMPLATES,
-    ZeroShotResult,
-    class_prompts,
-    text_classifier,
-    zero_shot,
-    zero_shot_scores,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_CS",
-    "DEFAULT_TEMPLATES",
-    "EVAL_CROPS",
-    "AudioDataset",
-    "AudioEmbedder",
-    "Clip",
-    "DatasetEmbeddings",
-    "ProbeReport",
-    "ProbeResult",
-    "SoundCLIPEmbedder",
-    "ZeroShotResult",
-    "class_prompts",
-    "classification_metrics",
-    "clean_label",
-    "confusion_matrix",
-    "default_cache_dir",
-    "embed_dataset",
-    "embedder_from_guidance",
-    "linear_probe",
-    "load_dataset",
-    "load_esc50",
-    "load_urbansound8k",
-    "probe_dataset",
-    "select_C",
-    "text_classifier",
-    "topk_hits",
-    "write_probe_report",
-    "write_zeroshot_report",
-    "zero_shot",
-    "zero_shot_scores",
-]
+_EXPORTS: dict[str, str] = {
+    "AudioDataset": "datasets",
+    "Clip": "datasets",
+    "load_dataset": "datasets",
+    "load_esc50": "datasets",
+    "load_urbansound8k": "datasets",
+    "EVAL_CROPS": "embedders",
+    "AudioEmbedder": "embedders",
+    "SoundCLIPEmbedder": "embedders",
+    "embedder_from_guidance": "embedders",
+    "DatasetEmbeddings": "encoding",
+    "default_cache_dir": "encoding",
+    "embed_dataset": "encoding",
+    "classification_metrics": "metrics",
+    "confusion_matrix": "metrics",
+    "topk_hits": "metrics",
+    "DEFAULT_CS": "probe",
+    "ProbeReport": "probe",
+    "ProbeResult": "probe",
+    "linear_probe": "probe",
+    "probe_dataset": "probe",
+    "select_C": "probe",
+    "DEFAULT_TEMPLATES": "prompts",
+    "class_prompts": "prompts",
+    "clean_label": "prompts",
+    "write_probe_report": "reports",
+    "write_zeroshot_report": "reports",
+    "ZeroShotResult": "zeroshot",
+    "text_classifier": "zeroshot",
+    "zero_shot": "zeroshot",
+    "zero_shot_scores": "zeroshot",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,4 +1,8 @@
-"""``soundguide zeroshot`` and ``soundguide probe``: click commands for the main group.
+"""``soundguide zeroshot`` and ``soundguide probe``: the click commands.
+
+The plugin module :mod:`soundguide.evaluation.plugin` registers them by name
+and short help; this module is imported only when one of them runs (or shows
+its own ``--help``).
 
 Both take a dataset name and the dataset's root folder as downloaded, embed
 every clip with the audio encoder of a guidance plugin (``--guidance audio``,
@@ -17,6 +21,7 @@ import click
 
 from soundguide.cli_options import plugin_option
 from soundguide.evaluation.embedders import EVAL_CROPS
+from soundguide.evaluation.plugin import PROBE_HELP, ZEROSHOT_HELP
 from soundguide.evaluation.probe import DEFAULT_CS
 
 if TYPE_CHECKING:
@@ -118,7 +123,7 @@ def _embedder(
     )
 
 
-@click.command("zeroshot")
+@click.command("zeroshot", short_help=ZEROSHOT_HELP)
 @_common_options
 @click.option(
     "--clip-model",
@@ -131,8 +136,14 @@ def _embedder(
     "templates",
     multiple=True,
     metavar="TEXT",
-    help='Prompt template with {label} (repeatable; default: "the sound of a {label}", '
-    '"a recording of {label}", "{label}").',
+    help='Prompt template with {label} (repeatable; default: "the sound of {label}" and 3 more, '
+    "as in training).",
+)
+@click.option(
+    "--raw-labels",
+    is_flag=True,
+    help="Put class names into the templates as the dataset spells them (crackling_fire), "
+    'not cleaned (crackling fire); with --template "{label}": the original authors\' protocol.',
 )
 def zeroshot(
     ctx: click.Context,
@@ -153,6 +164,7 @@ def zeroshot(
     quiet: bool,
     clip_model: str,
     templates: tuple[str, ...],
+    raw_labels: bool,
 ) -> None:
     """Zero-shot classification of DATASET (esc50, urbansound8k) found at ROOT.
 
@@ -162,8 +174,9 @@ def zeroshot(
     from soundguide.core.engine import resolve_device
     from soundguide.encoders.clip import CLIPEncoder, load_clip
     from soundguide.evaluation.datasets import load_dataset
+    from soundguide.evaluation.prompts import DEFAULT_TEMPLATES, check_templates
     from soundguide.evaluation.reports import ZEROSHOT_FILES, prepare_output, write_zeroshot_report
-    from soundguide.evaluation.zeroshot import DEFAULT_TEMPLATES, check_templates, zero_shot
+    from soundguide.evaluation.zeroshot import zero_shot
 
     chosen = check_templates(templates or DEFAULT_TEMPLATES)
     prepare_output(out, ZEROSHOT_FILES, overwrite)  # fail before any encoding
@@ -176,6 +189,7 @@ def zeroshot(
         embedder,
         text,
         templates=chosen,
+        clean_labels=not raw_labels,
         text_model=clip_model,
         batch_size=batch_size,
         workers=workers,
@@ -193,7 +207,7 @@ def zeroshot(
     )
 
 
-@click.command("probe")
+@click.command("probe", short_help=PROBE_HELP)
 @_common_options
 @click.option(
     "--c-grid",

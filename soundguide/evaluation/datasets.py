@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ class AudioDataset:
     csv_path: Path
     clips: tuple[Clip, ...]
     class_names: tuple[str, ...]
-    """Raw label names as the CSV spells them (``crackling_fire``); see :func:`clean_label`."""
+    """Raw label names as the CSV spells them (``crackling_fire``); see :func:`~soundguide.evaluation.prompts.clean_label`."""
     class_ids: tuple[int, ...]
     """The official class id of each class index (``target`` / ``classID``)."""
     num_folds: int
@@ -114,15 +113,6 @@ US8K_FOLDS = 10
 
 DATASETS = {"esc50": "ESC-50", "urbansound8k": "UrbanSound8K"}
 ALIASES = {"esc-50": "esc50", "us8k": "urbansound8k", "urbansound": "urbansound8k"}
-
-
-def clean_label(name: str) -> str:
-    """A label as words for a text prompt: ``"crackling_fire"`` -> ``"crackling fire"``.
-
-    Underscores and hyphens become spaces, runs of whitespace collapse, the
-    result is lower case (``"Dog_bark"`` -> ``"dog bark"``).
-    """
-    return " ".join(re.sub(r"[_\-]+", " ", name).split()).lower()
 
 
 def load_esc50(root: str | os.PathLike[str]) -> AudioDataset:

@@ -1,19 +1,13 @@
-"""Audio embedders: what the evaluation needs from an audio encoder, and the built-in one.
+"""Audio embedders for the evaluation: how one is found, and the built-in SoundCLIP one.
 
-An *audio embedder* is any object with
-
-- ``sample_rate: int`` — the rate of the mono waveforms it is handed;
-- ``identity: str`` — names its weights *and* settings (crop policy, ...), so
-  that two embedders with the same identity give the same embeddings; it is
-  part of the embedding cache key;
-- ``embed_audio_batch(waves: list[Tensor]) -> Tensor`` — a batch of mono
-  float32 waveforms ``(T_i,)`` of any lengths to embeddings ``(N, D)`` (need not
-  be normalized; the evaluation L2-normalizes them).
-
-:class:`SoundCLIPEmbedder` is the built-in one (the ``audio`` guidance's
-SoundCLIP encoder). A third-party guidance plugin offers its encoder to
-``soundguide zeroshot --guidance NAME`` with a classmethod on its guidance
-class::
+An audio embedder is any :class:`~soundguide.core.interfaces.AudioEmbedder`
+(``sample_rate``, ``identity``, ``embed_audio_batch(waves) -> (N, D)``; the
+contract is declared in :mod:`soundguide.core.interfaces`). ``soundguide
+zeroshot --guidance NAME`` asks the guidance plugin registered as ``NAME`` for
+one through :meth:`~soundguide.core.interfaces.Guidance.audio_embedder`; every
+guidance is asked the same way, the built-in ``audio`` one (which answers with
+:class:`SoundCLIPEmbedder`) included. A third-party guidance offers its encoder
+with::
 
     class MyAudioGuidance(soundguide.Guidance):
         ...
@@ -30,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from soundguide.core.errors import AudioError, ConfigError, PluginError
 from soundguide.core.files import sha256_file
+from soundguide.core.interfaces import EVAL_CROPS, AudioEmbedder
 from soundguide.encoders.soundclip import (
     NUM_FRAMES,
     SAMPLE_RATE,
@@ -45,20 +40,15 @@ from soundguide.encoders.soundclip import (
     load_soundclip,
 )
 
-EVAL_CROPS = ("start", "center", "windows")
-"""Crop policies for evaluation: deterministic ones only (no ``random``)."""
-
-
-@runtime_checkable
-class AudioEmbedder(Protocol):
-    """Mono waveforms at :attr:`sample_rate` -> embeddings (N, D)."""
-
-    sample_rate: int
-    identity: str
-
-    def embed_audio_batch(self, waves: list[torch.Tensor]) -> torch.Tensor:
-        """Input: N mono float32 waveforms (T_i,). Output: (N, D) float on any device."""
-        ...
+__all__ = [
+    "EVAL_CROPS",
+    "AudioEmbedder",
+    "SoundCLIPEmbedder",
+    "check_embedder",
+    "describe_embedder",
+    "embedder_from_guidance",
+    "module_digest",
+]
 
 
 class SoundCLIPEmbedder:
@@ -197,13 +187,11 @@ def embedder_from_guidance(
     trust: bool = False,
     progress: bool = True,
 ) -> AudioEmbedder:
-    """The audio embedder of the guidance plugin registered as ``guidance``.
+    """The audio embedder that the guidance plugin registered as ``guidance`` offers.
 
-    A guidance class that defines a classmethod ``audio_embedder(encoder,
-    context, crop)`` builds its own; the built-in ``audio`` guidance (and any
-    subclass of it that does not) gets :class:`SoundCLIPEmbedder`.
-    ``encoder`` is a known-weights name (fetched through ``registries.weights``)
-    or a checkpoint path.
+    Asks the class's :meth:`~soundguide.core.interfaces.Guidance.audio_embedder`
+    (every guidance alike); ``encoder`` is a known-weights name (fetched through
+    ``registries.weights``) or a checkpoint path.
     """
     from soundguide.core.interfaces import RunContext
 
@@ -214,25 +202,14 @@ def embedder_from_guidance(
         trust_checkpoint=trust,
         progress=progress,
     )
-    factory = getattr(cls, "audio_embedder", None)
-    if callable(factory):
-        return check_embedder(factory(str(encoder), context, crop))
-    if not _is_soundclip_guidance(cls):
+    embedder = cls.audio_embedder(str(encoder), context, crop)
+    if embedder is None:
         raise PluginError(
             f"guidance {guidance!r} cannot embed audio for evaluation",
             hint="its class needs a classmethod audio_embedder(encoder, context, crop) that "
             "returns an object with sample_rate, identity and embed_audio_batch(waves)",
         )
-    path = context.resolve_weights(encoder)
-    return SoundCLIPEmbedder.from_checkpoint(path, crop=crop, device=context.device, trust=trust)
-
-
-def _is_soundclip_guidance(cls: type) -> bool:
-    try:
-        from soundguide.plugins.audio import AudioGuidance
-    except Exception:  # the built-in plugin failed to import: nothing to fall back to
-        return False
-    return isinstance(cls, type) and issubclass(cls, AudioGuidance)
+    return check_embedder(embedder)
 
 
 def describe_embedder(embedder: AudioEmbedder) -> dict[str, Any]:

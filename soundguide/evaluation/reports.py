@@ -23,8 +23,9 @@ from typing import Any
 
 from soundguide.core.errors import OutputError
 from soundguide.core.files import atomic_write, atomic_write_text, sha256_file
-from soundguide.evaluation.datasets import AudioDataset, clean_label
+from soundguide.evaluation.datasets import AudioDataset
 from soundguide.evaluation.probe import PAPER_PROBE_ACCURACY, ProbeReport
+from soundguide.evaluation.prompts import clean_label
 from soundguide.evaluation.zeroshot import PAPER_ZEROSHOT_TOP1, ZeroShotResult
 
 PAPER = "Lee et al., CVPR 2022"

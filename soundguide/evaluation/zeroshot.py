@@ -1,8 +1,9 @@
 """Zero-shot audio classification: audio embeddings against CLIP text embeddings of class prompts.
 
 Each class is represented by the mean of the L2-normalized CLIP text
-embeddings of its prompts (one per template, e.g. ``"the sound of a {label}"``
-with ``label`` the cleaned class name), normalized again. A clip is assigned
+embeddings of its prompts (one per template, e.g. ``"the sound of {label}"``
+with ``label`` the cleaned class name; templates and cleaning are those of
+training, see :mod:`soundguide.evaluation.prompts`), normalized again. A clip is assigned
 the class of highest cosine similarity with its L2-normalized audio
 embedding. Nothing is trained, so every clip is a test clip; folds only
 split the accuracy as the official protocol reports it.
@@ -10,7 +11,6 @@ split the accuracy as the official protocol reports it.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,17 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from soundguide.core.errors import ConfigError
-from soundguide.evaluation.datasets import AudioDataset, clean_label
+from soundguide.evaluation.datasets import AudioDataset
 from soundguide.evaluation.embedders import AudioEmbedder, describe_embedder
 from soundguide.evaluation.encoding import DatasetEmbeddings, embed_dataset
 from soundguide.evaluation.metrics import classification_metrics
-
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "the sound of a {label}",
-    "a recording of {label}",
-    "{label}",
-)
-"""The default prompt ensemble; ``{label}`` is replaced by the cleaned class name."""
+from soundguide.evaluation.prompts import DEFAULT_TEMPLATES, check_templates, class_prompts
 
 PAPER_ZEROSHOT_TOP1 = {"esc50": 0.578, "urbansound8k": 0.457}
 """Zero-shot top-1 reported by Lee et al. (CVPR 2022) for the released SoundCLIP encoder."""
@@ -39,33 +33,6 @@ class TextEncoder(Protocol):
     """What the text side needs: prompts -> (N, D) (e.g. :class:`~soundguide.encoders.clip.CLIPEncoder`)."""
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor: ...
-
-
-def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
-    """Templates with exactly the one field ``{label}``; raises :class:`ConfigError` otherwise."""
-    templates = tuple(templates)
-    if not templates:
-        raise ConfigError("no prompt templates given")
-    for template in templates:
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        except ValueError as exc:
-            raise ConfigError(f"prompt template {template!r} is malformed: {exc}") from None
-        if "label" not in fields or any(f != "label" for f in fields):
-            raise ConfigError(
-                f"prompt template {template!r} must contain {{label}} and no other field",
-                hint='e.g. --template "the sound of a {label}"',
-            )
-    return templates
-
-
-def class_prompts(
-    class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES, *, clean: bool = True
-) -> list[list[str]]:
-    """The prompts of each class: ``prompts[k][t] = templates[t].format(label=name_k)``."""
-    templates = check_templates(templates)
-    labels = [clean_label(n) if clean else n for n in class_names]
-    return [[t.format(label=label) for t in templates] for label in labels]
 
 
 @torch.no_grad()
@@ -131,6 +98,7 @@ def zero_shot(
     text_encoder: TextEncoder,
     *,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    clean_labels: bool = True,
     text_model: str | None = None,
     batch_size: int = 32,
     workers: int = 2,
@@ -144,10 +112,12 @@ def zero_shot(
     ``embedder`` is any :class:`~soundguide.evaluation.embedders.AudioEmbedder`;
     its embeddings are cached (see :func:`~soundguide.evaluation.encoding.embed_dataset`).
     ``text_encoder`` embeds the class prompts (a ``CLIPEncoder``); ``text_model``
-    only names it in the report.
+    only names it in the report. ``clean_labels=False`` puts the class names
+    into the templates as the dataset spells them (``crackling_fire``), as the
+    original authors' zero-shot script did.
     """
     templates = check_templates(templates)
-    classifier = text_classifier(text_encoder, dataset.class_names, templates)
+    classifier = text_classifier(text_encoder, dataset.class_names, templates, clean=clean_labels)
     encoded = embed_dataset(
         dataset,
         embedder,
@@ -168,7 +138,7 @@ def zero_shot(
         dataset=dataset,
         metrics=metrics,
         templates=templates,
-        prompts=class_prompts(dataset.class_names, templates),
+        prompts=class_prompts(dataset.class_names, templates, clean=clean_labels),
         encoding=encoded,
         embedder=describe_embedder(embedder),
         text_model=text_model,

@@ -101,6 +101,16 @@ class AudioGuidance(FileSources, CLIPGuidance):
     def files(self) -> list[Path]:
         return [*self.paths, self.encoder_path(), *super().files()]
 
+    @classmethod
+    def audio_embedder(cls, encoder: str, context, crop: str):
+        """SoundCLIP for ``soundguide zeroshot`` and ``probe`` (see ``Guidance.audio_embedder``)."""
+        from soundguide.evaluation.embedders import SoundCLIPEmbedder
+
+        path = context.resolve_weights(encoder)
+        return SoundCLIPEmbedder.from_checkpoint(
+            path, crop=crop, device=context.device, trust=context.trust_checkpoint
+        )
+
 
 @soundguide.hookimpl
 def register_guidances(registry):

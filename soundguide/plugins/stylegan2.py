@@ -99,8 +99,9 @@ class StyleGAN2(Generator):
         channels_last: bool = Field(False, description="channels-last memory format.")
         winograd: bool = Field(
             True,
-            description="Winograd convolutions for the wide layers on CPU: about 14 % faster "
-            "generator passes for 47 MB more memory at 256 px (false: the low-memory choice).",
+            description="Winograd convolutions for the wide layers on CPU: faster generator "
+            "passes (README: measured speeds) for 47 MB more memory at 256 px (false: the "
+            "low-memory choice).",
         )
 
         @model_validator(mode="after")

@@ -12,33 +12,48 @@ Two steps, each a CLI command and a function:
    on one process or many (``torchrun``, DDP), with exact resume; the best and
    last encoders are exported as plain state dicts that
    :func:`~soundguide.encoders.soundclip.load_soundclip` reads.
+
+The commands are registered by the plugin module :mod:`soundguide.training.plugin`.
+Names are imported from their modules on first use, so that importing that
+plugin module (what ``soundguide --help`` does) loads none of them.
 """
 
 from __future__ import annotations
 
-from soundguide.training.config import PAPER_SETTINGS, TrainConfig
-from soundguide.training.curation import CurationReport, curate
-from soundguide.training.datasets import DatasetListing, Item, read_dataset
-from soundguide.training.loss import ContrastiveLoss, info_nce
-from soundguide.training.models import TinyAudioEncoder, build_encoder, export_encoder
-from soundguide.training.store import CuratedStore
-from soundguide.training.trainer import TrainingError, TrainResult, train
+import importlib
+from typing import Any
 
-__all__ = [
-    "PAPER_SETTINGS",
-    "ContrastiveLoss",
-    "CuratedStore",
-    "CurationReport",
-    "DatasetListing",
-    "Item",
-    "TinyAudioEncoder",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingError",
-    "build_encoder",
-    "curate",
-    "export_encoder",
-    "info_nce",
-    "read_dataset",
-    "train",
-]
+_EXPORTS: dict[str, str] = {
+    "PAPER_SETTINGS": "config",
+    "TrainConfig": "config",
+    "CurationReport": "curation",
+    "curate": "curation",
+    "DatasetListing": "datasets",
+    "Item": "datasets",
+    "read_dataset": "datasets",
+    "ContrastiveLoss": "loss",
+    "info_nce": "loss",
+    "TinyAudioEncoder": "models",
+    "build_encoder": "models",
+    "export_encoder": "models",
+    "CuratedStore": "store",
+    "TrainingError": "trainer",
+    "TrainResult": "trainer",
+    "train": "trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,16 +1,15 @@
-"""``soundguide curate`` and ``soundguide train``: click commands for the main CLI.
+"""``soundguide curate`` and ``soundguide train``: the click commands.
 
-Errors of soundguide's own types propagate to the main CLI, which prints one
-line and exits with the error's code. ``python -m soundguide.training.cli`` runs
-the two commands on their own (that is what ``torchrun -m`` needs until they are
-reachable as ``soundguide.cli``)::
+The plugin module :mod:`soundguide.training.plugin` registers them by name and
+short help; this module is imported only when one of them runs (or shows its
+own ``--help``). Errors of soundguide's own types propagate to the main CLI,
+which prints one line and exits with the error's code. Under ``torchrun``::
 
-    torchrun --nproc_per_node 8 -m soundguide.training.cli train STORE OUT
+    torchrun --nproc_per_node 8 -m soundguide.cli train STORE OUT
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,16 @@ from typing import Any
 import click
 
 from soundguide.cli_options import _registries, plugin_option
-from soundguide.training.config import PAPER_SETTINGS, TrainConfig
+from soundguide.training.config import TrainConfig
 from soundguide.training.curation import DEFAULT_MAX_SECONDS, DEFAULT_SHARD_SIZE
 from soundguide.training.datasets import DEFAULT_PATTERN, LAYOUTS
 from soundguide.training.models import ARCHITECTURES
+from soundguide.training.plugin import CURATE_HELP, TRAIN_HELP
 
 _DEFAULTS = {
-    f.name: f.default
-    for f in dataclasses.fields(TrainConfig)
-    if f.default is not dataclasses.MISSING
+    name: info.default
+    for name, info in TrainConfig.model_fields.items()
+    if not info.is_required() and info.default_factory is None
 }
 
 
@@ -36,7 +36,7 @@ def _load_plugins(ctx: click.Context) -> None:
         _registries(ctx)
 
 
-@click.command("curate")
+@click.command("curate", short_help=CURATE_HELP)
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option(
@@ -144,9 +144,16 @@ def _option(name: str, help: str, **kwargs: Any):
     )
 
 
-@click.command("train")
-@click.argument("store", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.command("train", short_help=TRAIN_HELP)
+@click.argument("store", type=click.Path(path_type=Path), required=False)
+@click.argument("out", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="TOML file of training settings (the keys of a run's config.json; store and out "
+    "may be set there). Options given on the command line win over it.",
+)
 @_option("--clip", "CLIP model (name or file) whose frozen text tower gives the targets.")
 @_option(
     "--arch",
@@ -162,7 +169,8 @@ def _option(name: str, help: str, **kwargs: Any):
     "--template",
     "templates",
     multiple=True,
-    help='Text template with {label} (repeatable; default: "the sound of {label}" and 3 more).',
+    help='Prompt template with {label} (repeatable; default: "the sound of {label}" and 3 more, '
+    "shared with zeroshot).",
 )
 @_option("--epochs", "Epochs.", type=click.IntRange(min=1))
 @_option(
@@ -258,8 +266,9 @@ def _option(name: str, help: str, **kwargs: Any):
 @click.pass_context
 def train(
     ctx: click.Context,
-    store: Path,
-    out: Path,
+    store: Path | None,
+    out: Path | None,
+    config_file: Path | None,
     resume: bool,
     trust_checkpoint: bool,
     quiet: bool,
@@ -272,35 +281,41 @@ def train(
     frames. OUT gets checkpoints/last.pt (resume), encoder-best.pth and
     encoder-last.pth (plain state dicts for the audio guidance), log.jsonl.
     Under torchrun the same command trains on every process (DDP).
+
+    Settings, later ones winning: the defaults, --paper, the run in OUT
+    (--resume), the --config file, the options given here. STORE and OUT may
+    come from the --config file instead.
     """
-    from soundguide.training.trainer import load_run_config
+    from soundguide.training.config import read_train_toml, resolve_train_config
+    from soundguide.training.resume import load_run_config
     from soundguide.training.trainer import train as run_train
 
     _load_plugins(ctx)
     source = click.core.ParameterSource
-    given = {
-        name
-        for name in options
+    flags = {
+        name: value
+        for name, value in options.items()
         if ctx.get_parameter_source(name) in (source.COMMANDLINE, source.ENVIRONMENT)
     }
-    overrides = {name: options[name] for name in given}
-    if "templates" in overrides:
-        overrides["templates"] = list(overrides["templates"])
-    for name in ("init",):
-        if overrides.get(name) is not None:
-            overrides[name] = str(overrides[name])
-    stored = load_run_config(out) if resume else None
-    if stored is not None:
-        values = {**stored.to_dict(), **overrides, "store": str(store), "out": str(out)}
-    else:
-        values = {name: options[name] for name in options if name in _DEFAULTS}
-        values.pop("templates", None)
-        values.pop("init", None)
-        if options.get("paper"):
-            values.update(PAPER_SETTINGS)
-        values.update(overrides)
-        values.update(store=str(store), out=str(out))
-    config = TrainConfig.from_dict(values)
+    if "templates" in flags:
+        flags["templates"] = list(flags["templates"])
+    if flags.get("init") is not None:
+        flags["init"] = str(flags["init"])
+    for name, value in (("store", store), ("out", out)):
+        if value is not None:
+            flags[name] = str(value)
+    stored = None
+    if resume:
+        run = flags.get("out")
+        if run is None and config_file is not None:
+            run = read_train_toml(config_file).get("out")
+        stored = load_run_config(run) if isinstance(run, str) else None
+    config = resolve_train_config(
+        flags=flags,
+        file=config_file,
+        stored=stored,
+        flag_names={"templates": "--template", "store": "STORE", "out": "OUT"},
+    )
     result = run_train(config, resume=resume, trust_checkpoint=trust_checkpoint, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         best = ""

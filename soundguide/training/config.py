@@ -1,15 +1,38 @@
-"""Settings of a training run, as a plain dataclass (stored in checkpoints as a dict)."""
+"""Settings of a training run: a strict pydantic model, from flags, a TOML file or a run folder.
+
+:class:`TrainConfig` holds every setting; a bad value is one
+:class:`~soundguide.core.errors.ConfigError` line naming where it came from and
+its key, formatted as run configs' errors are (``train.toml: epochs: input
+should be greater than or equal to 1``, ``--template: ...``). Checkpoints store
+it as a plain dict (:meth:`TrainConfig.to_dict`).
+
+:func:`resolve_train_config` merges the sources of ``soundguide train``, later
+ones winning: the defaults, the paper's settings (``--paper``, or ``paper =
+true`` in the file), the stored run (``--resume``), the ``--config`` TOML file,
+then the flags given on the command line. A TOML file holds the same keys as
+the run's ``config.json``, at its top level::
+
+    store = "runs/store"          # relative paths: against the file's folder
+    out = "runs/soundclip"
+    epochs = 30
+    templates = ["the sound of {label}", "{label}"]
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, Field, ValidationError
+
+from soundguide.core.config import config_error, read_toml, validation_problem
 from soundguide.core.errors import ConfigError
+from soundguide.core.interfaces import StrictModel
+from soundguide.evaluation.prompts import DEFAULT_TEMPLATES, template_problem
 from soundguide.training.loss import CLIP_INIT, PAPER_LOGIT_SCALE
-from soundguide.training.text import DEFAULT_TEMPLATES, check_templates
 
 PAPER_SETTINGS: dict[str, Any] = {
     "optimizer": "sgd",
@@ -38,94 +61,145 @@ RESUMABLE_OVERRIDES = frozenset(
 """Settings that may differ when a run is resumed; every other one must match. (A
 moved run or store is fine; the store's content is checked by its fingerprint.)"""
 
+PATH_KEYS = ("store", "out", "init")
+"""Settings that are paths: relative ones resolve against the TOML file's folder."""
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run. Defaults: AdamW, cosine, learnable temperature."""
+_HINT = "`soundguide train --help` lists the settings; a run's config.json shows every key"
 
-    store: str
-    """Folder written by ``soundguide curate``."""
-    out: str
-    """Run folder: checkpoints, exported encoders, logs."""
-    clip: str = "ViT-B/32"
-    """CLIP model (name or file) whose frozen text tower gives the targets."""
-    arch: str = "resnet18"
-    """Audio encoder: ``resnet18`` (SoundCLIP) or ``tiny`` (tests, smoke runs)."""
-    init: str | None = None
-    """Initial encoder weights (e.g. resnet18_57.pth), or None for random."""
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    epochs: int = 50
-    batch_size: int = 320
-    """The global batch: all ranks and accumulation steps together."""
-    accumulate: int = 1
-    """Micro-batches per optimizer step (negatives still span the global batch)."""
+
+def _absolute(value: str) -> str:
+    return str(Path(value).expanduser().resolve())
+
+
+def _template(value: str) -> str:
+    problem = template_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+_ERROR_SOURCE: ContextVar[tuple[str, dict[str, str]]] = ContextVar(
+    "train_config_source", default=("training settings", {})
+)
+"""Where the values being validated came from, for the error message."""
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+Template = Annotated[str, AfterValidator(_template)]
+
+
+class TrainConfig(StrictModel):
+    """Everything that defines a training run. Defaults: AdamW, cosine, learnable temperature.
+
+    Built from keywords (``TrainConfig(store=..., out=..., epochs=3)``), a
+    dict (:meth:`from_dict`) or the command line (:func:`resolve_train_config`);
+    every way raises one located :class:`ConfigError` line for bad values.
+    """
+
+    store: AbsolutePath = Field(description="Folder written by `soundguide curate`.")
+    out: AbsolutePath = Field(description="Run folder: checkpoints, exported encoders, logs.")
+    clip: str = Field(
+        "ViT-B/32",
+        description="CLIP model (name or file) whose frozen text tower gives the targets.",
+    )
+    arch: str = Field(
+        "resnet18", description="Audio encoder: resnet18 (SoundCLIP) or tiny (tests, smoke runs)."
+    )
+    init: str | None = Field(
+        None, description="Initial encoder weights (e.g. resnet18_57.pth), or None for random."
+    )
+    templates: list[Template] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
+        min_length=1,
+        description="Prompt templates with {label} (see soundguide.evaluation.prompts).",
+    )
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(
+        320, ge=1, description="The global batch: all ranks and accumulation steps together."
+    )
+    accumulate: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (negatives span the global batch)."
+    )
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    """Peak learning rate (CyclicLR's max_lr)."""
-    min_lr: float = 0.0
-    """Floor of the cosine schedule; CyclicLR's base_lr."""
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    """SGD momentum (and CyclicLR's max momentum); unused by AdamW."""
-    decay_all: bool = False
-    """Weight decay on biases and norm weights too (the original SGD); else matrices only."""
+    lr: float = Field(1e-3, ge=0, description="Peak learning rate (CyclicLR's max_lr).")
+    min_lr: float = Field(
+        0.0, ge=0, description="Floor of the cosine schedule; CyclicLR's base_lr."
+    )
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(
+        0.9, ge=0, description="SGD momentum (and CyclicLR's max momentum); unused by AdamW."
+    )
+    decay_all: bool = Field(
+        False,
+        description="Weight decay on biases and norm weights too (the original SGD); "
+        "else matrices only.",
+    )
     schedule: Literal["cosine", "cyclic", "constant"] = "cosine"
-    warmup_steps: int = 100
-    """Linear warm-up steps of the cosine and constant schedules."""
-    cycle_steps: int = 2000
-    """CyclicLR's step_size_up (optimizer steps from base to max)."""
+    warmup_steps: int = Field(
+        100, ge=0, description="Linear warm-up steps of the cosine and constant schedules."
+    )
+    cycle_steps: int = Field(
+        2000, ge=1, description="CyclicLR's step_size_up (optimizer steps from base to max)."
+    )
     learnable_scale: bool = True
-    logit_scale: float = CLIP_INIT
-    """log of the logit scale: CLIP's log(1/0.07) learnable, or the paper's fixed 0.07."""
-    text_weight: float = 1.0
-    augment_weight: float = 1.0
-    image_weight: float = 1.0
-    freq_mask: int = 24
-    time_mask: int = 96
-    num_masks: int = 2
-    val_fraction: float = 0.1
-    """Held out per label when the store has no test/val split."""
+    logit_scale: float = Field(
+        CLIP_INIT,
+        description="log of the logit scale: CLIP's log(1/0.07) learnable, or the paper's "
+        "fixed 0.07.",
+    )
+    text_weight: float = Field(1.0, ge=0)
+    augment_weight: float = Field(1.0, ge=0)
+    image_weight: float = Field(1.0, ge=0)
+    freq_mask: int = Field(24, ge=0)
+    time_mask: int = Field(96, ge=0)
+    num_masks: int = Field(2, ge=0)
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Held out per label when the store has no test/val split."
+    )
     seed: int = 0
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """auto: fp16 autocast (with a GradScaler) on CUDA, fp32 elsewhere."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 autocast (with a GradScaler) on CUDA, fp32 elsewhere."
+    )
     device: str = "auto"
-    loader_workers: int = 2
-    log_every: int = 10
-    checkpoint_every: int = 0
-    """Also write the resume checkpoint every N steps (0: at epoch ends only)."""
-    max_steps: int | None = None
-    """Stop (with a checkpoint) after this many optimizer steps in all."""
-    sync_bn: bool = False
-    """SyncBatchNorm across ranks (CUDA only); else batch norm sees each rank's chunk."""
+    loader_workers: int = Field(2, ge=0)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(
+        0, ge=0, description="Also write the resume checkpoint every N steps (0: epoch ends only)."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop (with a checkpoint) after this many optimizer steps in all."
+    )
+    sync_bn: bool = Field(
+        False,
+        description="SyncBatchNorm across ranks (CUDA only); else batch norm sees each "
+        "rank's chunk.",
+    )
     paper: bool = False
 
-    def __post_init__(self) -> None:
-        self.store = str(Path(self.store).expanduser().resolve())
-        self.out = str(Path(self.out).expanduser().resolve())
-        self.templates = check_templates(self.templates)
-        positive = ("epochs", "batch_size", "accumulate", "log_every")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "min_lr", "weight_decay", "momentum", "warmup_steps", "loader_workers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.cycle_steps < 1:
-            raise ConfigError(f"cycle_steps must be >= 1, got {self.cycle_steps}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        choices = {
-            "optimizer": ("adamw", "sgd"),
-            "schedule": ("cosine", "cyclic", "constant"),
-            "precision": ("auto", "fp32", "fp16", "bf16"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"unknown {name} {getattr(self, name)!r}; available: {', '.join(allowed)}"
-                )
+    def __init__(self, **values: Any) -> None:
+        # pydantic validates through a custom __init__, from_dict included
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _located(exc, *_ERROR_SOURCE.get()) from None
+
+    @classmethod
+    def from_dict(
+        cls,
+        values: Mapping[str, Any],
+        *,
+        source: str = "training settings",
+        flags: Mapping[str, str] | None = None,
+    ) -> TrainConfig:
+        """Validate ``values``; errors name ``source``, or the flag of a key in ``flags``."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"{source}: expected a table of settings, got {type(values).__name__}"
+            )
+        token = _ERROR_SOURCE.set((source, dict(flags or {})))
+        try:
+            return cls(**values)
+        finally:
+            _ERROR_SOURCE.reset(token)
 
     @classmethod
     def paper_preset(cls, store: str, out: str, **overrides: Any) -> TrainConfig:
@@ -133,17 +207,76 @@ class TrainConfig:
         return cls(store=store, out=out, **{**PAPER_SETTINGS, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(**values)
+        """Plain containers (str, numbers, lists, None): what checkpoints and config.json hold."""
+        return self.model_dump()
 
     def differences(self, other: TrainConfig) -> list[str]:
         """Names of the settings (outside :data:`RESUMABLE_OVERRIDES`) that differ."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [k for k in mine if k not in RESUMABLE_OVERRIDES and mine[k] != theirs[k]]
+
+
+def _located(
+    exc: ValidationError, source: str, flags: Mapping[str, str] | None = None
+) -> ConfigError:
+    flags = flags or {}
+    allowed = list(TrainConfig.model_fields)
+    problems = [validation_problem(e, e["loc"], allowed) for e in exc.errors()]
+    return config_error(
+        source,
+        problems,
+        overridden=[[key] for key in flags],
+        override_name=lambda loc: flags.get(loc[0], source) if loc else source,
+        hint=_HINT,
+    )
+
+
+def read_train_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The settings in a TOML file, with relative paths resolved against its folder."""
+    path = Path(path).expanduser()
+    data = read_toml(path)
+    base = path.resolve().parent
+    for key in PATH_KEYS:
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            data[key] = str(base / value)
+    clip = data.get("clip")
+    if isinstance(clip, str) and (base / clip).is_file():
+        data["clip"] = str(base / clip)  # a CLIP file next to the config, not a model name
+    return data
+
+
+def resolve_train_config(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    file: str | os.PathLike[str] | None = None,
+    stored: TrainConfig | None = None,
+    flag_names: Mapping[str, str] | None = None,
+) -> TrainConfig:
+    """Merge the sources of a run, later ones winning, and validate the result.
+
+    Order: the defaults, then :data:`PAPER_SETTINGS` when ``paper`` is set in
+    the file or the flags, then ``stored`` (a resumed run's own settings,
+    which replace both), then the TOML ``file``, then ``flags`` (the options
+    given on the command line). ``flag_names`` maps a setting to the option
+    that set it (``{"epochs": "--epochs"}``), for error messages.
+    """
+    flags = dict(flags or {})
+    from_file = read_train_toml(file) if file is not None else {}
+    values: dict[str, Any] = {}
+    if stored is not None:
+        values.update(stored.to_dict())
+    elif flags.get("paper") or from_file.get("paper") is True:
+        values.update(PAPER_SETTINGS)
+    values.update(from_file)
+    values.update(flags)
+    names = {key: (flag_names or {}).get(key, f"--{key.replace('_', '-')}") for key in flags}
+    source = str(file) if file is not None else "training settings"
+    for key in ("store", "out"):
+        if key not in values:
+            raise ConfigError(
+                f"training needs {key!r}: give {key.upper()} on the command line"
+                + (f" or set {key} in {file}" if file is not None else ""),
+                hint="soundguide train STORE OUT, or soundguide train --config train.toml",
+            )
+    return TrainConfig.from_dict(values, source=source, flags=names)

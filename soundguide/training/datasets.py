@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from soundguide.core.errors import DatasetError
+from soundguide.evaluation.prompts import clean_label
 
 Layout = Literal["auto", "vggsound", "folders", "manifest"]
 LAYOUTS = ("auto", "vggsound", "folders", "manifest")
@@ -84,9 +85,9 @@ class DatasetListing:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def label_text(label: str) -> str:
-    """A class name as CLIP should read it: ``dog_bark`` -> ``dog bark``."""
-    return " ".join(label.replace("_", " ").split())
+label_text = clean_label
+"""A class name as CLIP should read it: ``dog_bark`` -> ``dog bark`` (the one cleaning
+of :mod:`soundguide.evaluation.prompts`, shared with zero-shot evaluation)."""
 
 
 def read_dataset(

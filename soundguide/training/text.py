@@ -1,6 +1,7 @@
 """The text side of training: prompt templates, CLIP's token limit, and frozen text targets.
 
-Label items are read through templates (``"the sound of {label}"``...); training
+Label items are read through the templates of :mod:`soundguide.evaluation.prompts`
+(their one owner, shared with zero-shot evaluation); training
 picks one template per item and epoch at random (light text augmentation) and
 zero-shot classification averages the normalized embeddings of all templates,
 as CLIP's prompt ensembling does. Captions are used as written.
@@ -23,18 +24,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from soundguide.core.errors import ConfigError, DatasetError
-from soundguide.training.datasets import label_text
+from soundguide.core.errors import DatasetError
+from soundguide.evaluation.prompts import check_templates, prompt
 
 CONTEXT_LENGTH = 77
 """CLIP's text context, start and end tokens included."""
-
-DEFAULT_TEMPLATES = (
-    "the sound of {label}",
-    "a sound of {label}",
-    "a recording of {label}",
-    "{label}",
-)
 
 
 def token_count(text: str) -> int:
@@ -58,26 +52,6 @@ def text_problem(text: str, context_length: int = CONTEXT_LENGTH) -> str | None:
     return None
 
 
-def check_templates(templates: Sequence[str]) -> list[str]:
-    """Templates must be non-empty and contain ``{label}`` once; returns them as a list."""
-    templates = list(templates)
-    if not templates:
-        raise ConfigError("no text templates given")
-    for template in templates:
-        if template.count("{label}") != 1:
-            raise ConfigError(
-                f"text template {template!r} must contain {{label}} exactly once",
-                hint='e.g. --template "the sound of {label}"',
-            )
-        try:
-            template.format(label="x")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(
-                f"text template {template!r} is not a valid template: {exc}"
-            ) from None
-    return templates
-
-
 class TextTargets:
     """Frozen, normalized CLIP text embeddings of a label set and a caption set.
 
@@ -97,14 +71,14 @@ class TextTargets:
         device: torch.device | str = "cpu",
         batch_size: int = 256,
     ) -> None:
-        self.templates = check_templates(templates)
+        self.templates = list(check_templates(templates))
         self.labels = list(labels)
         self.captions = list(captions)
         context = int(getattr(encoder, "context_length", CONTEXT_LENGTH))
         for label in self.labels:
             for template in self.templates:
-                prompt = template.format(label=label_text(label))
-                count = token_count(prompt)
+                text = prompt(template, label)
+                count = token_count(text)
                 if count > context:
                     raise DatasetError(
                         f"label {label!r} with template {template!r} is {count} tokens long; "
@@ -117,9 +91,7 @@ class TextTargets:
                 raise DatasetError(f"caption {caption[:60]!r}: {problem}")
         dim = int(encoder.embed_dim)
         with torch.no_grad():
-            prompts = [
-                t.format(label=label_text(lab)) for t in self.templates for lab in self.labels
-            ]
+            prompts = [prompt(t, lab) for t in self.templates for lab in self.labels]
             flat = self._encode(encoder, prompts, batch_size, dim, device)
             self.label_embeddings = flat.view(len(self.templates), len(self.labels), dim)
             self.caption_embeddings = self._encode(encoder, self.captions, batch_size, dim, device)

@@ -14,30 +14,26 @@ One optimizer step on a global batch of ``B`` clips, split over ``W`` ranks and
   is encoded again with a graph and back-propagated with its cached gradient
   (one extra forward; memory of one micro-batch; the exact gradient again).
 
-Batch norm: each forward sees one micro-batch, a rank's chunk, so with the same
-global batch a ``W``-process run and a 1-process run with ``K = W`` compute the
-same statistics and the same loss (``sync_bn`` makes statistics global on CUDA
-instead). Running statistics are the mean of the chunks' updates, averaged
-across ranks, so they agree as well.
+Batch norm: each forward sees one micro-batch, a rank's chunk
+(:mod:`~soundguide.training.batchnorm` keeps the running statistics equal to
+a 1-process run's).
 
 The temperature lives outside DDP: every rank computes the same loss on the
 same gathered embeddings, so its gradient is already the same everywhere.
 
-Checkpoints (rank 0) hold plain containers only: the config as a dict, state
-dicts of the encoder, loss, optimizer, scheduler and grad scaler, each rank's
-RNG states (torch, CUDA, numpy, python) and the position (epoch, step). Every
-random choice of the data comes from per-example seeds, so a resumed run
-continues exactly as if it had never stopped.
+The rest lives apart: the checkpoint and RNG states of an exact resume
+(:mod:`~soundguide.training.resume`), the optimizer and schedule
+(:mod:`~soundguide.training.optim`), the run log
+(:mod:`~soundguide.training.runlog`) and the settings
+(:mod:`~soundguide.training.config`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import json
 import math
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,12 +53,13 @@ from soundguide.core.errors import (
     OutputError,
     SoundguideError,
 )
-from soundguide.core.files import atomic_write, atomic_write_text
+from soundguide.core.files import atomic_write_text
+from soundguide.evaluation.metrics import topk_hits
+from soundguide.training.batchnorm import BatchNormStats
 from soundguide.training.config import TrainConfig
 from soundguide.training.data import ClipDataset, GlobalBatchSampler, ShardSampler, SpecAugment
 from soundguide.training.distributed import (
     Job,
-    average_,
     barrier,
     broadcast_object,
     gather,
@@ -73,15 +70,22 @@ from soundguide.training.distributed import (
 )
 from soundguide.training.loss import ContrastiveLoss
 from soundguide.training.models import build_encoder, check_encoder, export_encoder, unwrap
+from soundguide.training.optim import build_optimizer, build_scheduler
+from soundguide.training.resume import (
+    LAST_CHECKPOINT,
+    read_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    store_fingerprint,
+    write_checkpoint,
+)
+from soundguide.training.runlog import RunLog, progress_bar
 from soundguide.training.store import CuratedStore
 from soundguide.training.text import TextTargets
 
-CHECKPOINT_FORMAT = "soundguide-train"
-CHECKPOINT_VERSION = 1
-LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_ENCODER = "encoder-best.pth"
 LAST_ENCODER = "encoder-last.pth"
-LOG_NAME = "log.jsonl"
 VAL_SPLITS = frozenset({"test", "val", "valid", "validation", "eval", "dev"})
 
 
@@ -142,27 +146,6 @@ def train(
         shutdown(job)
 
 
-def load_run_config(out: str | Path) -> TrainConfig | None:
-    """The config stored in ``OUT/checkpoints/last.pt``, or None when there is none."""
-    path = Path(out).expanduser() / LAST_CHECKPOINT
-    if not path.is_file():
-        return None
-    state = _read_checkpoint(path)
-    return TrainConfig.from_dict(state["config"])
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a soundguide training checkpoint")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} is a training checkpoint of version {state.get('version')}; "
-            f"this soundguide reads version {CHECKPOINT_VERSION}"
-        )
-    return state
-
-
 class Trainer:
     """One training run in one process (rank); :func:`train` is the entry point."""
 
@@ -180,7 +163,7 @@ class Trainer:
         self.device = job.device
         self.out = Path(c.out)
         self.custom_encoder = encoder is not None
-        _seed_everything(c.seed)
+        seed_everything(c.seed)
 
         self.store = CuratedStore(c.store)
         self.store_fingerprint = store_fingerprint(self.store)
@@ -249,7 +232,7 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **({"forward_sync_buffers": False} if sync else {"broadcast_buffers": False}),
             )
-        self.optimizer = _optimizer(c, encoder, self.loss_fn)
+        self.optimizer = build_optimizer(c, encoder, self.loss_fn)
         self.sampler = GlobalBatchSampler(
             len(self.train_indices),
             c.batch_size,
@@ -260,7 +243,7 @@ class Trainer:
         )
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = c.epochs * self.steps_per_epoch
-        self.scheduler = _scheduler(c, self.optimizer, self.total_steps)
+        self.scheduler = build_scheduler(c, self.optimizer, self.total_steps)
         precision = c.precision
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
@@ -281,7 +264,7 @@ class Trainer:
             rank=job.rank,
             world_size=job.world_size,
         )
-        self.bn = _BatchNormStats(encoder)
+        self.bn = BatchNormStats(encoder)
 
         self.epoch = 0
         self.step_in_epoch = 0
@@ -289,7 +272,7 @@ class Trainer:
         self.epoch_loss = [0.0, 0]
         self.best: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
-        self.log: _RunLog | None = None
+        self.log: RunLog | None = None
 
     # -- the run ----------------------------------------------------------------------
 
@@ -303,7 +286,7 @@ class Trainer:
             state: Any = None
             if job.is_main:
                 try:
-                    state = _read_checkpoint(self.out / LAST_CHECKPOINT)
+                    state = read_checkpoint(self.out / LAST_CHECKPOINT)
                 except SoundguideError as exc:
                     state = exc
             state = broadcast_object(state, job)
@@ -313,10 +296,10 @@ class Trainer:
         if job.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(c.to_dict(), indent=2) + "\n")
-            self.log = _RunLog(self.out, truncate_after=self.global_step)
+            self.log = RunLog(self.out, truncate_after=self.global_step)
         barrier(job)
         loader = self._loader(self.train_set, self.sampler, persistent=True)
-        bar = _progress_bar(self.total_steps, self.global_step, progress and job.is_main)
+        bar = progress_bar(self.total_steps, self.global_step, progress and job.is_main)
         stopped = c.max_steps is not None and self.global_step >= c.max_steps
         try:
             while self.epoch < c.epochs and not stopped:
@@ -610,23 +593,13 @@ class Trainer:
             count += n
         if count:
             out["val_loss"] = total / count
-        labelled = labels >= 0
-        if bool(labelled.any()) and len(self.labels) > 1:
-            normalized = torch.nn.functional.normalize(audio[labelled], dim=-1)
-            scores = normalized @ self.text.class_embeddings.T
-            truth = labels[labelled].long()
-            out["val_top1"] = float((scores.argmax(dim=-1) == truth).float().mean())
-            if len(self.labels) >= 5:
-                top5 = scores.topk(5, dim=-1).indices
-                out["val_top5"] = float((top5 == truth[:, None]).any(dim=-1).float().mean())
+        out.update(label_accuracy(audio, labels, self.text.class_embeddings))
         return out
 
     def _save(self) -> None:
-        rng = gather_objects(_rng_state(), self.job)
+        rng = gather_objects(rng_state(), self.job)
         if self.job.is_main:
             state = {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
                 "config": self.config.to_dict(),
                 "model": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
                 "loss": {k: v.detach().cpu() for k, v in self.loss_fn.state_dict().items()},
@@ -645,7 +618,7 @@ class Trainer:
                 "world_size": self.job.world_size,
                 "store_fingerprint": self.store_fingerprint,
             }
-            atomic_write(self.out / LAST_CHECKPOINT, lambda fh: torch.save(state, fh))
+            write_checkpoint(self.out / LAST_CHECKPOINT, state)
         barrier(self.job)
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -679,19 +652,10 @@ class Trainer:
         self.best = state["best"]
         self.history = list(state["history"])
         rngs = state["rng"]
-        _set_rng_state(rngs[self.job.rank] if len(rngs) == self.job.world_size else rngs[0])
+        set_rng_state(rngs[self.job.rank] if len(rngs) == self.job.world_size else rngs[0])
 
 
 # -- building blocks --------------------------------------------------------------------
-
-
-def store_fingerprint(store: CuratedStore) -> str:
-    """sha256 over every item's audio checksum, label, caption and split, in order."""
-    digest = hashlib.sha256()
-    for item in store.items:
-        fields = (item.sha256, item.label or "", item.caption or "", item.split or "")
-        digest.update("\t".join(fields).encode() + b"\n")
-    return digest.hexdigest()
 
 
 def split_items(store: CuratedStore, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -723,56 +687,28 @@ def split_items(store: CuratedStore, val_fraction: float, seed: int) -> tuple[li
     return [i for i in range(len(store)) if i not in val_set], sorted(val)
 
 
-def _optimizer(
-    config: TrainConfig, encoder: nn.Module, loss_fn: ContrastiveLoss
-) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for _, param in encoder.named_parameters():
-        if not param.requires_grad:
-            continue
-        (decay if config.decay_all or param.ndim >= 2 else no_decay).append(param)
-    no_decay.extend(p for p in loss_fn.parameters() if p.requires_grad)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr)
+def label_accuracy(
+    audio: torch.Tensor, labels: torch.Tensor, class_embeddings: torch.Tensor
+) -> dict[str, float]:
+    """Zero-shot top-1 (and top-5 with five labels or more) of the labelled clips.
 
-
-def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    sched = torch.optim.lr_scheduler
-    if config.schedule == "cyclic":
-        sgd = config.optimizer == "sgd"
-        return sched.CyclicLR(
-            optimizer,
-            base_lr=config.min_lr,
-            max_lr=config.lr,
-            step_size_up=config.cycle_steps,
-            cycle_momentum=sgd and config.momentum > 0,
-            base_momentum=min(0.8, config.momentum),
-            max_momentum=config.momentum if sgd and config.momentum > 0 else 0.9,
-        )
-    return sched.LambdaLR(optimizer, _LRFactor(config, total_steps))
-
-
-class _LRFactor:
-    """Linear warm-up, then constant or cosine down to ``min_lr`` (a picklable callable)."""
-
-    def __init__(self, config: TrainConfig, total_steps: int) -> None:
-        self.warmup = int(config.warmup_steps)
-        self.total = max(1, int(total_steps))
-        self.floor = config.min_lr / config.lr if config.lr > 0 else 0.0
-        self.cosine = config.schedule == "cosine"
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        if not self.cosine:
-            return 1.0
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    Input: audio (N, D) embeddings, labels (N,) class indices (-1: unlabelled),
+    class_embeddings (K, D) normalized. Output: ``{"val_top1": ..., "val_top5": ...}``
+    (fractions), empty without labelled clips or with fewer than two labels. Hits
+    are :func:`~soundguide.evaluation.metrics.topk_hits`', so ties go to the lower
+    class index, as in the evaluation reports.
+    """
+    out: dict[str, float] = {}
+    labelled = labels >= 0
+    num_labels = class_embeddings.shape[0]
+    if not bool(labelled.any()) or num_labels < 2:
+        return out
+    scores = torch.nn.functional.normalize(audio[labelled], dim=-1) @ class_embeddings.T
+    truth = labels[labelled].long()
+    out["val_top1"] = float(topk_hits(scores, truth, 1).float().mean())
+    if num_labels >= 5:
+        out["val_top5"] = float(topk_hits(scores, truth, 5).float().mean())
+    return out
 
 
 def _load_initial_weights(encoder: nn.Module, path: str, trust: bool) -> None:
@@ -788,156 +724,3 @@ def _load_initial_weights(encoder: nn.Module, path: str, trust: bool) -> None:
         raise CheckpointError(
             f"{path} does not fit the encoder: {str(exc).splitlines()[0]}"
         ) from None
-
-
-class _BatchNormStats:
-    """Running statistics of batch norm as the mean of each chunk's update.
-
-    ``begin`` remembers the statistics before a step, ``reset`` restores them
-    (after a forward whose update must not count), ``accumulate`` adds the
-    current ones to a sum and restores, ``finish`` writes the mean over chunks
-    and over ranks, and counts one batch.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.layers = [
-            m
-            for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-        ]
-        self._start: list[tuple[torch.Tensor, ...]] = []
-        self._sum: list[list[torch.Tensor]] = []
-        self._count = 0
-
-    def begin(self) -> None:
-        self._start = [
-            (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-            for m in self.layers
-        ]
-        self._sum = [
-            [torch.zeros_like(m.running_mean), torch.zeros_like(m.running_var)] for m in self.layers
-        ]
-        self._count = 0
-
-    def reset(self) -> None:
-        for m, (mean, var, count) in zip(self.layers, self._start, strict=True):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
-
-    def accumulate(self) -> None:
-        for m, sums in zip(self.layers, self._sum, strict=True):
-            sums[0] += m.running_mean
-            sums[1] += m.running_var
-        self._count += 1
-        self.reset()
-
-    def finish(self, job: Job) -> None:
-        if not self.layers:
-            return
-        if self._count:
-            for m, sums in zip(self.layers, self._sum, strict=True):
-                m.running_mean.copy_(sums[0] / self._count)
-                m.running_var.copy_(sums[1] / self._count)
-        for m, (_, _, count) in zip(self.layers, self._start, strict=True):
-            m.num_batches_tracked.copy_(count + 1)
-        average_([t for m in self.layers for t in (m.running_mean, m.running_var)], job)
-
-
-# -- RNG states (plain containers, for the safe loader) --------------------------------
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, values, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": version, "state": list(values), "gauss": gauss},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            n["name"],
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# -- logging ----------------------------------------------------------------------------
-
-
-class _RunLog:
-    """``log.jsonl`` always; TensorBoard too when ``torch.utils.tensorboard`` imports.
-
-    On resume, records past the checkpoint's step (written after it, then lost
-    with the crash) are dropped first, so the log reads as one run.
-    """
-
-    def __init__(self, out: Path, *, truncate_after: int) -> None:
-        self.path = out / LOG_NAME
-        if self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if int(record.get("step", 0)) <= truncate_after:
-                    kept.append(line)
-            atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        self.tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            pass
-        else:
-            self.tensorboard = SummaryWriter(
-                log_dir=str(out / "tensorboard"), purge_step=truncate_after + 1
-            )
-
-    def write(self, record: dict[str, Any], scalars: tuple[str, ...] = ()) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        if self.tensorboard is not None:
-            prefix = "train" if record["event"] == "step" else "epoch"
-            for key in scalars:
-                self.tensorboard.add_scalar(f"{prefix}/{key}", record[key], record["step"])
-
-    def close(self) -> None:
-        self._file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, desc="training")

@@ -454,3 +454,71 @@ def test_a_plugin_needs_only_the_package_root(tmp_path):
         context={"base_dir": tmp_path},
     )
     assert (config.type, config.reference, config.weight) == ("mine", tmp_path / "ref.png", -0.5)
+
+
+COMMAND_SOURCE = """
+from typing import Literal
+import click
+import soundguide
+from tests.toy_plugins import ToyGuidance
+
+class Echo(ToyGuidance):
+    class Config(ToyGuidance.Config):
+        type: Literal["echo"] = "echo"
+
+@soundguide.hookimpl
+def register_guidances(registry):
+    registry.add(Echo)
+
+@soundguide.hookimpl
+def register_commands(cli):
+    for name in {names!r}:
+        cli.add_command(click.Command(name, callback=lambda: None))
+"""
+
+
+class TestCommands:
+    def test_builtin_commands_come_from_plugin_modules(self):
+        from soundguide.cli_options import LazyCommand
+
+        registries = load_registries(entry_points=False)
+        assert registries.commands.names() == ["curate", "probe", "train", "zeroshot"]
+        assert registries.commands.owner("train") == ("soundguide.training.plugin", BUILTIN)
+        assert registries.commands.owner("probe") == ("soundguide.evaluation.plugin", BUILTIN)
+        assert all(isinstance(c, LazyCommand) for c in registries.commands.commands.values())
+
+    def test_a_command_clash_leaves_nothing_of_the_plugin_behind(self, site):
+        write_distribution(
+            site, "sg-cmd", "sg_cmd_plugin", COMMAND_SOURCE.format(names=["echo", "probe"]), "cmd"
+        )
+        with pytest.warns(PluginLoadWarning) as caught:
+            registries = load_registries()
+        assert only(caught).startswith(
+            "command 'probe' is registered twice: by plugin 'soundguide.evaluation.plugin' "
+            "(soundguide (built-in)) and by plugin 'sg_cmd_plugin' (sg-cmd 1.2); "
+            "plugin 'sg_cmd_plugin' skipped ("
+        )
+        assert "echo" not in registries.guidances and "echo" not in registries.commands.names()
+        assert registries.commands.owner("probe")[0] == "soundguide.evaluation.plugin"
+
+    def test_reserved_names_belong_to_the_host(self):
+        from soundguide.core.registry import Registries
+
+        base = Registries()
+        base.commands.reserve(["edit"], ("soundguide.cli", BUILTIN))
+        clash = make_module("cmd_clash", COMMAND_SOURCE.format(names=["edit"]))
+        with pytest.raises(DuplicatePluginError) as caught:
+            load_registries(entry_points=False, plugins=[clash], registries=base)
+        assert str(caught.value) == (
+            "command 'edit' is registered twice: by plugin 'soundguide.cli' (soundguide "
+            "(built-in)) and by plugin 'cmd_clash' (-p)"
+        )
+        fine = make_module("cmd_fine", COMMAND_SOURCE.format(names=["hello"]))
+        registries = load_registries(entry_points=False, plugins=[fine], registries=Registries())
+        assert "hello" in registries.commands.names() and "echo" in registries.guidances
+        assert registries.commands.owner("hello") == ("cmd_fine", "-p")
+
+    def test_one_name_twice_in_one_plugin_is_its_own_error(self):
+        twice = make_module("cmd_twice", COMMAND_SOURCE.format(names=["hello", "hello"]))
+        with pytest.raises(PluginError, match=r"failed in register_commands \(Duplicate"):
+            load_registries(entry_points=False, plugins=[twice])

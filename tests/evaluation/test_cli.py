@@ -100,6 +100,17 @@ def test_encoder_by_known_weights_name_and_templates(tmp_path, oracle_table, tin
     assert 0.0 <= report["top1"] <= 1.0
 
 
+def test_raw_labels_reproduce_the_authors_prompts(tmp_path, oracle_table, tiny_clip_file):
+    layout = write_esc50(tmp_path / "esc50")
+    args = ["esc50", layout.root, *ORACLE, "--encoder", oracle_table, "-q"]
+    args += ["--clip-model", tiny_clip_file, "--template", "{label}"]
+    raw, clean = tmp_path / "raw", tmp_path / "clean"
+    assert invoke(zeroshot, *args, "--out", raw, "--raw-labels").exit_code == 0
+    assert invoke(zeroshot, *args, "--out", clean).exit_code == 0
+    assert json.loads((raw / "zeroshot.json").read_text())["prompts"][1] == ["crackling_fire"]
+    assert json.loads((clean / "zeroshot.json").read_text())["prompts"][1] == ["crackling fire"]
+
+
 def test_real_soundclip_end_to_end(tmp_path, soundclip_file, tiny_clip_file):
     """The built-in audio guidance's encoder (random ResNet18) under its known-weights name."""
     registries = load_registries(entry_points=False)

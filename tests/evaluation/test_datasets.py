@@ -6,12 +6,8 @@ import shutil
 import pytest
 
 from soundguide.core.errors import DatasetError
-from soundguide.evaluation.datasets import (
-    clean_label,
-    load_dataset,
-    load_esc50,
-    load_urbansound8k,
-)
+from soundguide.evaluation.datasets import load_dataset, load_esc50, load_urbansound8k
+from soundguide.evaluation.prompts import clean_label
 from tests.evaluation.conftest import ESC50_CLASSES, US8K_CLASSES, write_esc50, write_us8k
 
 

@@ -93,3 +93,32 @@ class TestFromGuidance:
             embedder_from_guidance(registries, "text", "x")
         with pytest.raises(UnknownPluginError, match="unknown guidance 'audoi'"):
             embedder_from_guidance(registries, "audoi", "x")
+
+    def test_the_builtin_is_asked_like_any_plugin(self, soundclip_file, monkeypatch):
+        """No special case for the built-in: its class answers through the core interface."""
+        import soundguide
+        from soundguide.core import interfaces
+        from soundguide.plugins.audio import AudioGuidance
+
+        assert interfaces.AudioEmbedder is AudioEmbedder
+        assert AudioGuidance.audio_embedder.__func__ is not (
+            soundguide.Guidance.audio_embedder.__func__
+        )
+        registries = load_registries(entry_points=False)
+        asked = []
+
+        def refuse(cls, encoder, context, crop):
+            asked.append((cls.__name__, encoder, crop, context.trust_checkpoint))
+
+        monkeypatch.setattr(AudioGuidance, "audio_embedder", classmethod(refuse))
+        with pytest.raises(PluginError, match="guidance 'audio' cannot embed audio"):
+            embedder_from_guidance(registries, "audio", str(soundclip_file), trust=True)
+        assert asked == [("AudioGuidance", str(soundclip_file), "start", True)]
+
+    def test_an_answer_that_is_no_embedder(self, monkeypatch):
+        from soundguide.plugins.audio import AudioGuidance
+
+        registries = load_registries(entry_points=False)
+        monkeypatch.setattr(AudioGuidance, "audio_embedder", classmethod(lambda *a: object()))
+        with pytest.raises(PluginError, match="object is not an audio embedder: it lacks"):
+            embedder_from_guidance(registries, "audio", "x")

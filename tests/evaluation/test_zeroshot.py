@@ -44,9 +44,32 @@ class TestPrompts:
     def test_labels_are_cleaned_into_every_template(self):
         prompts = class_prompts(["crackling_fire", "dog"])
         assert prompts == [
-            ["the sound of a crackling fire", "a recording of crackling fire", "crackling fire"],
-            ["the sound of a dog", "a recording of dog", "dog"],
+            [
+                "the sound of crackling fire",
+                "a sound of crackling fire",
+                "a recording of crackling fire",
+                "crackling fire",
+            ],
+            ["the sound of dog", "a sound of dog", "a recording of dog", "dog"],
         ]
+
+    def test_raw_labels_and_the_former_evaluation_templates_stay_reachable(self):
+        assert class_prompts(["crackling_fire"], ["{label}"], clean=False) == [["crackling_fire"]]
+        former = ("the sound of a {label}", "a recording of {label}", "{label}")
+        assert class_prompts(["Hand_saw"], former) == [
+            ["the sound of a hand saw", "a recording of hand saw", "hand saw"]
+        ]
+
+    def test_training_and_evaluation_share_templates_and_cleaning(self):
+        from soundguide.evaluation import prompts
+        from soundguide.training.config import TrainConfig
+        from soundguide.training.datasets import label_text
+
+        config = TrainConfig(store="s", out="o")
+        assert tuple(config.templates) == prompts.DEFAULT_TEMPLATES == DEFAULT_TEMPLATES
+        for raw in ("crackling_fire", "Dog_bark", "male  speech, man speaking", "hi-hat"):
+            assert label_text(raw) == prompts.clean_label(raw)
+        assert prompts.clean_label("Playing_hi-hat") == "playing hi-hat"
 
     @pytest.mark.parametrize("template", ["no field", "{label} and {other}", "{}", "{label"])
     def test_bad_templates(self, template):
@@ -146,7 +169,7 @@ class TestZeroShotESC50:
         ]
         assert report["paper"] == {"source": "Lee et al., CVPR 2022", "top1": 0.578}
         assert report["templates"] == list(DEFAULT_TEMPLATES)
-        assert report["prompts"][1][0] == "the sound of a crackling fire"
+        assert report["prompts"][1][0] == "the sound of crackling fire"
         assert report["text_model"] == "tiny"
         assert report["embedder"]["identity"] == oracle.identity
         assert report["encoding"]["clips"] == 20 and report["encoding"]["from_cache"] is False

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from soundguide.core.errors import ConfigError, DatasetError
-from soundguide.training.text import TextTargets, check_templates, text_problem, token_count
+from soundguide.evaluation.prompts import check_templates
+from soundguide.training.text import TextTargets, text_problem, token_count
 
 TEMPLATES = ["the sound of {label}", "a recording of {label}"]
 
