@@ -4,9 +4,27 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+from threadpoolctl import threadpool_limits
 
 from soundguide.core.plugins import load_registries
 from tests import toy_plugins
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Every test runs torch and BLAS (numpy, scikit-learn) on one thread, set back after.
+
+    Results then do not depend on the machine's core count (a reduction splits
+    the same way everywhere), and tests of tiny models run far faster on a
+    shared 2-core machine without thread contention. Subprocesses a test starts
+    are not affected.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ from soundguide.core.losses import (
     cosine_ramp_lr,
     latent_l2,
 )
+from tests.references import original_adaptive_step
 
 
 def test_cosine_distance_shapes_scale_and_gradient():
@@ -35,16 +36,6 @@ def test_latent_l2_per_item_and_layer_weights():
     torch.testing.assert_close(latent_l2(w, w0), torch.full((2,), 5 * 4 * 0.25))
     weights = torch.tensor([1.0, 0, 0, 0, 0])
     torch.testing.assert_close(latent_l2(w, w0, weights), torch.full((2,), 4 * 0.25))
-
-
-def original_adaptive_step(latent, latent_init, mask):
-    """The original code's per-layer loop, written out for one item (batch 1)."""
-    loss = 0
-    for idx in range(latent.shape[1]):
-        layer = torch.sigmoid(mask[idx]) * ((latent_init[:, idx, :] - latent[:, idx, :]) ** 2).sum()
-        loss += layer
-        mask[idx] = mask[idx] - 0.1 * layer.item() * (1 - layer.item())
-    return loss
 
 
 @pytest.mark.parametrize("layers", [3, 14, 18])

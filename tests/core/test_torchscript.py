@@ -17,15 +17,6 @@ from soundguide.core.errors import CheckpointError
 from soundguide.core.torchscript import parse_classes, read_torchscript_state_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small ops on a shared 2-core machine run far faster without thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def jit_load(path: Path) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load is deprecated

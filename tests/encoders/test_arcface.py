@@ -21,15 +21,6 @@ from tests.factories import random_arcface
 MANIFEST = Path(__file__).resolve().parents[1] / "data" / "arcface_ir_se50.keys.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """A full IR-SE50 forward is ~0.25 s on one core; threads only add contention here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def manifest() -> list[tuple[str, list[int], str]]:
     return [(k, list(shape), dtype) for k, shape, dtype in json.loads(MANIFEST.read_text())]
 

@@ -56,15 +56,6 @@ RN50 = {**VIT_B_32, "embed_dim": 1024, "vision_layers": (3, 4, 6, 3), "vision_wi
 RN50["vision_patch_size"] = None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small ops on a shared 2-core machine run far faster without thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """The machine is offline: a real download attempt must never be made (it could hang)."""

@@ -37,15 +37,6 @@ SHARED_AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
 PARITY_ATOL = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small ops on a shared 2-core machine run far faster without thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def signal(kind: str, n: int, seed: int = 0) -> np.ndarray:
     """Real-like test audio at 44.1 kHz."""
     t = np.arange(n) / SR

@@ -17,8 +17,7 @@ from soundguide.evaluation.cli import probe, zeroshot
 from soundguide.evaluation.reports import ZEROSHOT_FILES, confusion_png_size
 from soundguide.evaluation.zeroshot import text_classifier
 from tests.evaluation import oracle_plugin
-from tests.evaluation.conftest import write_esc50, write_us8k
-from tests.evaluation.test_zeroshot import ESC50_WRONG
+from tests.evaluation.conftest import ESC50_WRONG, write_esc50, write_us8k
 
 ORACLE = ["-p", "tests.evaluation.oracle_plugin", "--guidance", "oracle-audio"]
 

@@ -25,13 +25,13 @@ from soundguide.evaluation import (
     zero_shot_scores,
 )
 from soundguide.evaluation.reports import ZEROSHOT_FILES
-from tests.evaluation.conftest import OracleEmbedder, write_esc50, write_us8k
-
-# ESC-50: fold 1 all right, fold 2 one wrong, fold 3 two wrong, folds 4 and 5 one wrong:
-# 5 of 20 clips wrong -> exactly 75 %.
-ESC50_WRONG = {(2, 1): 3, (3, 0): 2, (3, 3): 0, (4, 3): 0, (5, 3): 2}
-# UrbanSound8K: 10 of 40 wrong -> 75 %; class 3 always wrong (the oracle confuses it with 0).
-US8K_WRONG = {**{(f, 3): 0 for f in range(1, 11)}}
+from tests.evaluation.conftest import (
+    ESC50_WRONG,
+    US8K_WRONG,
+    OracleEmbedder,
+    write_esc50,
+    write_us8k,
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ from soundguide.encoders.soundclip import embed_audio, load_soundclip
 from soundguide.plugins.clip_space import PAPER_SCALE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sources(clip_file, soundclip_file, tones, **extra):
     common = {"clip_model": str(clip_file), **extra}
     return {

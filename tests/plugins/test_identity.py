@@ -16,14 +16,6 @@ from tests import toy_plugins
 from tests.factories import random_arcface
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def registries():
     # the lead adds the module to BUILTIN_PLUGINS; registering it again is a no-op

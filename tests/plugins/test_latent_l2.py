@@ -5,7 +5,7 @@ import torch
 from soundguide.core.config import config_from_dict
 from soundguide.core.engine import Editor
 from soundguide.core.losses import latent_l2
-from tests.core.test_losses import original_adaptive_step
+from tests.references import original_adaptive_step
 
 
 def editor(registries, **reg):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -14,14 +13,6 @@ from soundguide.core.engine import Editor
 from soundguide.encoders.audio import load_audio
 from soundguide.encoders.clip import load_clip
 from soundguide.encoders.soundclip import SoundCLIPFrontend, load_soundclip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def paper_config(registries, clip_file, soundclip_file, tone, **extra):

@@ -1,18 +1,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.training.helpers import tiny_clip_file, write_class_folders
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small ops on a shared 2-core machine run far faster without thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
