@@ -413,11 +413,18 @@ def resample(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     Input: (..., T). Output: (..., ceil(T * new_rate / orig_rate)); a copy-free
     no-op when the rates are equal.
     """
-    if int(orig_rate) == int(new_rate):
+    orig_rate, new_rate = int(orig_rate), int(new_rate)
+    if orig_rate == new_rate:
         return wave
     import torchaudio.functional as AF
 
-    return AF.resample(wave, int(orig_rate), int(new_rate), **_RESAMPLE_KWARGS)
+    # torchaudio returns as many samples as its strided convolution gives, one
+    # short of the ceiling for some lengths (e.g. 841932 samples from 48 kHz);
+    # zeros past the end (as its own padding) add that sample and change no other
+    length = -(-wave.shape[-1] * new_rate // orig_rate)
+    period = orig_rate // math.gcd(orig_rate, new_rate)
+    padded = torch.nn.functional.pad(wave, (0, period))
+    return AF.resample(padded, orig_rate, new_rate, **_RESAMPLE_KWARGS)[..., :length]
 
 
 def peak_dbfs(wave: torch.Tensor) -> float:

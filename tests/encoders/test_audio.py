@@ -715,6 +715,24 @@ class TestWaveforms:
             peak = resample(wave, 48000, 44100)[2000:-2000].abs().max()
             assert level[0] <= peak <= level[1], freq
 
+    @pytest.mark.parametrize(("orig", "length"), [(48000, 841932), (16000, 47561), (32000, 1599)])
+    def test_resample_gives_the_ceiling_of_samples(self, orig, length):
+        """torchaudio's strided convolution gives one sample short of the ceiling for
+        some lengths; the missing last sample is what zeros past the end give."""
+        import torchaudio.functional as AF
+
+        from soundguide.encoders.audio import _RESAMPLE_KWARGS
+
+        wave = torch.randn(2, length, generator=torch.Generator().manual_seed(0))
+        out = resample(wave, orig, 44100)
+        assert out.shape == (2, -(-length * 44100 // orig))
+        theirs = AF.resample(wave, orig, 44100, **_RESAMPLE_KWARGS)
+        torch.testing.assert_close(out[:, : theirs.shape[-1]], theirs, rtol=0, atol=1e-5)
+        longer = AF.resample(
+            torch.nn.functional.pad(wave, (0, 4 * orig)), orig, 44100, **_RESAMPLE_KWARGS
+        )
+        torch.testing.assert_close(out, longer[:, : out.shape[-1]], rtol=0, atol=1e-5)
+
     def test_resample_same_rate_is_identity(self):
         wave = torch.randn(100)
         assert resample(wave, 44100, 44100) is wave
