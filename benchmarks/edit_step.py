@@ -1,15 +1,18 @@
-"""Seconds per edit step and peak memory: soundguide against the original code's loop.
+"""Seconds per edit step and peak private memory: soundguide against the original code's loop.
 
 A full edit step at 256 px (the landscape model's size): StyleGAN2 256 px,
 channel multiplier 2, audio guidance through a full-size ViT-B/32, identity
 weight 0, float32, batch 1, random weights everywhere (same shapes as the
-released files). Three modes, each run in its own process so peak RSS is its own:
+released files). Modes, each run in its own process so its memory is its own:
 
 - ``soundguide``: ``soundguide edit`` on a config with the paper preset
   (target computed once, the exact paper preprocessing without the 7x image,
-  identity never built at weight 0), default settings;
-- ``soundguide-lowmem``: the same with the low-memory settings,
-  ``--malloc frugal --set generator.winograd=false`` (slower steps);
+  identity never built at weight 0), default settings (``--malloc reuse``);
+- ``soundguide-adaptive``: the same with ``--malloc adaptive`` (glibc's own
+  allocator policy, nothing tuned): beside ``soundguide``, it shows what the
+  command's allocator tuning is worth;
+- ``soundguide-lowmem``: the low-memory settings, ``--malloc frugal --set
+  generator.winograd=false`` (slower steps);
 - ``original``: the original code's loop written out: rosinality's generator
   (native upfirdn2d, weight modulation), OpenAI's ``clip.model`` as
   ``clip.load(jit=False)`` builds it on a CPU, the audio re-encoded by SoundCLIP every
@@ -26,11 +29,25 @@ is the time per step with start-up (imports, loading, targets) cancelled
 out; the median of the steps timed inside the longer run (first step left
 out) is printed beside it. The modes are repeated interleaved
 (``--repeats``) and the medians reported, with the ratio to the original
-per repetition, by both measures (this machine's speed drifts by 20-50 %
-over minutes, and the two-count difference carries start-up noise). Peak
-RSS is each process's own high-water mark (VmHWM), the largest over its runs.
+per repetition, by both measures (a shared machine's speed drifts over
+minutes, and the two-count difference carries start-up noise).
 
-    python benchmarks/edit_step.py [--steps 2 6] [--repeats 2] [--modes soundguide soundguide-lowmem original]
+Memory: the peak *private* memory, ``RssAnon`` of ``/proc/self/status``
+sampled every millisecond by a thread of the child (file-backed pages, such
+as the shared libraries' code, are not in it, and paging them out does not
+lower it), the largest over the mode's runs; the peak RSS (``VmHWM``, file
+pages included) beside it.
+
+``--source PATH`` runs the soundguide modes on another checkout's code (the
+inputs are written by this one), e.g. the code before a change::
+
+    git worktree add /tmp/base <revision>
+    python benchmarks/edit_step.py --source /tmp/base --modes soundguide original
+
+Linux only (``/proc``).
+
+    python benchmarks/edit_step.py [--steps 2 6] [--repeats 2] [--source PATH]
+        [--modes soundguide soundguide-adaptive soundguide-lowmem original]
 """
 
 from __future__ import annotations
@@ -38,17 +55,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+MODES = ("soundguide", "soundguide-adaptive", "soundguide-lowmem", "original")
+MALLOC = {
+    "soundguide": [],  # the command's default, --malloc reuse
+    "soundguide-adaptive": ["--malloc", "adaptive"],
+    "soundguide-lowmem": ["--malloc", "frugal", "--set", "generator.winograd=false"],
+}
 
 
 def write_inputs(folder: Path) -> None:
@@ -95,7 +118,7 @@ seed = 0
     )
 
 
-def run_soundguide(folder: Path, steps: int, low_memory: bool = False) -> list[float]:
+def run_soundguide(folder: Path, steps: int, mode: str) -> list[float]:
     import soundguide.api
     from soundguide.cli import main
 
@@ -119,7 +142,7 @@ def run_soundguide(folder: Path, steps: int, low_memory: bool = False) -> list[f
             "-q",
             "--device",
             "cpu",
-            *(["--malloc", "frugal", "--set", "generator.winograd=false"] if low_memory else []),
+            *MALLOC[mode],
         ]
     )
     assert code == 0
@@ -182,45 +205,73 @@ def run_original(folder: Path, steps: int) -> list[float]:
     return seconds
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM) in MiB.
+def _status_mib(field: str) -> float:
+    """A ``/proc/self/status`` field (``RssAnon:``, ``VmHWM:``) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
-    Not ``ru_maxrss``: Linux carries the parent's peak over into a child's
-    ``ru_maxrss`` at exec, so a child of a big parent would report the parent's.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+class PeakPrivate:
+    """The highest ``RssAnon`` seen by a thread sampling it every millisecond."""
+
+    def __init__(self) -> None:
+        self.peak = _status_mib("RssAnon:")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.001):
+            self.peak = max(self.peak, _status_mib("RssAnon:"))
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return max(self.peak, _status_mib("RssAnon:"))
 
 
 def child(mode: str, folder: Path, steps: int) -> None:
-    if mode == "write":  # the inputs, written by a child so that this parent never maps torch
+    if mode == "write":  # the inputs, written by a child so that this parent never imports torch
         write_inputs(folder)
         import torch
 
         print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
         return
+    sampler = PeakPrivate()
     if mode == "original":
         seconds = run_original(folder, steps)
     else:
-        seconds = run_soundguide(folder, steps, low_memory=mode.endswith("lowmem"))
-    print(json.dumps({"step_seconds": seconds, "peak_rss_mb": peak_rss_mib()}))
+        seconds = run_soundguide(folder, steps, mode)
+    peak_private = sampler.stop()
+    print(
+        json.dumps(
+            {
+                "step_seconds": seconds,
+                "peak_private_mib": peak_private,
+                "peak_rss_mib": _status_mib("VmHWM:"),
+            }
+        )
+    )
 
 
-def measure(mode: str, folder: Path, steps: int) -> dict:
-    """One run in a fresh process: its wall time (start-up included), step times and peak RSS."""
+def measure(mode: str, folder: Path, steps: int, source: Path = ROOT) -> dict:
+    """One run in a fresh process: its wall time (start-up included), step times and peak memory."""
+    # the soundguide modes import soundguide from ``source``; the rest (the original
+    # loop's reference generator, writing the inputs) always from this checkout
+    code = source if mode.startswith("soundguide") else ROOT
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)])}
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(folder), str(steps)],
         capture_output=True,
         text=True,
-        check=True,
+        env=env,
     )
+    if out.returncode != 0:
+        raise SystemExit(f"error: the {mode} run of {steps} steps failed:\n{out.stderr[-3000:]}")
     got = json.loads(out.stdout.strip().splitlines()[-1])
     got["wall_seconds"] = time.perf_counter() - started
     return got
@@ -238,11 +289,12 @@ def main() -> None:
         metavar=("FEW", "MANY"),
         help="the two step counts; start-up cancels out of the difference",
     )
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument(
-        "--modes",
-        nargs="+",
-        default=["soundguide", "soundguide-lowmem", "original"],
-        choices=["soundguide", "soundguide-lowmem", "original"],
+        "--source",
+        type=Path,
+        default=ROOT,
+        help="checkout whose soundguide the soundguide modes run (default: this one)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions (median)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -254,38 +306,42 @@ def main() -> None:
     few, many = args.steps
     if not 1 <= few < many:
         parser.error("--steps FEW MANY needs 1 <= FEW < MANY")
+    if not (args.source / "soundguide" / "__init__.py").is_file():
+        parser.error(f"--source {args.source}: no soundguide package there")
     per_step: dict[str, list[float]] = {mode: [] for mode in args.modes}
     inside: dict[str, list[float]] = {mode: [] for mode in args.modes}
     peaks: dict[str, list[float]] = {mode: [] for mode in args.modes}
+    rss: dict[str, list[float]] = {mode: [] for mode in args.modes}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        # Written by a child: the parent must not map torch's libraries itself, or
-        # they would stay resident in the children too (pages that two processes
-        # map are not let go; see soundguide.core.memory.release_gpu_libraries).
         info = measure("write", folder, 0)
         print(
             f"torch {info['torch']}, {info['threads']} threads; runs of {few} and {many} steps, "
-            f"each in a fresh process; {args.repeats} repeats, modes interleaved"
+            f"each in a fresh process; {args.repeats} repeats, modes interleaved; "
+            f"soundguide from {args.source}"
         )
         for _ in range(args.repeats):
             # interleaved, so that a slow spell of a shared machine hits every mode
             for mode in args.modes:
-                short, long = measure(mode, folder, few), measure(mode, folder, many)
+                short = measure(mode, folder, few, args.source)
+                long = measure(mode, folder, many, args.source)
                 per_step[mode].append((long["wall_seconds"] - short["wall_seconds"]) / (many - few))
                 inside[mode].append(
                     statistics.median(long["step_seconds"][1:] or long["step_seconds"])
                 )
-                peaks[mode] += [short["peak_rss_mb"], long["peak_rss_mb"]]
+                peaks[mode] += [short["peak_private_mib"], long["peak_private_mib"]]
+                rss[mode] += [short["peak_rss_mib"], long["peak_rss_mib"]]
     for mode in args.modes:
         runs = " ".join(f"{t:.2f}" for t in per_step[mode])
         peak = max(peaks[mode])
         print(
-            f"{mode:>17}: {statistics.median(per_step[mode]):5.2f} s/step (runs {runs}; "
-            f"timed inside: {statistics.median(inside[mode]):.2f})   peak RSS {peak:5.0f} MiB "
+            f"{mode:>19}: {statistics.median(per_step[mode]):5.2f} s/step (runs {runs}; "
+            f"timed inside: {statistics.median(inside[mode]):.2f})   peak private {peak:5.0f} MiB "
             f"= {peak * 2**20 / 1e9:.2f} GB (max; runs {' '.join(f'{p:.0f}' for p in peaks[mode])})"
+            f"   peak RSS {max(rss[mode]):5.0f} MiB"
         )
     if "original" in per_step:
-        for mode in ("soundguide", "soundguide-lowmem"):
+        for mode in ("soundguide", "soundguide-adaptive", "soundguide-lowmem"):
             if mode in per_step:
                 ratios = [a / b for a, b in zip(per_step[mode], per_step["original"], strict=True)]
                 timed = [a / b for a, b in zip(inside[mode], inside["original"], strict=True)]
@@ -295,6 +351,17 @@ def main() -> None:
                     f"timed inside: {statistics.median(timed):.2f}x, "
                     f"per repeat {' '.join(f'{r:.2f}' for r in timed)})"
                 )
+
+    if "soundguide" in per_step and "soundguide-adaptive" in per_step:
+        ratios = [
+            a / b
+            for a, b in zip(per_step["soundguide"], per_step["soundguide-adaptive"], strict=True)
+        ]
+        print(
+            f"--malloc reuse / adaptive: {statistics.median(ratios):.2f}x time per step "
+            f"(per repeat: {' '.join(f'{r:.2f}' for r in ratios)}); peak private "
+            f"{max(peaks['soundguide']):.0f} vs {max(peaks['soundguide-adaptive']):.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

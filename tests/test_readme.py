@@ -122,3 +122,14 @@ def test_cpu_install_is_one_documented_command():
 
 def test_demo_rerun_command_is_documented():
     assert "soundguide edit runs/demo/demo-inputs/demo.toml" in README
+
+
+def test_command_plugin_example_adds_a_command(tmp_path, monkeypatch, capsys):
+    """The README's register_commands example, verbatim, as a ``-p`` file."""
+    (tmp_path / "hello.py").write_text(block_after("e.g. `hello.py`", "python"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["-p", "hello", "hello"]) == 0
+    assert capsys.readouterr().out == "hello\n"
+    assert main(["-p", "hello", "--help"]) == 0
+    assert re.search(r"^ +hello +Say hello\.$", capsys.readouterr().out, re.M)
+    sys.modules.pop("hello", None)
