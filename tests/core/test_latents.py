@@ -91,6 +91,31 @@ def test_pickled_npy_is_refused_and_never_unpickled(tmp_path):
     assert not Trap.ran
 
 
+def test_a_pickled_npy_past_the_header_check_is_still_never_unpickled(tmp_path, monkeypatch):
+    """Three layers refuse a pickled .npy: the header check, the memory map and
+    ``allow_pickle=False``. With the header check bypassed, np.load alone must refuse
+    it, and every np.load of a latent file must be asked not to unpickle."""
+    from soundguide.core import latents
+
+    np.save(tmp_path / "objects.npy", np.array([Trap()], dtype=object), allow_pickle=True)
+    monkeypatch.setattr(latents, "_npy_dtype", lambda path: None)
+    calls = []
+    real_load = np.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(latents.np, "load", spy)
+    with pytest.raises(LatentError, match="cannot read latent file"):
+        load_latent_file(tmp_path / "objects.npy", L, D)
+    assert not Trap.ran
+    np.save(tmp_path / "w.npy", np.zeros((1, L, D), np.float32))
+    load_latent_file(tmp_path / "w.npy", L, D)
+    assert calls and all(c.get("allow_pickle") is False for c in calls)
+    assert all(c.get("mmap_mode") == "r" for c in calls)  # rows are read, not the whole file
+
+
 class Trap:
     ran = False
 
