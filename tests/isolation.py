@@ -9,18 +9,30 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-RSS_PRELUDE = (
-    "import ctypes\n"
-    "def rss():\n"
-    "    for line in open('/proc/self/status'):\n"
-    "        if line.startswith('VmRSS'):\n"
-    "            return int(line.split()[1]) // 1024\n"
-    "libc = ctypes.CDLL('libc.so.6')\n"
-    "libc.malloc.restype = ctypes.c_void_p\n"
-    "libc.malloc.argtypes = [ctypes.c_size_t]\n"
-    "libc.free.argtypes = [ctypes.c_void_p]\n"
-)
-"""Defines ``rss()`` (resident MiB) and a typed ``libc`` for malloc/free experiments."""
+GLIBC_PROBE = """
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc.mallinfo2.restype = Mallinfo2
+
+def mapped(size):
+    # does glibc give a fresh block of `size` bytes its own mapping (not the heap)?
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(size)
+    grown = libc.mallinfo2().hblkhd - before
+    libc.free(block)
+    return grown >= size
+"""
+"""Defines a typed glibc ``libc`` and ``mapped(size)``: whether glibc serves a fresh
+block of that size from its own mapping rather than the heap (glibc only)."""
 
 
 def run_python(code: str, *args: str) -> str:

@@ -10,34 +10,19 @@ import pytest
 from soundguide.cli import main
 from soundguide.cli_malloc import POLICIES, malloc_policy
 from tests.conftest import TOY_CONFIG
-from tests.isolation import run_python
+from tests.isolation import GLIBC_PROBE, run_python
 
-PROBE = """
-import ctypes, json
+PROBE = (
+    GLIBC_PROBE
+    + """
+import json
 from soundguide.cli_malloc import malloc_policy
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-
-class Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-        "uordblks", "fordblks", "keepcost")]
-
-libc.mallinfo2.restype = Mallinfo2
-
-def mapped(size):
-    before = libc.mallinfo2().hblkhd
-    block = libc.malloc(size)
-    grown = libc.mallinfo2().hblkhd - before
-    libc.free(block)
-    return grown >= size
 
 def state():
     # 64 MB is above the highest threshold glibc ever sets on its own (32 MB)
     return {"64MB mapped": mapped(64 << 20)}
 """
+)
 
 glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.isolation import run_python
+from tests.isolation import GLIBC_PROBE, run_python
 
 pytestmark = [
     pytest.mark.subprocess,
@@ -43,28 +43,9 @@ def run_both():
     soundguide.api.edit(config, out=folder / "out", registries=registries, progress=False)
 """
 
-GLIBC = """
-import ctypes
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-
-class Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-        "uordblks", "fordblks", "keepcost")]
-
-libc.mallinfo2.restype = Mallinfo2
-
-def mapped(size):
-    # does glibc give a fresh block of `size` bytes its own mapping (not the heap)?
-    before = libc.mallinfo2().hblkhd
-    block = libc.malloc(size)
-    grown = libc.mallinfo2().hblkhd - before
-    libc.free(block)
-    return grown >= size
-
+GLIBC = (
+    GLIBC_PROBE
+    + """
 def dynamic_threshold_works():
     # glibc's default: freeing a mapped 20 MB block raises the mmap threshold to
     # 20 MB (if it is not that high already), so a 16 MB block comes from the heap.
@@ -72,6 +53,7 @@ def dynamic_threshold_works():
     mapped(20 << 20)
     return not mapped(16 << 20)
 """
+)
 
 
 def test_the_allocator_keeps_glibcs_dynamic_policy():
