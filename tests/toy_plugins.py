@@ -53,7 +53,8 @@ class ToyGenerator(Generator):
     def __init__(self, config: Config, context) -> None:
         super().__init__(config, context)
         CALLS["generator.build"] += 1
-        time.sleep(config.load_seconds)
+        if config.load_seconds:  # sleep(0) still yields the CPU: a slow step under load
+            time.sleep(config.load_seconds)
         g = torch.Generator().manual_seed(config.seed)
         L, D, s = config.layers, config.dim, config.size
         self.mapping_weight = torch.randn(D, D, generator=g) / D**0.5
@@ -95,7 +96,8 @@ class ToyGenerator(Generator):
     def synthesize(self, latent):
         CALLS["generator.synthesize"] += 1
         self.calls = getattr(self, "calls", 0) + 1
-        time.sleep(self.config.step_seconds)
+        if self.config.step_seconds:
+            time.sleep(self.config.step_seconds)
         n, s = latent.shape[0], self.config.size
         image = torch.tanh(latent.reshape(n, -1) @ self.weight).view(n, 3, s, s)
         return image * float("nan") if self.calls in self.config.nan_images_at else image
