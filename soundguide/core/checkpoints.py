@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from soundguide.core.errors import CheckpointError, DuplicatePluginError, WeightsError
-from soundguide.core.files import atomic_write_text, create_temporary, sha256_file
+from soundguide.core.errors import CheckpointError, DuplicatePluginError, WeightsError, one_line
+from soundguide.core.files import atomic_write_text, create_temporary, os_reason, sha256_file
 
 HOME_ENV = "SOUNDGUIDE_HOME"
 _SAFE_GLOBALS = [argparse.Namespace]
@@ -126,7 +126,7 @@ def load_checkpoint(
         detail = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n\n|$)", text, re.S)
         raise CheckpointError(
             f"cannot read checkpoint {path} safely: "
-            f"{_short(detail.group(1)) if detail else 'not a torch checkpoint, or corrupt'}",
+            f"{one_line(detail.group(1)) if detail else 'not a torch checkpoint, or corrupt'}",
             hint="if the file is a checkpoint you trust, pass --trust-checkpoint (trust=True in Python)",
         ) from None
     except Exception as exc:
@@ -150,7 +150,7 @@ def _head(path: Path) -> bytes:
         with open(path, "rb") as file:
             return file.read(_HEAD_BYTES)
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(exc)}") from None
 
 
 def _head_text(head: bytes) -> str | None:
@@ -188,7 +188,7 @@ def _text_file(path: Path, head: bytes) -> CheckpointError:
     first = (_head_text(head) or "").strip().splitlines()[0]
     return CheckpointError(
         f"cannot read checkpoint {path}: it is a text file, not a checkpoint "
-        f"(it begins {_short(first, 60)!r})",
+        f"(it begins {one_line(first, 60)!r})",
         hint="a failed download saves the server's answer: delete it and retry the download",
     )
 
@@ -258,12 +258,7 @@ def _json_kind(value: object) -> str:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return _short(text.splitlines()[0] if text else type(exc).__name__)
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(text.splitlines()[0] if text else type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -358,7 +353,7 @@ class WeightsRegistry:
             found = f"a JSON {_json_kind(pins)}"
         else:
             bad = [
-                f"{k!r}: {_short(json.dumps(v), 40)}"
+                f"{k!r}: {one_line(json.dumps(v), 40)}"
                 for k, v in pins.items()
                 if not (isinstance(v, str) and _SHA256.fullmatch(v))
             ]

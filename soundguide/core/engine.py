@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 
 from soundguide.core.adam import LatentAdam
-from soundguide.core.errors import ConfigError, PluginError
+from soundguide.core.errors import ConfigError, PluginError, exception_line
 from soundguide.core.inputs import check_inputs, run_inputs
 from soundguide.core.interfaces import (
     Generator,
@@ -483,8 +483,8 @@ class Editor:
         except Exception as exc:  # a failing step must not lose the steps before it
             status, error = "failed", exc
             message = (
-                f"failed after {steps_done} of {steps} updates ({type(exc).__name__}: "
-                f"{_first_line(exc)}); kept what was done"
+                f"failed after {steps_done} of {steps} updates ({exception_line(exc)}); "
+                "kept what was done"
             )
         finally:
             bar.close()
@@ -504,7 +504,7 @@ class Editor:
                     status, error = "failed", exc
                     message = (
                         f"could not render the edited latent after {steps_done} updates "
-                        f"({type(exc).__name__}: {_first_line(exc)}); kept the latent"
+                        f"({exception_line(exc)}); kept the latent"
                     )
                 edited, edited_step, edited_image, kept = done, steps_done, None, True
             else:
@@ -561,11 +561,6 @@ class Editor:
 
 def _all_finite(*tensors: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split())
-    return text[: limit - 3] + "..." if len(text) > limit else text
 
 
 def _record(

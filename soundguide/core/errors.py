@@ -8,6 +8,23 @@ prints ``error: <message>`` and the hint, and exits with code 2.
 from __future__ import annotations
 
 
+def one_line(text: object, limit: int = 160) -> str:
+    """``text`` (or an exception's message) as one line for an error or a report:
+    runs of whitespace become one space, and past ``limit`` characters it is cut
+    to end in "..."; an exception without a message gives its type's name."""
+    squashed = " ".join(str(text).split())
+    if not squashed and isinstance(text, BaseException):
+        squashed = type(text).__name__
+    return squashed if len(squashed) <= limit else squashed[: limit - 3] + "..."
+
+
+def exception_line(exc: BaseException, limit: int = 160) -> str:
+    """``"RuntimeError: what it says"`` on one line (see :func:`one_line`), or the
+    type's name alone for an exception without a message."""
+    text = one_line(str(exc), limit)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class SoundguideError(Exception):
     """Base class of soundguide's own errors: one line, plus an optional hint."""
 

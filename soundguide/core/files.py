@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 
+def os_reason(exc: OSError) -> str:
+    """The system's words for a failed file operation ("Permission denied"), else the text."""
+    return exc.strerror or str(exc)
+
+
 def create_temporary(folder: Path, name: str) -> tuple[int, Path]:
     """A new, empty file ``.<name>.<random>.tmp`` in ``folder``: (descriptor, path).
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from soundguide.core.errors import ConfigError, WeightsError
+from soundguide.core.files import os_reason
 
 if TYPE_CHECKING:
     from soundguide.core.checkpoints import WeightsRegistry
@@ -92,7 +93,7 @@ def file_problem(path: Path) -> str | None:
         with open(path, "rb") as fh:
             fh.read(1)
     except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
+        return f"unreadable ({os_reason(exc)})"
     return None
 
 

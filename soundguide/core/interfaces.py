@@ -142,7 +142,7 @@ class RunContext:
         import hashlib
         import json
 
-        from soundguide.core.files import atomic_write
+        from soundguide.core.files import atomic_write, os_reason
 
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         path = self.cache_path(kind, f"{digest[:32]}.pt")
@@ -161,9 +161,7 @@ class RunContext:
             except OSError as exc:  # a cache that cannot be written only costs time
                 import warnings
 
-                warnings.warn(
-                    f"cannot write cache file {path}: {exc.strerror or exc}", stacklevel=2
-                )
+                warnings.warn(f"cannot write cache file {path}: {os_reason(exc)}", stacklevel=2)
         return value
 
     def resolve_weights(self, name_or_path: str | os.PathLike[str]) -> Path:

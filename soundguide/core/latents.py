@@ -134,6 +134,8 @@ def load_latent_file(
         latent.numpy()[...] = picked  # the one copy (and cast) out of the mapped file
     else:
         latent.copy_(picked)
-    if not torch.isfinite(latent).all():
+    # in blocks of rows: torch.isfinite of the whole stack would hold temporaries
+    # of about twice its size (|x| and two masks)
+    if not all(bool(torch.isfinite(block).all()) for block in latent.split(64)):
         raise LatentError(f"latent file {path} contains NaN or infinite values")
     return latent.expand(-1, L, -1).contiguous() if latent.shape[1] != L else latent

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from soundguide.core.errors import OutputError
-from soundguide.core.files import atomic_write, atomic_write_text, sha256_file
+from soundguide.core.files import atomic_write, atomic_write_text, os_reason, sha256_file
 from soundguide.core.runfolder import STEPS_DIR
 
 VERSIONED_PACKAGES = (
@@ -260,12 +260,8 @@ def _attempt(job: Any, failed: dict[str, str], name: str) -> Path | None:
     try:
         return job()
     except OSError as exc:
-        failed[name] = _reason(exc)
+        failed[name] = os_reason(exc)
         return None
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 class StepWriter:
@@ -309,9 +305,9 @@ class StepWriter:
                 save_tensor(self.folder / f"{name}.pt", event.latent)
                 save_png(self.folder / f"{name}.png", batch_column(event.image))
             except OSError as exc:
-                self.failures[f"{name}.pt|png and later steps"] = _reason(exc)
+                self.failures[f"{name}.pt|png and later steps"] = os_reason(exc)
                 if self.on_error is not None:
-                    self.on_error(f"could not write {name}.png in {self.folder}: {_reason(exc)}")
+                    self.on_error(f"could not write {name}.png in {self.folder}: {os_reason(exc)}")
         if self.gif and (event.step % self.frame_every == 0 or event.final):
             frame = batch_column(event.image)
             frame.thumbnail((self.max_frame, self.max_frame * len(event.image)))
@@ -370,10 +366,10 @@ class LossLog:
                 )
             self._fh.flush()
         except OSError as exc:
-            self.failures[f"losses.csv (from step {event.step})"] = _reason(exc)
+            self.failures[f"losses.csv (from step {event.step})"] = os_reason(exc)
             self._close()
             if self.on_error is not None:
-                self.on_error(f"could not write {self.path}: {_reason(exc)}")
+                self.on_error(f"could not write {self.path}: {os_reason(exc)}")
 
     def finish(self) -> Path | None:
         self._close()

@@ -53,7 +53,7 @@ from typing import Any
 import pluggy
 
 from soundguide.core import hookspecs
-from soundguide.core.errors import DuplicatePluginError, PluginError
+from soundguide.core.errors import DuplicatePluginError, PluginError, exception_line
 from soundguide.core.registry import Clash, Registries
 
 ENTRY_POINT_GROUP = "soundguide"
@@ -109,11 +109,6 @@ class SoundguidePluginManager(pluggy.PluginManager):
         warnings.warn(message, PluginLoadWarning, stacklevel=3)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _import_guarded(pm: SoundguidePluginManager, load: Any, label: str) -> Any:
     """``load()``, or None with a warning if it raises anything but Ctrl-C."""
     try:
@@ -121,7 +116,7 @@ def _import_guarded(pm: SoundguidePluginManager, load: Any, label: str) -> Any:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a plugin's sys.exit() must not end the program
-        pm.fail(f"plugin {label} failed to import ({_one_line(exc)}); skipped")
+        pm.fail(f"plugin {label} failed to import ({exception_line(exc, 300)}); skipped")
         return None
 
 
@@ -194,7 +189,7 @@ def import_plugin_module(name: str, folder: str | os.PathLike[str] | None = None
             else "the error comes from the plugin module's own code"
         )
         raise PluginError(
-            f"cannot import plugin module {name!r}: {_one_line(exc)}", hint=hint
+            f"cannot import plugin module {name!r}: {exception_line(exc, 300)}", hint=hint
         ) from None
 
 
@@ -305,9 +300,7 @@ def collect_registries(
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # SystemExit in a hook must not end the program
-                message = (
-                    f"plugin {owner[0]!r} ({owner[1]}) failed in {hook_name} ({_one_line(exc)})"
-                )
+                message = f"plugin {owner[0]!r} ({owner[1]}) failed in {hook_name} ({exception_line(exc, 300)})"
                 if explicit:
                     raise PluginError(
                         message, hint="the error comes from the plugin module's own code"

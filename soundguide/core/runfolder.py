@@ -31,6 +31,7 @@ import socket
 from pathlib import Path
 
 from soundguide.core.errors import OutputError
+from soundguide.core.files import os_reason
 
 LOCK_NAME = ".soundguide.lock"
 OUTPUT_FILES = (
@@ -134,7 +135,7 @@ class RunFolder:
             except OSError as exc:
                 self._created.pop()
                 raise OutputError(
-                    f"cannot create output folder {self.folder}: {_reason(exc)}",
+                    f"cannot create output folder {self.folder}: {os_reason(exc)}",
                     hint="choose an --out in a folder you can write to",
                 ) from None
 
@@ -163,7 +164,7 @@ class RunFolder:
                     path.unlink()
                 except OSError as exc:
                     raise OutputError(
-                        f"--overwrite: cannot remove {path}: {_reason(exc)}",
+                        f"--overwrite: cannot remove {path}: {os_reason(exc)}",
                         hint="remove it yourself, or choose another --out",
                     ) from None
                 removed.append(path)
@@ -187,7 +188,7 @@ class _Lock:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as exc:
                 raise OutputError(
-                    f"cannot write to output folder {folder}: {_reason(exc)}",
+                    f"cannot write to output folder {folder}: {os_reason(exc)}",
                     hint="choose an --out in a folder you can write to",
                 ) from None
             held = False
@@ -233,7 +234,7 @@ class _Lock:
             os.fsync(self.fd)
         except OSError as exc:
             raise OutputError(
-                f"cannot write to output folder {self.path.parent}: {_reason(exc)}",
+                f"cannot write to output folder {self.path.parent}: {os_reason(exc)}",
                 hint="free some space or choose another --out",
             ) from None
 
@@ -299,7 +300,3 @@ def _describe(holder: dict) -> str:
     where = f" on {host}" if host and host != socket.gethostname() else ""
     since = f", since {holder['started']}" if holder.get("started") else ""
     return f"pid {pid}{where}{since}"
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from soundguide.core.errors import AudioError
+from soundguide.core.errors import AudioError, one_line
 
 SILENCE_DBFS = -80.0
 """A waveform whose peak is below this level (dB relative to full scale 1.0) is silent."""
@@ -486,7 +486,7 @@ def _decode_errors() -> tuple[type[BaseException], ...]:
 
 
 def _detail(exc: BaseException) -> str:
-    return _short(getattr(exc, "error_string", None) or str(exc))
+    return one_line(getattr(exc, "error_string", None) or str(exc))
 
 
 def _check_span(start: int, stop: int, length: int, name: object, rate: int) -> tuple[int, int]:
@@ -571,7 +571,7 @@ def _open_error(path: Path, detail: str) -> str:
             f"cannot use audio {path}: absurd sample rate {header_rate} Hz in the WAV header "
             f"(expected {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz); the file is corrupt"
         )
-    detail = _short(detail.strip()) or "unknown error"
+    detail = one_line(detail.strip()) or "unknown error"
     return f"cannot read audio {path}: not an audio file or an unsupported format ({detail})"
 
 
@@ -610,8 +610,3 @@ def _wav_header_rate(path: Path) -> int | None:
             return int(rate)
         pos += 8 + size + (size & 1)
     return None
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

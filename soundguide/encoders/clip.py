@@ -60,7 +60,7 @@ from kornia.enhance import normalize
 from torch import nn
 
 from soundguide.core.checkpoints import load_checkpoint
-from soundguide.core.errors import CheckpointError, ConfigError, ImageError, WeightsError
+from soundguide.core.errors import CheckpointError, ConfigError, ImageError, WeightsError, one_line
 from soundguide.core.torchscript import read_torchscript_state_dict
 from soundguide.encoders.clip_weights import CLIP_CACHE, CLIP_MODELS, CLIP_URL
 
@@ -225,7 +225,7 @@ def read_clip_state(
             return state
         except Exception as exc:
             raise CheckpointError(
-                f"cannot read CLIP TorchScript archive {path}: {_one_line(exc)}"
+                f"cannot read CLIP TorchScript archive {path}: {one_line(exc, 300)}"
             ) from None
     obj = load_checkpoint(path, trust=trust, mmap=True)
     if isinstance(obj, nn.Module):
@@ -346,7 +346,7 @@ def build_clip(
         _materialize(model, state, dtype, device)
     except Exception as exc:
         raise CheckpointError(
-            f"{source} does not fit a CLIP architecture: {_one_line(exc)}"
+            f"{source} does not fit a CLIP architecture: {one_line(exc, 300)}"
         ) from None
     model.requires_grad_(False)
     return model.eval()
@@ -384,7 +384,7 @@ def attach_text(model: clip.model.CLIP, state: Mapping[str, torch.Tensor]) -> No
         _materialize(donor, {**text, "logit_scale": model.logit_scale}, model.dtype, weight.device)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot build CLIP's text tower: {_one_line(exc)}", hint=hint
+            f"cannot build CLIP's text tower: {one_line(exc, 300)}", hint=hint
         ) from None
     donor.requires_grad_(weight.requires_grad)
     for name in TEXT_ATTRIBUTES:
@@ -438,11 +438,6 @@ def _is_torchscript(path: Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
-
-
-def _one_line(exc: object, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- tokenizing ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from soundguide.core.errors import OutputError
-from soundguide.core.files import atomic_write, atomic_write_text, sha256_file
+from soundguide.core.files import atomic_write, atomic_write_text, os_reason, sha256_file
 from soundguide.evaluation.datasets import AudioDataset
 from soundguide.evaluation.probe import PAPER_PROBE_ACCURACY, ProbeReport
 from soundguide.evaluation.prompts import clean_label
@@ -55,7 +55,7 @@ def prepare_output(out: str | os.PathLike[str], names: Iterable[str], overwrite:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot create output folder {out}: {os_reason(exc)}") from None
     return out
 
 

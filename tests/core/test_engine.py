@@ -362,6 +362,41 @@ def test_failed_step_keeps_what_was_done(registries, monkeypatch):
     assert torch.isfinite(result.edited_image).all()
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("out of memory\n  while allocating", "out of memory while allocating"),
+        ("x" * 160, "x" * 160),
+        ("x" * 161, "x" * 157 + "..."),
+    ],
+)
+def test_a_failure_message_is_one_line_of_at_most_160_characters(
+    registries, monkeypatch, text, shown
+):
+    def synthesize(self, latent):
+        if latent.requires_grad:
+            raise RuntimeError(text)
+        return original(self, latent)
+
+    original = toy_plugins.ToyGenerator.synthesize
+    monkeypatch.setattr(toy_plugins.ToyGenerator, "synthesize", synthesize)
+    result = Editor(make_config(registries, steps=3), registries, progress=False).run()
+    assert (
+        result.message == f"failed after 0 of 3 updates (RuntimeError: {shown}); kept what was done"
+    )
+
+
+def test_a_stop_request_without_words_reads_stopped(registries):
+    from soundguide.core.engine import Stop
+
+    stop = Stop()
+    editor = Editor(make_config(registries, steps=5), registries, progress=False, stop=stop)
+    editor.subscribe(lambda event: stop.request() if event.step == 1 else None)
+    result = editor.run()
+    assert result.status == "interrupted"
+    assert result.message.startswith("stopped: stopped after 2 of 5 updates")
+
+
 # -- guards: each test fails when the check it names is removed or inverted ------------
 
 

@@ -46,6 +46,36 @@ def test_stack_index_and_dict(tmp_path):
         load_latent_file(tmp_path / "e4e.pt", L, D, index=7)
 
 
+@pytest.mark.parametrize("key", ["latent", "latents", "w", "wplus", "latent_code"])
+def test_known_dict_keys_win_over_other_tensors(tmp_path, key):
+    w = torch.randn(1, L, D)
+    torch.save(
+        {"noise": torch.randn(1, L, D), key: w, "step": torch.tensor(3.0)}, tmp_path / "w.pt"
+    )
+    torch.testing.assert_close(load_latent_file(tmp_path / "w.pt", L, D), w)
+
+
+def test_known_dict_keys_in_their_order(tmp_path):
+    first, second = torch.randn(1, L, D), torch.randn(1, L, D)
+    torch.save({"w": second, "latents": first}, tmp_path / "w.pt")
+    torch.testing.assert_close(load_latent_file(tmp_path / "w.pt", L, D), first)
+
+
+def test_a_dict_with_one_tensor_under_any_key(tmp_path):
+    w = torch.randn(1, L, D)
+    torch.save({"projected": w, "name": "photo.png", "loss": 0.1}, tmp_path / "w.pt")
+    torch.testing.assert_close(load_latent_file(tmp_path / "w.pt", L, D), w)
+
+
+def test_not_a_tensor_names_what_it_holds(tmp_path):
+    torch.save([1.0, 2.0], tmp_path / "list.pt")
+    with pytest.raises(LatentError, match=r"list.pt holds list, expected a tensor"):
+        load_latent_file(tmp_path / "list.pt", L, D)
+    torch.save({"a": 1}, tmp_path / "none.pt")
+    with pytest.raises(LatentError, match=r"holds a dict with keys \['a'\]"):
+        load_latent_file(tmp_path / "none.pt", L, D)
+
+
 @pytest.mark.parametrize("shape", [(3, 5, D), (L, D + 1), (2, 3, 4, 5), (7,)])
 def test_wrong_shapes_name_the_shape_and_the_generator(tmp_path, shape):
     torch.save(torch.randn(shape), tmp_path / "w.pt")
@@ -225,3 +255,61 @@ def test_picking_rows_reads_only_them_in_process(tmp_path, suffix):
         tracemalloc.stop()
     assert torch.equal(w, expected)
     assert memory.grown_mib < 64 and traced_mib < 64  # the whole stack is 156 MiB
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy"])
+def test_taking_every_row_copies_the_stack_once(tmp_path, suffix):
+    """All rows of a 2,000-row stack (31 MiB): one float32 copy out of the mapped file,
+    not a gathered copy first."""
+    path = tmp_path / f"stack{suffix}"
+    stack = torch.randn(2_000, 8, 512)
+    if suffix == ".pt":
+        torch.save(stack, path)
+    else:
+        np.save(path, stack.numpy())
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with _PeakAnon() as memory:
+            w = load_latent_file(path, 8, 512)
+        traced_mib = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert torch.equal(w, stack)
+    assert memory.grown_mib < 31 * 1.5 and traced_mib < 31 * 0.5
+
+
+def test_out_of_range_rows_are_named_among_good_ones(tmp_path):
+    torch.save(torch.randn(5, L, D), tmp_path / "stack.pt")
+    with pytest.raises(LatentError, match=r"latent index \[9, -6\] out of range .* holds 5"):
+        load_latent_file(tmp_path / "stack.pt", L, D, index=[0, 9, -5, -6])
+    with pytest.raises(LatentError, match=r"latent index \[\] out of range"):
+        load_latent_file(tmp_path / "stack.pt", L, D, index=[])
+
+
+def test_latents_are_float32_whatever_the_default_dtype(tmp_path):
+    np.save(tmp_path / "w.npy", np.ones((L, D), dtype=np.float64))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        w = load_latent_file(tmp_path / "w.npy", L, D)
+    finally:
+        torch.set_default_dtype(previous)
+    assert w.dtype == torch.float32
+
+
+def test_a_version_2_npy_header_is_checked_too(tmp_path):
+    from numpy.lib import format as npy
+
+    with open(tmp_path / "objects.npy", "wb") as fh:
+        npy.write_array(fh, np.array([Trap()], dtype=object), version=(2, 0), allow_pickle=True)
+    with pytest.raises(LatentError, match="pickled Python objects"):
+        load_latent_file(tmp_path / "objects.npy", L, D)
+    assert not Trap.ran
+
+
+def test_a_file_that_is_not_npy_says_so(tmp_path):
+    (tmp_path / "w.npy").write_bytes(b"PK\x03\x04 not an array")
+    with pytest.raises(LatentError, match=r"cannot read latent file .*w.npy: not a .npy array"):
+        load_latent_file(tmp_path / "w.npy", L, D)

@@ -299,3 +299,85 @@ def test_flock_refusals_other_than_blocking_mean_taken(tmp_path, monkeypatch, co
     monkeypatch.setattr(fcntl, "flock", busy)
     with pytest.raises(OutputError, match="another soundguide run"):
         RunFolder(tmp_path / "out").open()
+
+
+def test_liveness_probe_sends_no_signal(tmp_path, no_flock, monkeypatch):
+    import socket
+
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    write_holder(tmp_path / "out", pid=4242, host=socket.gethostname())
+    with pytest.raises(OutputError, match=r"pid 4242"):
+        RunFolder(tmp_path / "out").open()
+    assert sent == [(4242, 0)]  # signal 0 asks whether the process exists, nothing more
+
+
+def test_a_process_of_another_user_holds_the_folder(tmp_path, no_flock, monkeypatch):
+    import socket
+
+    def not_yours(pid, sig):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_yours)
+    write_holder(tmp_path / "out", pid=4242, host=socket.gethostname())
+    with pytest.raises(OutputError, match=r"pid 4242"):
+        RunFolder(tmp_path / "out").open()
+
+
+@pytest.mark.parametrize("content", ["[4242]", '"pid"', "{not json", "\xff\xfe"])
+def test_a_lock_file_of_another_form_does_not_block(tmp_path, no_flock, content):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_NAME).write_text(content, errors="surrogateescape")
+    with RunFolder(tmp_path / "out"):
+        assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_overwrite_that_cannot_remove_a_file_says_which_and_what_to_do(tmp_path, monkeypatch):
+    (tmp_path / "run.json").write_text("{}")
+    real_unlink = Path.unlink
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "run.json":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(OutputError) as info:
+        RunFolder(tmp_path, overwrite=True).open()
+    assert (
+        info.value.message
+        == f"--overwrite: cannot remove {tmp_path / 'run.json'}: Permission denied"
+    )
+    assert info.value.hint == "remove it yourself, or choose another --out"
+    assert (tmp_path / "run.json").exists()
+
+
+def test_remove_own_files_returns_what_it_removed(tmp_path):
+    (tmp_path / "steps").mkdir()
+    for name in ("edited.png", "steps/00001.pt", "mine.txt"):
+        (tmp_path / name).write_text("x")
+    folder = RunFolder(tmp_path)
+    assert sorted(folder.remove_own_files()) == [
+        tmp_path / "edited.png",
+        tmp_path / "steps" / "00001.pt",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("holder", "described"),
+    [({}, "pid unknown"), ({"pid": "12"}, "pid unknown"), ({"pid": 12}, "pid 12")],
+)
+def test_a_held_lock_describes_what_its_file_says(tmp_path, monkeypatch, holder, described):
+    import fcntl
+
+    def busy(fd, operation):
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(fcntl, "flock", busy)
+    write_holder(tmp_path / "out", **holder)
+    with pytest.raises(OutputError) as info:
+        RunFolder(tmp_path / "out").open()
+    assert (
+        info.value.message
+        == f"another soundguide run ({described}) is writing to {tmp_path / 'out'}"
+    )
