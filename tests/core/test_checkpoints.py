@@ -231,6 +231,32 @@ class TestLoadCheckpoint:
             f"cannot read checkpoint {path}: NotImplementedError: NotImplementedError"
         )
 
+    @pytest.mark.parametrize(
+        ("text", "shown"),
+        [
+            (
+                "Weights only load failed.\nWeightsUnpickler error: \n\nUnsupported operand 1\n\n"
+                "Check the documentation",
+                "Unsupported operand 1",
+            ),
+            ("WeightsUnpickler error: a detail\non two lines\n\nCheck", "a detail on two lines"),
+            ("invalid load key, 'x'.", "not a torch checkpoint, or corrupt"),
+        ],
+    )
+    def test_a_refused_binary_file_says_what_torch_objected_to(
+        self, tmp_path, monkeypatch, text, shown
+    ):
+        path = tmp_path / "odd.pt"
+        path.write_bytes(bytes(range(1, 200)))
+
+        def refuse(*args, **kwargs):
+            raise pickle.UnpicklingError(text)
+
+        monkeypatch.setattr(torch, "load", refuse)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert str(info.value) == f"cannot read checkpoint {path} safely: {shown}"
+
     @pytest.mark.parametrize("length", [160, 161])
     def test_a_long_error_is_cut_to_160_characters(self, tmp_path, length):
         text = "x" * (length - len("invalid literal for int() with base 10: ''"))

@@ -117,7 +117,7 @@ def test_loss_log_that_cannot_be_written_says_so_once(tmp_path):
     log = LossLog(tmp_path / "losses.csv", on_error=messages.append)
     log(_event(0))
     log(_event(1))
-    assert list(log.failures) == ["losses.csv (from step 0)"]
+    assert log.failures == {"losses.csv (from step 0)": "Is a directory"}
     assert len(messages) == 1 and messages[0].startswith(
         f"could not write {tmp_path / 'losses.csv'}"
     )
@@ -165,3 +165,104 @@ def test_versions_say_not_installed(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "version", version)
     assert package_versions()["kornia"] == "not installed"
+
+
+def _result(**changes):
+    from types import SimpleNamespace
+
+    w, image = torch.zeros(1, 2, 4), torch.zeros(1, 3, 4, 4)
+    fields = dict(
+        status="finished",
+        message="finished",
+        steps_done=2,
+        edited_step=2,
+        seeds={},
+        files=[],
+        step_seconds=[0.1, 0.1],
+        history=[],
+        final_losses=None,
+        source_latent=w,
+        edited_latent=w + 1,
+        source_image=image,
+        edited_image=image,
+    )
+    return SimpleNamespace(**{**fields, **changes})
+
+
+class _Config:
+    def model_dump(self, mode):
+        return {"output": {}}
+
+
+class _FailingRecorder:
+    failures: dict = {}
+
+    def __init__(self, name=None):
+        if name is not None:
+            self.name = name
+
+    def finish(self):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"), [("trajectory.gif", "trajectory.gif"), (None, "outputs")]
+)
+def test_a_recorder_that_cannot_finish_is_named_in_the_error_and_run_json(tmp_path, name, shown):
+    import json
+
+    from soundguide.core.outputs import RunWriter
+
+    with pytest.raises(OutputError) as info:
+        RunWriter(tmp_path).write_result(
+            _result(), _Config(), device="cpu", recorders=(_FailingRecorder(name),)
+        )
+    assert info.value.message.startswith(
+        f"could not write {shown} in {tmp_path} (No space left on device); kept: "
+    )
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert manifest["missing"] == {shown: "No space left on device"}
+    assert (tmp_path / "latent_edited.pt").exists() and (tmp_path / "edited.png").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["latent_edited.pt", "latent_source.pt", "source.png", "edited.png", "comparison.png"]
+)
+def test_each_result_file_that_fails_is_named_and_the_rest_are_kept(tmp_path, monkeypatch, name):
+    import errno
+    import json
+
+    from soundguide.core import files
+    from soundguide.core.outputs import RunWriter
+
+    real = files.create_temporary
+
+    def full_for_one(folder, target):
+        if target == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(folder, target)
+
+    monkeypatch.setattr(files, "create_temporary", full_for_one)
+    with pytest.raises(OutputError, match=rf"could not write {name} in "):
+        RunWriter(tmp_path).write_result(_result(), _Config(), device="cpu")
+    assert json.loads((tmp_path / "run.json").read_text())["missing"] == {
+        name: "No space left on device"
+    }
+    expected = {
+        "latent_edited.pt",
+        "latent_source.pt",
+        "source.png",
+        "edited.png",
+        "comparison.png",
+        "run.json",
+    } - {name}
+    assert {p.name for p in tmp_path.iterdir()} == expected
+
+
+def test_a_run_without_an_edited_image_writes_the_rest(tmp_path):
+    from soundguide.core.outputs import RunWriter
+
+    written = RunWriter(tmp_path).write_result(_result(edited_image=None), _Config(), device="cpu")
+    assert sorted(written) == ["latent_edited.pt", "latent_source.pt", "run.json", "source.png"]
