@@ -262,7 +262,17 @@ def test_each_result_file_that_fails_is_named_and_the_rest_are_kept(tmp_path, mo
 
 
 def test_a_run_without_an_edited_image_writes_the_rest(tmp_path):
+    import json
+
     from soundguide.core.outputs import RunWriter
 
-    written = RunWriter(tmp_path).write_result(_result(edited_image=None), _Config(), device="cpu")
-    assert sorted(written) == ["latent_edited.pt", "latent_source.pt", "run.json", "source.png"]
+    written = RunWriter(tmp_path).write_result(
+        _result(edited_image=None), _Config(), device="cuda:1", extra={"note": "x"}
+    )
+    names = ["latent_edited.pt", "latent_source.pt", "run.json", "source.png"]
+    assert written == {name: tmp_path / name for name in names}
+    text = (tmp_path / "run.json").read_text()
+    assert text.startswith('{\n  "status": "finished",\n') and text.endswith("}\n")
+    manifest = json.loads(text)
+    assert manifest["device"] == "cuda:1" and manifest["note"] == "x"
+    assert manifest["missing"] == {} and manifest["output_dir"] == str(tmp_path.resolve())
