@@ -311,6 +311,35 @@ def test_saved_images_are_cropped_to_the_content_box(registries, tmp_path):
     assert Image.open(tmp_path / "o" / "edited.png").size == (8, 4)
 
 
+def test_view_is_exactly_the_content_box(registries):
+    cfg = config_from_dict(
+        {
+            "generator": {"type": "toy", "box": [1, 2, 3, 5]},  # top, left, height, width
+            "guidance": [{"type": "toy-target"}],
+            "optimization": {"steps": 1},
+        },
+        registries,
+    )
+    editor = Editor(cfg, registries, progress=False)
+    editor.prepare()
+    image = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    torch.testing.assert_close(editor.view(image), image[:, :, 1:4, 2:7])
+
+
+def test_progress_bar_counts_updates_and_can_be_off():
+    from soundguide.core.engine import _postfix, _progress
+
+    bar = _progress(7, True)
+    try:
+        assert (bar.total, bar.desc, bar.unit, bar.disable) == (7, "optimizing", "step", False)
+        assert bar.dynamic_ncols  # follows the terminal's width
+    finally:
+        bar.close()
+    assert _progress(7, False).disable
+    record = {"terms": {"a": [0.5, 1.5], "b": [2.0, 2.0]}, "total_sum": 6.0}
+    assert _postfix(record) == "a=1.0000 b=2.0000 total=6.0000"  # the mean over items
+
+
 def test_a_target_outside_its_space_is_refused_before_the_loop(registries):
     from soundguide.core.errors import PluginError
 

@@ -11,8 +11,13 @@ from soundguide.core.runfolder import RunFolder
 
 def test_to_pil_maps_minus_one_to_one_onto_bytes():
     image = torch.stack([torch.full((2, 2), -1.0), torch.zeros(2, 2), torch.full((2, 2), 5.0)])
-    pixels = to_pil(image).getpixel((0, 0))
-    assert pixels == (0, 128, 255)
+    picture = to_pil(image)
+    assert picture.mode == "RGB" and picture.getpixel((0, 0)) == (0, 128, 255)
+
+
+def test_to_pil_clips_below_minus_one_instead_of_wrapping_around():
+    image = torch.stack([torch.full((2, 2), -3.0), torch.full((2, 2), -1.5), torch.ones(2, 2)])
+    assert to_pil(image).getpixel((1, 1)) == (0, 0, 255)
 
 
 def test_nan_image_is_never_written():
@@ -25,6 +30,17 @@ def test_nan_image_is_never_written():
 def test_grid_layout():
     rows = [[torch.zeros(3, 4, 6), torch.zeros(3, 4, 6)] for _ in range(3)]
     assert grid(rows, pad=2).size == (6 * 2 + 2, 4 * 3 + 2 * 2)
+
+
+def test_grid_places_each_tile_with_white_gaps():
+    black, grey = -torch.ones(3, 4, 6), torch.zeros(3, 4, 6)
+    picture = grid([[black, grey], [grey, black]])  # the default gap is 2 pixels
+    assert picture.size == (6 * 2 + 2, 4 * 2 + 2)
+    assert picture.getpixel((0, 0)) == (0, 0, 0) and picture.getpixel((5, 3)) == (0, 0, 0)
+    assert picture.getpixel((6, 0)) == (255, 255, 255) and picture.getpixel((7, 4)) == (255,) * 3
+    assert picture.getpixel((8, 0)) == (128,) * 3 and picture.getpixel((13, 3)) == (128,) * 3
+    assert picture.getpixel((0, 6)) == (128,) * 3 and picture.getpixel((8, 6)) == (0, 0, 0)
+    assert picture.getpixel((13, 9)) == (0, 0, 0)
 
 
 def test_non_empty_folder_is_refused_without_overwrite(tmp_path):
@@ -95,7 +111,9 @@ def test_gif_frames_follow_save_every_or_fifty_frames(tmp_path, save_every, step
         writer(_event(step))
     writer(_event(steps, final=True))
     path = writer.finish()
-    assert Image.open(path).n_frames == len(frames)
+    gif = Image.open(path)
+    assert gif.n_frames == len(frames) and path == tmp_path / "trajectory.gif"
+    assert gif.info["loop"] == 0 and gif.info["duration"] == 80  # repeats, 12.5 frames a second
     saved = sorted(p.name for p in (tmp_path / "steps").glob("*.pt")) if save_every else []
     assert saved == ([f"{k:05d}.pt" for k in frames] if save_every else [])
 
@@ -276,3 +294,57 @@ def test_a_run_without_an_edited_image_writes_the_rest(tmp_path):
     manifest = json.loads(text)
     assert manifest["device"] == "cuda:1" and manifest["note"] == "x"
     assert manifest["missing"] == {} and manifest["output_dir"] == str(tmp_path.resolve())
+
+
+def test_gif_frames_are_at_most_max_frame_wide_and_a_column_per_batch(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from soundguide.core.outputs import StepWriter
+
+    writer = StepWriter(tmp_path, save_every=0, gif=True, steps=1, max_frame=8)
+    image = torch.zeros(3, 3, 32, 32)  # three items: one column of three tiles
+    for step, final in ((0, False), (1, True)):
+        writer(SimpleNamespace(step=step, final=final, latent=torch.zeros(3, 2, 2), image=image))
+    assert Image.open(writer.finish()).size == (8, 8 * 3)  # 32 x 96, scaled to fit 8 wide
+
+
+def test_run_json_holds_what_a_reader_needs(tmp_path, monkeypatch):
+    import datetime
+    import json
+    import sys
+
+    from soundguide.core.outputs import RunWriter
+
+    monkeypatch.setattr(sys, "argv", ["soundguide", "edit", "run.toml"])
+    first = {"step": 0, "total": [1.0]}
+    result = _result(step_seconds=[0.5, 1.5, 1.0], history=[first, {"step": 1}])
+    RunWriter(tmp_path).write_result(result, _Config(), device="cpu")
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert manifest["command"] == ["soundguide", "edit", "run.toml"]
+    assert manifest["seconds_per_step"] == 1.0 and manifest["seconds"] == 3.0
+    assert manifest["losses"] == {"first": first, "final": None, "log": "losses.csv"}
+    assert manifest["config"] == {"output": {"dir": str(tmp_path.resolve())}}
+    assert manifest["versions"]["python"] == sys.version.split()[0]
+    created = datetime.datetime.fromisoformat(manifest["created"])
+    assert created.tzinfo is not None and created.microsecond == 0
+    empty = _result(step_seconds=[], history=[])
+    RunWriter(tmp_path).write_result(empty, _Config(), device="cpu")
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert manifest["seconds_per_step"] is None and manifest["losses"]["first"] is None
+
+
+def test_a_config_without_output_gets_the_folder(tmp_path):
+    import json
+
+    from soundguide.core.outputs import RunWriter
+
+    class Bare:
+        def model_dump(self, mode):
+            assert mode == "json"
+            return {}
+
+    RunWriter(tmp_path).write_result(_result(), Bare(), device="cpu")
+    config = json.loads((tmp_path / "run.json").read_text())["config"]
+    assert config == {"output": {"dir": str(tmp_path.resolve())}}
