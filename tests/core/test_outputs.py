@@ -47,7 +47,10 @@ def test_non_empty_folder_is_refused_without_overwrite(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(OutputError, match="output folder is not empty") as info:
         RunFolder(tmp_path).open()
-    assert "--overwrite" in info.value.hint
+    assert info.value.hint == (
+        "pass --overwrite to replace soundguide's outputs in it (other files are kept), "
+        "or choose another --out"
+    )
     (tmp_path / "steps").mkdir()
     (tmp_path / "steps" / "00001.pt").write_text("stale")
     (tmp_path / "edited.png").write_text("stale")

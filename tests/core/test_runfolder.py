@@ -381,3 +381,51 @@ def test_a_held_lock_describes_what_its_file_says(tmp_path, monkeypatch, holder,
         info.value.message
         == f"another soundguide run ({described}) is writing to {tmp_path / 'out'}"
     )
+
+
+def test_the_lock_file_says_who_holds_it_and_nothing_else(tmp_path):
+    import datetime
+    import socket
+
+    write_holder(tmp_path / "out", pid=2**22 + 12345, host=socket.gethostname(), junk="x" * 5000)
+    with RunFolder(tmp_path / "out"):
+        text = (tmp_path / "out" / LOCK_NAME).read_text()
+        holder = json.loads(text)  # the older, longer holder is gone entirely
+    assert text.endswith("}\n") and sorted(holder) == ["host", "pid", "started"]
+    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    started = datetime.datetime.fromisoformat(holder["started"])
+    assert started.utcoffset() == datetime.timedelta(0) and started.microsecond == 0
+
+
+def test_a_lock_that_cannot_be_written_is_one_error_with_a_hint(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputError) as info:
+        RunFolder(tmp_path / "out").open()
+    assert info.value.message == (
+        f"cannot write to output folder {tmp_path / 'out'}: No space left on device"
+    )
+    assert info.value.hint == "free some space or choose another --out"
+
+
+class _FakeMsvcrt:
+    LK_NBLCK = 2
+
+    def __init__(self, refuse):
+        self.refuse, self.calls = refuse, []
+
+    def locking(self, *args):
+        self.calls.append(args)
+        if self.refuse:
+            raise OSError(errno.EACCES, "Permission denied")
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_windows_locks_one_byte_without_waiting(monkeypatch, refuse):
+    fake = _FakeMsvcrt(refuse)
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl fails as on Windows
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    assert runfolder._try_lock(7) is not refuse
+    assert fake.calls == [(7, fake.LK_NBLCK, 1)]
