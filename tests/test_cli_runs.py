@@ -337,3 +337,25 @@ def test_demo_exits_130_after_ctrl_c(tmp_path):
     assert child.returncode == 130, err
     assert strict_json(out / "run.json")["status"] == "interrupted"
     assert (out / "latent_edited.pt").is_file()
+
+
+def test_a_closed_stderr_pipe_loses_nothing(write_config, tmp_path, monkeypatch):
+    """``soundguide edit run.toml 2>&1 | head``: the progress bar's stream closes mid-run;
+    the run still finishes and writes everything."""
+    import io
+
+    class Pipe(io.StringIO):
+        def write(self, text):
+            if self.tell() + len(text) > 80:
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    path = write_config(TOY_CONFIG.replace("steps = 12", "steps = 40"))
+    monkeypatch.setattr(sys, "stderr", Pipe())
+    assert cli("edit", str(path), "--out", str(tmp_path / "o")) == 0
+    monkeypatch.undo()
+    manifest = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert manifest["status"] == "finished" and manifest["steps_done"] == 40
+    assert {"latent_edited.pt", "edited.png", "losses.csv"} <= {
+        p.name for p in (tmp_path / "o").iterdir()
+    }

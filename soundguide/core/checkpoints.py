@@ -491,15 +491,15 @@ def download_file(
 
 
 def _progress_bar(total: int | None, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from soundguide.core.progress import progress_bar
 
-    return tqdm(
+    return progress_bar(
         total=total or None,
         desc=desc,
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        disable=not enabled,
+        enabled=enabled,
         leave=False,
     )
 

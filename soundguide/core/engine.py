@@ -583,8 +583,8 @@ def _postfix(record: dict[str, Any]) -> str:
 
 
 def _progress(steps: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from soundguide.core.progress import progress_bar
 
-    return tqdm(
-        total=steps, desc="optimizing", unit="step", disable=not enabled, dynamic_ncols=True
+    return progress_bar(
+        total=steps, desc="optimizing", unit="step", enabled=enabled, dynamic_ncols=True
     )

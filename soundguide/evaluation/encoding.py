@@ -282,6 +282,6 @@ def _write_cache(path: Path, key: dict, result: DatasetEmbeddings) -> None:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from soundguide.core.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="clip", disable=not enabled, leave=False)
+    return progress_bar(total=total, desc=desc, unit="clip", enabled=enabled, leave=False)

@@ -209,9 +209,12 @@ def linear_probe(
     fitter = _Fitter(max_iter)
     predicted = np.zeros(len(y), dtype=np.int64)
     results = []
-    from tqdm.auto import tqdm
+    from soundguide.core.progress import progress_bar
 
-    for fold in tqdm(fold_ids, desc="linear probe", unit="fold", disable=not progress, leave=False):
+    folds = progress_bar(
+        iterable=fold_ids, desc="linear probe", unit="fold", enabled=progress, leave=False
+    )
+    for fold in folds:
         test = groups == fold
         train_x, train_y, train_groups = x[~test], y[~test], groups[~test]
         best, inner = select_C(train_x, train_y, train_groups, Cs, fitter=fitter)

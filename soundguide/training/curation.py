@@ -479,13 +479,13 @@ class _progress:
     """A tqdm bar (disabled when ``enabled`` is false) used as a context manager."""
 
     def __init__(self, total: int, initial: int, enabled: bool, unit: str = "clip") -> None:
-        from tqdm.auto import tqdm
+        from soundguide.core.progress import progress_bar
 
-        self._bar = tqdm(
+        self._bar = progress_bar(
             total=total,
             initial=initial,
             unit=unit,
-            disable=not enabled,
+            enabled=enabled,
             desc="curating",
             leave=False,
         )

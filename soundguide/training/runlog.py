@@ -58,6 +58,6 @@ class RunLog:
 
 def progress_bar(total: int, initial: int, enabled: bool) -> Any:
     """A tqdm bar over optimizer steps (disabled: a no-op with the same methods)."""
-    from tqdm.auto import tqdm
+    from soundguide.core.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, desc="training")
+    return progress_bar(total=total, initial=initial, unit="step", enabled=enabled, desc="training")
