@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -233,51 +235,48 @@ def _rss_anon_kib() -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:"))
 
 
+def _save_stack(path: Path, rows: int) -> torch.Tensor:
+    stack = torch.randn(rows, 8, 512)
+    if path.suffix == ".pt":
+        torch.save(stack, path)
+    else:
+        np.save(path, stack.numpy())
+    return stack
+
+
+def _load_measured(path: Path, **options) -> tuple[torch.Tensor, float, float]:
+    """The latents, the peak growth of RssAnon and the peak of tracemalloc (MiB)."""
+    import tracemalloc
+
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc; torch's are sampled
+    try:
+        with _PeakAnon() as memory:
+            w = load_latent_file(path, 8, 512, **options)
+        traced_mib = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    return w, memory.grown_mib, traced_mib
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".npy"])
 def test_picking_rows_reads_only_them_in_process(tmp_path, suffix):
     """A 10,000-row stack (156 MiB): picking one row must not read the rest."""
     path = tmp_path / f"stack{suffix}"
-    stack = torch.randn(10_000, 8, 512)
-    if suffix == ".pt":
-        torch.save(stack, path)
-    else:
-        np.save(path, stack.numpy())
-    expected = stack[[3]].clone()
-    del stack
-    import tracemalloc
-
-    tracemalloc.start()  # numpy reports its buffers to tracemalloc; torch's are sampled below
-    try:
-        with _PeakAnon() as memory:
-            w = load_latent_file(path, 8, 512, index=[3])
-        traced_mib = tracemalloc.get_traced_memory()[1] / 2**20
-    finally:
-        tracemalloc.stop()
+    expected = _save_stack(path, 10_000)[[3]].clone()
+    w, grown_mib, traced_mib = _load_measured(path, index=[3])
     assert torch.equal(w, expected)
-    assert memory.grown_mib < 64 and traced_mib < 64  # the whole stack is 156 MiB
+    assert grown_mib < 64 and traced_mib < 64  # the whole stack is 156 MiB
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".npy"])
 def test_taking_every_row_copies_the_stack_once(tmp_path, suffix):
     """All rows of a 2,000-row stack (31 MiB): one float32 copy out of the mapped file,
-    not a gathered copy first."""
+    not a gathered copy first, and no whole-stack temporaries."""
     path = tmp_path / f"stack{suffix}"
-    stack = torch.randn(2_000, 8, 512)
-    if suffix == ".pt":
-        torch.save(stack, path)
-    else:
-        np.save(path, stack.numpy())
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        with _PeakAnon() as memory:
-            w = load_latent_file(path, 8, 512)
-        traced_mib = tracemalloc.get_traced_memory()[1] / 2**20
-    finally:
-        tracemalloc.stop()
+    stack = _save_stack(path, 2_000)
+    w, grown_mib, traced_mib = _load_measured(path)
     assert torch.equal(w, stack)
-    assert memory.grown_mib < 31 * 1.5 and traced_mib < 31 * 0.5
+    assert grown_mib < 31 * 1.5 and traced_mib < 31 * 0.5
 
 
 def test_out_of_range_rows_are_named_among_good_ones(tmp_path):
