@@ -69,7 +69,9 @@ class Stop:
         self.message: str | None = None
         self.status: Status = "interrupted"
 
-    def request(self, message: str = "stopped", *, status: Status = "interrupted") -> None:
+    def request(self, message: str | None = None, *, status: Status = "interrupted") -> None:
+        """Stop after the step in progress; ``message`` (e.g. "stopped by SIGTERM")
+        begins the run's message."""
         if not self._event.is_set():
             self.message = message
             self.status = status
@@ -436,10 +438,9 @@ class Editor:
             for step in range(steps):
                 if self.stop.requested:
                     status = self.stop.status
-                    message = (
-                        f"{self.stop.message}: stopped after {steps_done} of {steps} updates; "
-                        "kept what was done"
-                    )
+                    message = f"stopped after {steps_done} of {steps} updates; kept what was done"
+                    if self.stop.message:
+                        message = f"{self.stop.message}: {message}"
                     break
                 started = time.perf_counter()
                 lr = schedule(

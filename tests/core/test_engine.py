@@ -423,7 +423,7 @@ def test_a_stop_request_without_words_reads_stopped(registries):
     editor.subscribe(lambda event: stop.request() if event.step == 1 else None)
     result = editor.run()
     assert result.status == "interrupted"
-    assert result.message.startswith("stopped: stopped after 2 of 5 updates")
+    assert result.message == "stopped after 2 of 5 updates; kept what was done"
 
 
 # -- guards: each test fails when the check it names is removed or inverted ------------
