@@ -28,6 +28,18 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True)
+def _process_local_progress_bars(monkeypatch):
+    """tqdm's default lock is a semaphore shared with every process forked from the one that
+    made it (mutmut forks one per mutant): a process killed mid-bar would block all the rest."""
+    import threading
+
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto.tqdm, "_lock", threading.RLock(), raising=False)
+    monkeypatch.setattr(tqdm.auto.tqdm, "monitor_interval", 0)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own $SOUNDGUIDE_HOME and no third-party entry points."""
     monkeypatch.setenv("SOUNDGUIDE_HOME", str(tmp_path_factory.mktemp("home")))

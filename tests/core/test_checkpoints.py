@@ -11,7 +11,6 @@ import os
 import pickle
 import random
 import sys
-import threading
 import types
 import urllib.request
 import zipfile
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import tqdm.auto
 from torch import nn
 
 from soundguide.core.checkpoints import (
@@ -32,14 +30,6 @@ from soundguide.core.checkpoints import (
     unwrap_state_dict,
 )
 from soundguide.core.errors import CheckpointError, DuplicatePluginError, WeightsError
-
-
-@pytest.fixture(autouse=True)
-def _process_local_progress_bars(monkeypatch):
-    """tqdm's default lock is a semaphore shared with every process forked from the one that
-    made it (mutmut forks one per mutant): a process killed mid-bar would block all the rest."""
-    monkeypatch.setattr(tqdm.auto.tqdm, "_lock", threading.RLock(), raising=False)
-    monkeypatch.setattr(tqdm.auto.tqdm, "monitor_interval", 0)
 
 
 class Payload:
