@@ -148,10 +148,12 @@ def test_refused_folder_is_not_left_behind(tmp_path):
 
 def test_path_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(OutputError, match="exists and is not a folder"):
+    with pytest.raises(OutputError, match="exists and is not a folder") as info:
         RunFolder(tmp_path / "f").open()
-    with pytest.raises(OutputError, match="cannot create output folder"):
+    assert info.value.hint == "choose another --out"
+    with pytest.raises(OutputError, match="cannot create output folder") as info:
         RunFolder(tmp_path / "f" / "sub").open()
+    assert info.value.hint == "choose an --out in a folder you can write to"
 
 
 @pytest.mark.parametrize(
@@ -176,8 +178,11 @@ def test_read_only_folder_is_found_by_the_probe(tmp_path, monkeypatch):
     monkeypatch.setattr(runfolder.os, "open", read_only)
     out = tmp_path / "ro"
     out.mkdir()
-    with pytest.raises(OutputError, match="cannot write to output folder .*Read-only file system"):
+    with pytest.raises(
+        OutputError, match="cannot write to output folder .*Read-only file system"
+    ) as info:
         RunFolder(out).open()
+    assert info.value.hint == "choose an --out in a folder you can write to"
 
 
 def test_full_disk_is_found_by_the_probe(tmp_path, monkeypatch):
@@ -429,3 +434,80 @@ def test_windows_locks_one_byte_without_waiting(monkeypatch, refuse):
     monkeypatch.setitem(sys.modules, "msvcrt", fake)
     assert runfolder._try_lock(7) is not refuse
     assert fake.calls == [(7, fake.LK_NBLCK, 1)]
+
+
+def test_the_lock_file_is_made_with_the_umask(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        with RunFolder(tmp_path / "out"):
+            mode = (tmp_path / "out" / LOCK_NAME).stat().st_mode & 0o777
+    finally:
+        os.umask(umask)
+    assert mode == 0o666 & ~0o027
+
+
+def test_a_lock_file_removed_before_it_was_locked_is_taken_again(tmp_path, monkeypatch):
+    """The previous owner may unlink the lock file between our open and our lock: a lock
+    on that file would lock nothing, so the file is opened again."""
+    real_stat, opened = os.stat, []
+    real_open = os.open
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith(LOCK_NAME) and len(opened) == 1:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    def open_(path, *args, **kwargs):
+        if str(path).endswith(LOCK_NAME):
+            opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(runfolder.os, "stat", stat)
+    monkeypatch.setattr(runfolder.os, "open", open_)
+    with RunFolder(tmp_path / "out"):
+        assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert len(opened) == 2
+
+
+def test_a_lock_file_that_keeps_changing_is_an_error(tmp_path, monkeypatch):
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith(LOCK_NAME):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(runfolder.os, "stat", stat)
+    with pytest.raises(OutputError) as info:
+        RunFolder(tmp_path / "out").open()
+    assert info.value.message == (
+        f"cannot lock output folder {tmp_path / 'out'}: the lock file keeps changing"
+    )
+
+
+def test_ctrl_c_while_locking_leaves_another_runs_lock_file(tmp_path, monkeypatch):
+    """Interrupted before the lock was ours: the file belongs to someone else."""
+    import socket
+
+    write_holder(tmp_path / "out", pid=4242, host=socket.gethostname())
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runfolder, "_try_lock", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        RunFolder(tmp_path / "out").open()
+    assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["pid"] == 4242
+
+
+def test_a_failed_holder_write_removes_our_lock_even_if_it_is_gone_already(tmp_path, monkeypatch):
+    lock = tmp_path / "out" / LOCK_NAME
+
+    def full(fd):
+        lock.unlink()  # e.g. a user cleaning up by hand
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runfolder.os, "fsync", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        RunFolder(tmp_path / "out").open()
+    assert not (tmp_path / "out").exists()
