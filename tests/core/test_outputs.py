@@ -102,7 +102,13 @@ def _event(step, final=False):
 
 @pytest.mark.parametrize(
     ("save_every", "steps", "frames"),
-    [(0, 100, list(range(0, 100, 2)) + [100]), (5, 12, [0, 5, 10, 12]), (0, 30, list(range(31)))],
+    [
+        (0, 100, list(range(0, 100, 2)) + [100]),
+        (0, 120, list(range(0, 120, 2)) + [120]),  # every 120 // 50 = 2 steps
+        (5, 12, [0, 5, 10, 12]),
+        (1, 60, list(range(61))),
+        (0, 30, list(range(31))),
+    ],
 )
 def test_gif_frames_follow_save_every_or_fifty_frames(tmp_path, save_every, steps, frames):
     from PIL import Image
@@ -351,3 +357,28 @@ def test_a_config_without_output_gets_the_folder(tmp_path):
     RunWriter(tmp_path).write_result(_result(), Bare(), device="cpu")
     config = json.loads((tmp_path / "run.json").read_text())["config"]
     assert config == {"output": {"dir": str(tmp_path.resolve())}}
+
+
+def test_a_loss_log_failing_after_some_rows_keeps_them_and_finishes_quietly(tmp_path):
+    import errno
+
+    from soundguide.core.outputs import LossLog
+
+    log = LossLog(tmp_path / "losses.csv")
+    log(_event(0))
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def writerow(self, row):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    log._writer = Full(log._fh)
+    log(_event(1))
+    assert log.failures == {"losses.csv (from step 1)": "No space left on device"}
+    assert log.finish() is None and log.finish() is None  # closing twice is harmless
+    assert (tmp_path / "losses.csv").read_text().splitlines() == [
+        "step,item,lr,total,a",
+        "0,0,0.1,0.0,0.0",
+    ]
