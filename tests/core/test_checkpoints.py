@@ -821,6 +821,14 @@ class TestUnwrapStateDict:
             obj = {"state_dict": obj, "epoch": 3}
         assert unwrap_state_dict(obj, "x.pt") == state
 
+    def test_at_most_three_containers_deep(self):
+        obj = {"w": torch.ones(2)}
+        for _ in range(4):
+            obj = {"state_dict": obj}
+        with pytest.raises(CheckpointError) as info:
+            unwrap_state_dict(obj, "x.pt")
+        assert str(info.value) == "checkpoint x.pt is not a state dict: state_dict are not tensors"
+
     def test_chosen_container(self):
         # rosinality's training checkpoints keep the averaged generator under g_ema
         obj = {"g": {"w": torch.zeros(2)}, "g_ema": {"w": torch.ones(2)}, "args": None}
