@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+from typing import Literal
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import soundguide
 from soundguide.core.config import config_from_dict, load_config
 from soundguide.core.engine import Editor
 from soundguide.core.errors import ConfigError
+from soundguide.core.interfaces import Regularizer, RegularizerConfig
 from soundguide.core.losses import cosine_ramp_lr
 from tests import toy_plugins
 from tests.conftest import TOY_CONFIG
@@ -238,11 +240,30 @@ class TestBatches:
         ):
             run(registries, guidance=guidance, batch=2)
 
+    @pytest.mark.parametrize(
+        ("claim", "says"),
+        [({"batch": 1}, "optimization.batch says 1"), ({"seed": [5]}, "optimization.seed says 1")],
+    )
+    def test_a_batch_or_seed_list_of_one_does_not_broadcast(self, registries, claim, says):
+        guidance = [{"type": "toy-target", "items": 3}]
+        with pytest.raises(ConfigError) as info:
+            run(registries, guidance=guidance, **claim)
+        assert info.value.message == f"batch size disagrees: {says}, guidance.0 (toy-target) says 3"
+
+    def test_one_guidance_target_broadcasts_to_the_batch(self, registries):
+        guidance = [{"type": "toy-target", "items": 1}]
+        editor = Editor(
+            make_config(registries, guidance=guidance, seed=[1, 2, 3]), registries, progress=False
+        )
+        editor.prepare()
+        assert editor.w0.shape[0] == 3 and editor.targets["toy-target"].shape == (16,)
+
 
 def test_generate_mode_starts_from_the_mean(registries):
     editor = Editor(make_config(registries, mode="generate", steps=1), registries, progress=False)
     editor.prepare()
     torch.testing.assert_close(editor.w0, editor.generator.mean_latent())
+    assert editor.seeds is None  # no seed was used
 
 
 def test_start_from_a_latent_file(registries, tmp_path):
@@ -345,8 +366,14 @@ def test_a_target_outside_its_space_is_refused_before_the_loop(registries):
 
     guidance = [{"type": "toy-target", "vector": [1.0, 2.0, 3.0]}]  # the toy space has 16 values
     editor = Editor(make_config(registries, guidance=guidance), registries, progress=False)
-    with pytest.raises(PluginError, match="target has 3 values but the images' embeddings .* 16"):
+    with pytest.raises(
+        PluginError, match="target has 3 values but the images' embeddings .* 16"
+    ) as info:
         editor.prepare()
+    assert info.value.hint == (
+        "the source's model and the image encoder must share one embedding space "
+        "(e.g. SoundCLIP weights trained for this CLIP model)"
+    )
 
 
 def test_stop_request_ends_the_run_after_the_step_in_progress(registries):
@@ -459,8 +486,11 @@ def test_per_item_targets_must_match_the_batch(registries, monkeypatch):
 def test_batch_claims_must_agree_unless_one_broadcasts(registries, tmp_path):
     torch.save(torch.randn(2, 4, 8), tmp_path / "two.pt")
     config = make_config(registries, seed=[1, 2, 3], latent=str(tmp_path / "two.pt"))
-    with pytest.raises(ConfigError, match="batch size disagrees: optimization.seed says 3, "):
+    with pytest.raises(ConfigError) as info:
         Editor(config, registries, progress=False).prepare()
+    assert info.value.message == (
+        "batch size disagrees: optimization.seed says 3, optimization.latent says 2"
+    )
     torch.save(torch.randn(1, 4, 8), tmp_path / "one.pt")
     config = make_config(registries, seed=[1, 2, 3], latent=str(tmp_path / "one.pt"))
     editor = Editor(config, registries, progress=False)
@@ -474,8 +504,13 @@ def test_max_batch_is_inclusive_and_names_who_asks(registries):
     assert editor.w0.shape[0] == 2
     guidance = [{"type": "toy-target", "items": 3}]
     config = make_config(registries, guidance=guidance, max_batch=2)
-    with pytest.raises(ConfigError, match=r"guidance\.0 \(toy-target\) makes a batch of 3 items"):
+    with pytest.raises(
+        ConfigError, match=r"guidance\.0 \(toy-target\) makes a batch of 3 items"
+    ) as info:
         Editor(config, registries, progress=False).prepare()
+    assert info.value.hint == (
+        "split it into several runs, or raise optimization.max_batch if your device has the memory"
+    )
 
 
 def test_trust_reaches_the_latent_file(registries, tmp_path):
@@ -565,3 +600,382 @@ def test_a_final_render_that_raises_keeps_the_latent(registries, tmp_path, monke
     assert (tmp_path / "out" / "source.png").is_file() and not (
         tmp_path / "out" / "edited.png"
     ).exists()
+
+
+# -- what the mutation run asked for: each test names the behaviour it pins ------------
+
+
+class ModuleGenerator(toy_plugins.ToyGenerator, torch.nn.Module):
+    """The toy generator as a torch module with a parameter (real generators are modules)."""
+
+    class Config(toy_plugins.ToyGenerator.Config):
+        type: Literal["toy-module"] = "toy-module"
+
+    def __init__(self, config, context) -> None:
+        torch.nn.Module.__init__(self)
+        toy_plugins.ToyGenerator.__init__(self, config, context)
+        self.gain = torch.nn.Parameter(torch.ones(()))
+
+
+class ModuleRegularizer(Regularizer, torch.nn.Module):
+    """A regularizer that is a torch module with a parameter (e.g. a perceptual loss)."""
+
+    class Config(RegularizerConfig):
+        type: Literal["toy-module"] = "toy-module"
+
+    def __init__(self, config, context) -> None:
+        torch.nn.Module.__init__(self)
+        Regularizer.__init__(self, config, context)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def loss(self, w, w0, image, image0):
+        return self.scale * (w - w0).pow(2).flatten(1).sum(1)
+
+
+def test_the_generator_and_the_regularizers_are_frozen(registries):
+    registries.generators.add(ModuleGenerator)
+    registries.regularizers.add(ModuleRegularizer)
+    data = {
+        "generator": {"type": "toy-module"},
+        "guidance": [{"type": "toy-target"}],
+        "regularizer": [{"type": "toy-module", "weight": 0.1}],
+        "optimization": {"steps": 2},
+    }
+    editor = Editor(config_from_dict(data, registries), registries, progress=False)
+    editor.prepare()
+    for module in (editor.generator, editor.regularizers[0].plugin):
+        assert not module.training
+        assert [p.requires_grad for p in module.parameters()] == [False]
+
+
+def test_without_registries_the_editor_loads_the_plugins_it_is_given(registries):
+    config = make_config(registries, steps=2)
+    result = Editor(config, plugins=[toy_plugins], progress=False).run()
+    assert result.ok and result.steps_done == 2
+
+
+def test_plugins_share_the_run_context(registries):
+    assert Editor(
+        make_config(registries), registries, device=torch.device("meta")
+    ).context.device == torch.device("meta")
+    editor = Editor(make_config(registries, seed=[1, 2, 3]), registries, progress=False)
+    editor.prepare()
+    context = editor.context
+    assert context.batch_size == 3 and context.weights is registries.weights
+    assert editor.generator.context is context
+    assert all(t.plugin.context is context for t in editor.guidances + editor.regularizers)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_progress_flag_reaches_the_bar_the_downloads_and_the_plugins(
+    registries, monkeypatch, capsys, progress
+):
+    from soundguide.core import engine
+
+    asked = []
+    check_inputs = engine.check_inputs
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("progress", True))  # check_inputs' own default
+        return check_inputs(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "check_inputs", spy)
+    editor = Editor(make_config(registries, steps=3), registries, progress=progress)
+    editor.run()
+    assert [bool(p) for p in asked] == [progress]
+    assert editor.generator.context.progress is progress
+    err = capsys.readouterr().err
+    assert ("optimizing" in err and "3/3" in err) if progress else "optimizing" not in err
+
+
+def test_the_stop_phase_reads_preparing_while_the_run_loads(registries, monkeypatch):
+    from soundguide.core.engine import Stop
+
+    stop = Stop()
+    phases = []
+    target = toy_plugins.ToyGuidance.target
+
+    def recording(self, encoder):
+        phases.append(stop.phase)
+        return target(self, encoder)
+
+    monkeypatch.setattr(toy_plugins.ToyGuidance, "target", recording)
+    Editor(make_config(registries, steps=1), registries, progress=False, stop=stop).run()
+    assert phases == ["preparing", "preparing"] and stop.phase == "finishing"
+
+
+@pytest.mark.parametrize(("name", "value"), [("num_layers", 0), ("latent_dim", 8.0)])
+def test_generator_sizes_must_be_positive_ints(registries, monkeypatch, name, value):
+    from soundguide.core.errors import PluginError
+
+    monkeypatch.setattr(toy_plugins.ToyGenerator, name, property(lambda self: value))
+    editor = Editor(make_config(registries), registries, progress=False)
+    with pytest.raises(PluginError) as info:
+        editor.prepare()
+    assert info.value.message == f"generator 'toy': {name} must be a positive int, got {value!r}"
+
+
+def test_generator_sizes_of_one_are_fine(registries):
+    data = {
+        "generator": {"type": "toy", "layers": 1, "dim": 1, "size": 1},
+        "guidance": [{"type": "toy-target"}],
+        "optimization": {"steps": 2},
+    }
+    result = Editor(config_from_dict(data, registries), registries, progress=False).run()
+    assert result.ok and result.edited_latent.shape == (1, 1, 1)
+
+
+def test_an_encoder_without_encode_image_is_a_plugin_error(registries, monkeypatch):
+    from soundguide.core.errors import PluginError
+
+    monkeypatch.setattr(toy_plugins.ToyGuidance, "build_encoder", lambda self: object())
+    editor = Editor(make_config(registries, guidance=[{"type": "toy-target"}]), registries)
+    with pytest.raises(PluginError) as info:
+        editor.prepare()
+    assert info.value.message == "guidance 'toy-target': build_encoder() returned no encode_image"
+
+
+def test_an_encoder_without_after_targets_works(registries, monkeypatch):
+    class Plain:  # only what the protocol asks for
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode_image(self, image):
+            return self.inner.encode_image(image)
+
+    build = toy_plugins.ToyGuidance.build_encoder
+    monkeypatch.setattr(toy_plugins.ToyGuidance, "build_encoder", lambda self: Plain(build(self)))
+    result = run(registries, steps=2)
+    assert result.ok and CALLS["encoder.after_targets"] == 0
+
+
+def test_a_target_of_the_wrong_rank_is_named_by_its_shape(registries, monkeypatch):
+    from soundguide.core.errors import PluginError
+
+    monkeypatch.setattr(toy_plugins.ToyGuidance, "target", lambda self, enc: torch.zeros(1, 2, 16))
+    editor = Editor(make_config(registries, guidance=[{"type": "toy-target"}]), registries)
+    with pytest.raises(PluginError, match=r"must return \(D,\) or \(n, D\), got \(1, 2, 16\)$"):
+        editor.prepare()
+
+
+def test_a_non_finite_source_image_is_refused(registries):
+    from soundguide.core.errors import PluginError
+
+    data = {
+        "generator": {"type": "toy", "nan_images_at": [1]},
+        "guidance": [{"type": "toy-target"}],
+        "optimization": {"steps": 2},
+    }
+    editor = Editor(config_from_dict(data, registries), registries, progress=False)
+    with pytest.raises(PluginError) as info:
+        editor.prepare()
+    assert info.value.message == "the generator produced a non-finite image from the source latent"
+    assert info.value.hint == (
+        'the generator\'s checkpoint may be damaged; try precision = "fp32" or another start latent'
+    )
+
+
+def test_regularizers_are_set_up_with_the_source_and_told_of_each_update(registries, monkeypatch):
+    setups, updates = [], []
+    for cls in (toy_plugins.CountingRegularizer, toy_plugins.ImageRegularizer):
+        monkeypatch.setattr(cls, "setup", lambda self, w0, image0: setups.append((w0, image0)))
+    monkeypatch.setattr(
+        toy_plugins.CountingRegularizer, "after_step", lambda self, w, w0: updates.append((w, w0))
+    )
+    regularizer = [{"type": "counting", "weight": 0.1}, {"type": "image-mse", "weight": 1.0}]
+    editor = Editor(
+        make_config(registries, regularizer=regularizer, steps=3), registries, progress=False
+    )
+    editor.run()
+    (counting_w0, counting_image0), (image_w0, image_image0) = setups
+    assert counting_w0 is editor.w0 and counting_image0 is None  # needs_image is False
+    assert image_w0 is editor.w0 and image_image0 is editor.image0
+    assert len(updates) == 3
+    assert all(w.requires_grad and w0 is editor.w0 for w, w0 in updates)
+
+
+def test_a_latent_stack_above_max_batch_is_refused_before_it_is_read(registries, tmp_path):
+    from soundguide.core.errors import LatentError
+
+    torch.save(torch.randn(3, 4, 8), tmp_path / "three.pt")
+    config = make_config(registries, latent=str(tmp_path / "three.pt"), max_batch=2)
+    with pytest.raises(
+        LatentError, match=r"holds 3 latents .* at most 2 \(optimization.max_batch\)"
+    ):
+        Editor(config, registries, progress=False).prepare()
+
+
+def test_a_term_weight_multiplies_its_loss(registries):
+    guidance = [{"type": "toy-target", "weight": 0.5}]
+    editor = Editor(make_config(registries, guidance=guidance), registries, progress=False)
+    editor.prepare()
+    plugin = editor.guidances[0].plugin
+    embedding = editor.encoders[plugin.space].encode_image(editor.image0)
+    unweighted = plugin.loss(embedding, editor.targets["toy-target"])
+    assert unweighted.abs().min() > 1e-3
+    torch.testing.assert_close(editor.losses(editor.w0)["toy-target"], 0.5 * unweighted)
+
+
+def test_rampup_and_rampdown_reach_the_schedule_and_the_history(registries):
+    config = make_config(registries, steps=20, lr=0.2, rampup=0.5, rampdown=0.5)
+    editor = Editor(config, registries, progress=False)
+    events = []
+    editor.subscribe(events.append)
+    result = editor.run()
+    lrs = [e.lr for e in events[:-1]]
+    expected = [cosine_ramp_lr(k / 20, 0.2, rampup=0.5, rampdown=0.5) for k in range(20)]
+    assert lrs == pytest.approx(expected)
+    assert [r["lr"] for r in result.history] == [*lrs, None]
+    assert all(e.steps == 20 for e in events)
+
+
+def test_a_record_holds_the_total_of_each_item(registries):
+    result = run(registries, seed=[1, 2], steps=2)
+    for record in result.history:
+        assert len(record["total"]) == 2
+        sums = [sum(values[i] for values in record["terms"].values()) for i in range(2)]
+        assert record["total"] == pytest.approx(sums)
+        assert record["total_sum"] == pytest.approx(sum(sums))
+
+
+def test_step_seconds_time_each_update(registries):
+    import time
+
+    started = time.perf_counter()
+    result = run(registries, steps=5)
+    elapsed = time.perf_counter() - started
+    assert len(result.step_seconds) == 5
+    assert all(s > 0 for s in result.step_seconds) and sum(result.step_seconds) <= elapsed
+
+
+def test_a_non_finite_first_loss_keeps_the_source_latent(registries):
+    guidance = [{"type": "toy-target", "nan_after": 0}]
+    result = run(registries, guidance=guidance, steps=5)
+    assert result.status == "nonfinite" and result.steps_done == 0 and result.edited_step == 0
+    assert torch.equal(result.edited_latent, result.source_latent)
+    assert result.message == (
+        "loss became non-finite after 0 updates (term toy-target); "
+        "stopped and kept the last latent with a finite loss (the source latent)"
+    )
+    assert result.final_losses is result.history[0]
+
+
+def test_the_nonfinite_message_names_every_bad_term_or_else_the_total(registries, monkeypatch):
+    guidance = [
+        {"type": "toy-target", "nan_after": 0},
+        {"type": "toy-target", "nan_after": 0, "space_name": "b"},
+    ]
+    result = run(registries, guidance=guidance, steps=3)
+    assert "(term toy-target[0], toy-target[1]);" in result.message
+    # each term finite, their sum too large for float32
+    monkeypatch.setattr(
+        toy_plugins.ToyGuidance, "loss", lambda self, emb, target: torch.full((1,), 3e38)
+    )
+    result = run(registries, guidance=[{**g, "nan_after": None} for g in guidance], steps=3)
+    assert result.status == "nonfinite" and "after 0 updates (term total);" in result.message
+
+
+def test_a_zero_step_run_whose_latent_renders_non_finite_keeps_the_source(registries):
+    data = {
+        "generator": {"type": "toy", "nan_images_at": [2]},  # 1: the source, 2: the final
+        "guidance": [{"type": "toy-target"}],
+        "optimization": {"steps": 0},
+    }
+    result = Editor(config_from_dict(data, registries), registries, progress=False).run()
+    assert result.status == "nonfinite" and result.edited_step == 0
+    assert result.history == [] and result.final_losses is None
+    assert torch.equal(result.edited_latent, result.source_latent)
+
+
+def test_when_nothing_renders_finite_again_the_source_and_its_image_are_kept(registries):
+    data = {
+        "generator": {"type": "toy", "nan_images_at": [7, 8, 9]},  # final, last good, source
+        "guidance": [{"type": "toy-target"}],
+        "optimization": {"steps": 5, "seed": 7},
+    }
+    result = Editor(config_from_dict(data, registries), registries, progress=False).run()
+    assert result.status == "nonfinite" and result.edited_step == 0
+    assert result.final_losses is result.history[0]
+    assert torch.equal(result.edited_latent, result.source_latent)
+    assert torch.equal(result.edited_image, result.source_image)
+
+
+def test_a_non_finite_latent_is_never_kept_even_with_a_finite_image(registries, monkeypatch):
+    # a generator that maps NaN to 0: the image and the losses stay finite
+    synthesize = toy_plugins.ToyGenerator.synthesize
+    monkeypatch.setattr(
+        toy_plugins.ToyGenerator,
+        "synthesize",
+        lambda self, latent: synthesize(self, torch.nan_to_num(latent)),
+    )
+    regularizer = [{"type": "poison", "at": 2}]  # the latent is NaN from update 2 on
+    result = run(registries, regularizer=regularizer, steps=5)
+    assert result.status == "nonfinite" and result.steps_done == 5
+    assert result.edited_step == 0  # the later "good" latents are NaN: the source
+    assert torch.equal(result.edited_latent, result.source_latent)
+
+
+def test_a_non_finite_image_is_never_kept_even_with_a_finite_loss(registries, monkeypatch):
+    encode = toy_plugins.ToyEncoder.encode_image
+    monkeypatch.setattr(
+        toy_plugins.ToyEncoder, "encode_image", lambda self, image: encode(self, image.nan_to_num())
+    )
+    data = {
+        "generator": {"type": "toy", "nan_images_at": [7]},  # the final image
+        "guidance": [{"type": "toy-target"}],
+        "optimization": {"steps": 5, "seed": 7},
+    }
+    result = Editor(config_from_dict(data, registries), registries, progress=False).run()
+    assert result.status == "nonfinite" and result.edited_step == 4
+    assert torch.isfinite(result.edited_image).all()
+
+
+def _failing_step_then(monkeypatch, final):
+    """Synthesis fails at update 4 (call 6); then the final render ``raise``s or is ``nan``."""
+    original = toy_plugins.ToyGenerator.synthesize
+    calls = {"n": 0}
+
+    def synthesize(self, latent):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("step failed")
+        if calls["n"] == 7:
+            if final == "raise":
+                raise RuntimeError("render failed")
+            return original(self, latent) * float("nan")
+        return original(self, latent)
+
+    monkeypatch.setattr(toy_plugins.ToyGenerator, "synthesize", synthesize)
+
+
+@pytest.mark.parametrize("final", ["raise", "nan"])
+def test_a_failed_step_keeps_its_message_when_the_final_render_fails_too(
+    registries, monkeypatch, final
+):
+    _failing_step_then(monkeypatch, final)
+    result = run(registries, steps=10)
+    assert result.status == "failed" and str(result.error) == "step failed"
+    assert result.message == (
+        "failed after 4 of 10 updates (RuntimeError: step failed); kept what was done"
+    )
+    if final == "raise":  # the latent is kept, without an image
+        assert result.edited_step == 4 and result.edited_image is None
+    else:  # the last latent with a finite loss and image
+        assert result.edited_step == 3 and torch.isfinite(result.edited_image).all()
+
+
+def test_a_final_render_that_raises_says_why(registries, monkeypatch):
+    original = toy_plugins.ToyGenerator.synthesize
+
+    def synthesize(self, latent):
+        if not torch.is_grad_enabled() and getattr(self, "calls", 0) >= 4:
+            raise RuntimeError("out of memory (simulated)")
+        return original(self, latent)
+
+    monkeypatch.setattr(toy_plugins.ToyGenerator, "synthesize", synthesize)
+    result = run(registries, steps=3)
+    assert result.status == "failed" and result.edited_step == 3
+    assert result.message == (
+        "could not render the edited latent after 3 updates "
+        "(RuntimeError: out of memory (simulated)); kept the latent"
+    )
