@@ -201,7 +201,8 @@ def test_run_json_records_the_folder_actually_used(write_config, tmp_path):
     assert manifest["config"]["output"]["dir"] == str(target.resolve())
 
 
-def test_long_runs_keep_run_json_small(write_config, tmp_path):
+def test_long_runs_keep_run_json_small(write_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["soundguide", "edit"])  # run.json records the command
     sizes = {}
     for steps in (10, 2000):
         path = write_config(TOY_CONFIG.replace("steps = 12", f"steps = {steps}"))
