@@ -272,8 +272,14 @@ def test_each_result_file_that_fails_is_named_and_the_rest_are_kept(tmp_path, mo
         return real(folder, target)
 
     monkeypatch.setattr(files, "create_temporary", full_for_one)
-    with pytest.raises(OutputError, match=rf"could not write {name} in "):
+    with pytest.raises(OutputError) as info:
         RunWriter(tmp_path).write_result(_result(), _Config(), device="cpu")
+    everything = {"comparison.png", "edited.png", "latent_edited.pt", "latent_source.pt"}
+    kept = ", ".join(sorted((everything | {"run.json", "source.png"}) - {name}))
+    assert info.value.message == (
+        f"could not write {name} in {tmp_path} (No space left on device); kept: {kept}"
+    )
+    assert info.value.hint == "free some space (or fix the folder) and run again into a new --out"
     assert json.loads((tmp_path / "run.json").read_text())["missing"] == {
         name: "No space left on device"
     }
@@ -382,3 +388,32 @@ def test_a_loss_log_failing_after_some_rows_keeps_them_and_finishes_quietly(tmp_
         "step,item,lr,total,a",
         "0,0,0.1,0.0,0.0",
     ]
+
+
+def test_when_every_write_fails_the_error_lists_them_all_and_keeps_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from soundguide.core import files
+    from soundguide.core.outputs import RunWriter
+
+    def refuse(folder, target):
+        if target == "run.json":
+            raise OSError(errno.EACCES, "Permission denied")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "create_temporary", refuse)
+    with pytest.raises(OutputError) as info:
+        RunWriter(tmp_path).write_result(_result(edited_image=None), _Config(), device="cpu")
+    assert info.value.message == (
+        f"could not write latent_edited.pt, latent_source.pt, source.png, run.json in {tmp_path} "
+        "(No space left on device; Permission denied); kept: nothing"
+    )
+
+
+def test_a_finished_recorder_is_among_the_written_files(tmp_path):
+    from soundguide.core.outputs import LossLog, RunWriter
+
+    log = LossLog(tmp_path / "losses.csv")
+    log(_event(0))
+    written = RunWriter(tmp_path).write_result(_result(), _Config(), device="cpu", recorders=(log,))
+    assert written["losses.csv"] == tmp_path / "losses.csv"
