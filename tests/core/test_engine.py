@@ -579,7 +579,9 @@ def test_when_no_later_image_is_finite_the_source_is_kept(registries):
     assert torch.isfinite(result.edited_image).all()
 
 
-def test_a_final_render_that_raises_keeps_the_latent(registries, tmp_path, monkeypatch):
+def _final_render_raises(monkeypatch) -> None:
+    """The toy generator fails with "out of memory" outside autograd from its 4th call:
+    the render of the final latent after three updates."""
     original = toy_plugins.ToyGenerator.synthesize
 
     def synthesize(self, latent):
@@ -588,6 +590,10 @@ def test_a_final_render_that_raises_keeps_the_latent(registries, tmp_path, monke
         return original(self, latent)
 
     monkeypatch.setattr(toy_plugins.ToyGenerator, "synthesize", synthesize)
+
+
+def test_a_final_render_that_raises_keeps_the_latent(registries, tmp_path, monkeypatch):
+    _final_render_raises(monkeypatch)
     cfg = make_config(registries, steps=3)
     with pytest.raises(RuntimeError, match="out of memory"):
         soundguide.edit(cfg, out=tmp_path / "out", registries=registries, progress=False)
@@ -965,14 +971,7 @@ def test_a_failed_step_keeps_its_message_when_the_final_render_fails_too(
 
 
 def test_a_final_render_that_raises_says_why(registries, monkeypatch):
-    original = toy_plugins.ToyGenerator.synthesize
-
-    def synthesize(self, latent):
-        if not torch.is_grad_enabled() and getattr(self, "calls", 0) >= 4:
-            raise RuntimeError("out of memory (simulated)")
-        return original(self, latent)
-
-    monkeypatch.setattr(toy_plugins.ToyGenerator, "synthesize", synthesize)
+    _final_render_raises(monkeypatch)
     result = run(registries, steps=3)
     assert result.status == "failed" and result.edited_step == 3
     assert result.message == (
