@@ -168,7 +168,7 @@ def _freeze(obj: object) -> None:
         obj.requires_grad_(False)
 
 
-def _labels(kind: str, configs: Sequence[Any]) -> list[str]:
+def _labels(configs: Sequence[Any]) -> list[str]:
     types = [c.type for c in configs]
     return [t if types.count(t) == 1 else f"{t}[{i}]" for i, t in enumerate(types)]
 
@@ -227,8 +227,8 @@ class Editor:
             run_inputs(cfg), self.registries.weights, download=True, progress=self.progress
         )
         gen_cls = self.registries.generators.get(cfg.generator.type)
-        guidance_labels = _labels("guidance", cfg.guidance)
-        reg_labels = _labels("regularizer", cfg.regularizer)
+        guidance_labels = _labels(cfg.guidance)
+        reg_labels = _labels(cfg.regularizer)
         # weight-0 terms are never built, so they cost nothing
         guidance_cfgs = [(i, c) for i, c in enumerate(cfg.guidance) if c.weight != 0]
         reg_cfgs = [(i, c) for i, c in enumerate(cfg.regularizer) if c.weight != 0]

@@ -212,13 +212,12 @@ class _Lock:
                     lock = cls(path, fd)
                     lock._write_holder()
                     return lock
-                held = False  # a file nobody uses any more: try again
             except BaseException:
                 if held:  # ours: nobody else may rely on it
                     path.unlink(missing_ok=True)
                 os.close(fd)
                 raise
-            os.close(fd)
+            os.close(fd)  # a file nobody uses any more: try again
         raise OutputError(f"cannot lock output folder {folder}: the lock file keeps changing")
 
     def _write_holder(self) -> None:
