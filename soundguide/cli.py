@@ -276,12 +276,12 @@ def demo(
 def plugins(ctx: click.Context) -> None:
     """List the loaded plugins: kind, name, plugin module and distribution.
 
-    Kinds: generator, guidance, regularizer, weights and command (the
+    Kinds: generator, guidance, regularizer, inverter, weights and command (the
     subcommands plugins add; those of soundguide itself are not listed).
     """
     registries = _registries(ctx)
     rows = [("KIND", "NAME", "PLUGIN", "DISTRIBUTION")]
-    for registry in (registries.generators, registries.guidances, registries.regularizers):
+    for registry in registries.plugin_registries():
         for entry in registry:
             rows.append((registry.kind, entry.name, entry.plugin, entry.distribution))
     for weights in registries.weights:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from soundguide.core.registry import (
         GeneratorRegistry,
         GuidanceRegistry,
+        InverterRegistry,
         RegularizerRegistry,
     )
 
@@ -41,6 +42,11 @@ def register_guidances(registry: GuidanceRegistry) -> None:
 @hookspec
 def register_regularizers(registry: RegularizerRegistry) -> None:
     """Add :class:`soundguide.Regularizer` subclasses with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_inverters(registry: InverterRegistry) -> None:
+    """Add :class:`soundguide.Inverter` subclasses (images -> latents) with ``registry.add(cls)``."""
 
 
 @hookspec

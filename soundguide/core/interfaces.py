@@ -1,4 +1,4 @@
-"""The three plugin kinds: what a generator, a guidance and a regularizer provide.
+"""The plugin kinds: what a generator, a guidance, a regularizer and an inverter provide.
 
 A plugin class has a nested pydantic ``Config`` whose ``type: Literal[...]``
 field names it in config files, and is built as ``cls(config, context)``.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
@@ -102,6 +102,10 @@ class RegularizerConfig(PluginConfig):
     weight: float = Field(
         1.0, ge=0, allow_inf_nan=False, description="Multiplies the penalty; 0 turns it off."
     )
+
+
+class InverterConfig(PluginConfig):
+    pass
 
 
 @dataclass
@@ -249,6 +253,27 @@ class Generator(abc.ABC):
         """Checkpoint files this generator read (recorded with their sha256 in run.json)."""
         return []
 
+    # -- optional: noise inputs (projection tunes them) --------------------------------
+    def noise_maps(self) -> list[torch.Tensor]:
+        """The noise inputs :meth:`synthesize` uses now, each (1 or n, 1, h, w).
+
+        The default, ``[]``, says the generator has no noise inputs to tune
+        (then :meth:`use_noise` is never called).
+        """
+        return []
+
+    def use_noise(self, noise: Sequence[torch.Tensor] | None) -> None:
+        """Make :meth:`synthesize` use ``noise`` instead of its fixed maps (None: the fixed ones).
+
+        ``noise`` has one map per entry of :meth:`noise_maps`, each of the same
+        shape except the batch (1, or the n of the latents it renders); maps
+        may require grad, and gradients then reach them. A generator with noise
+        maps must override this.
+        """
+        from soundguide.core.errors import PluginError
+
+        raise PluginError(f"generator {type(self).__name__} has no noise inputs to set")
+
 
 @runtime_checkable
 class ImageEncoder(Protocol):
@@ -343,6 +368,62 @@ class Guidance(abc.ABC):
         says that this guidance cannot embed audio.
         """
         return None
+
+
+@dataclass
+class Inversion:
+    """Latents an :class:`Inverter` found for n images.
+
+    ``latent``: (n, L, D) on the CPU. ``noise``: the tuned noise maps, one
+    (n, 1, h, w) per entry of the generator's :meth:`Generator.noise_maps`, or
+    None when the inverter kept the generator's own. ``history``: losses per
+    step by name (each a list of n-item lists), for reports and tests.
+    """
+
+    latent: torch.Tensor
+    noise: list[torch.Tensor] | None = None
+    history: dict[str, list[list[float]]] = field(default_factory=dict)
+
+
+class Inverter(abc.ABC):
+    """Turns images into latents of a generator (e4e, projection...)."""
+
+    Config: ClassVar[type[InverterConfig]]
+    domains: ClassVar[tuple[str, ...] | None] = None
+    """What the inverter was trained on, e.g. ``("face",)`` for e4e's FFHQ
+    encoder; None: any generator."""
+
+    def __init__(self, config: InverterConfig, context: RunContext) -> None:
+        self.config = config
+        self.context = context
+
+    @abc.abstractmethod
+    def invert(
+        self,
+        images: torch.Tensor,
+        generator: Generator,
+        *,
+        start: Inversion | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Inversion:
+        """Latents of ``generator`` that render ``images``.
+
+        Input: (n, 3, R, R) in [-1, 1] with R = ``generator.resolution``
+        (already aligned or cropped), on the run's device. ``start``: an earlier
+        inversion to refine (optimizers start there; encoders may ignore it).
+        ``stop()`` true asks an iterative inverter to return what it has
+        between two steps.
+        """
+
+    def identity(self) -> dict[str, Any]:
+        """What the result depends on besides the images and the generator
+        (settings and the sha256 of weights): part of the latent cache key and
+        of ``invert.json``. The default is the config."""
+        return self.config.model_dump(mode="json")
+
+    def files(self) -> list[Path]:
+        """Weights files this inverter read (recorded with their sha256)."""
+        return []
 
 
 class Regularizer(abc.ABC):

@@ -26,6 +26,8 @@ from soundguide.core.interfaces import (
     GeneratorConfig,
     Guidance,
     GuidanceConfig,
+    Inverter,
+    InverterConfig,
     PluginConfig,
     Regularizer,
     RegularizerConfig,
@@ -148,6 +150,12 @@ class RegularizerRegistry(Registry[Regularizer]):
     config_base = RegularizerConfig
 
 
+class InverterRegistry(Registry[Inverter]):
+    kind = "inverter"
+    base = Inverter
+    config_base = InverterConfig
+
+
 class CommandRegistry(click.Group):
     """The ``soundguide`` subcommands plugins add: ``@cli.command()`` or ``cli.add_command(cmd)``.
 
@@ -208,23 +216,29 @@ class Registries:
     generators: GeneratorRegistry = field(default_factory=GeneratorRegistry)
     guidances: GuidanceRegistry = field(default_factory=GuidanceRegistry)
     regularizers: RegularizerRegistry = field(default_factory=RegularizerRegistry)
+    inverters: InverterRegistry = field(default_factory=InverterRegistry)
     weights: WeightsRegistry = field(default_factory=WeightsRegistry)
     commands: CommandRegistry = field(default_factory=CommandRegistry)
     config_model: Any = field(default=None, init=False, repr=False, compare=False)
     """The run-config model built from these registries (see core.config)."""
+
+    def plugin_registries(self) -> tuple[Registry, ...]:
+        """The registrars of plugin classes, in the order ``soundguide plugins`` lists them."""
+        return (self.generators, self.guidances, self.regularizers, self.inverters)
 
     def by_hook(self) -> Mapping[str, Registry | WeightsRegistry | CommandRegistry]:
         return {
             "register_generators": self.generators,
             "register_guidances": self.guidances,
             "register_regularizers": self.regularizers,
+            "register_inverters": self.inverters,
             "register_weights": self.weights,
             "register_commands": self.commands,
         }
 
     def _owners(self) -> Iterator[tuple[str, str, tuple[str, str]]]:
         """(kind, name, (plugin, distribution)) of everything registered."""
-        for registry in (self.generators, self.guidances, self.regularizers):
+        for registry in self.plugin_registries():
             for entry in registry:
                 yield registry.kind, entry.name, (entry.plugin, entry.distribution)
         for weights in self.weights:
