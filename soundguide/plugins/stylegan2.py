@@ -3,6 +3,8 @@
 ``preset`` picks a known model (and its known-weights entry); ``checkpoint``
 points at a local file instead. The mean latent (4096 mapping passes, seeded)
 is computed once per checkpoint and cached under ``$SOUNDGUIDE_HOME/cache``.
+``use_noise`` replaces the checkpoint's fixed noise maps (projection tunes
+them; one map per image, or one for the batch).
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class StyleGAN2(Generator):
         self._box = preset.content_box if preset is not None else None
         self._sha256 = sha256_file(self.path)
         self._mean: torch.Tensor | None = None
+        self._noise: list[torch.Tensor] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -190,7 +193,21 @@ class StyleGAN2(Generator):
         return w[:, None, :].expand(n, self.num_layers, -1).clone()
 
     def synthesize(self, latent):
-        return self.model.synthesize(latent, precision=self.config.precision)
+        return self.model.synthesize(latent, noise=self._noise, precision=self.config.precision)
+
+    def noise_maps(self) -> list[torch.Tensor]:
+        """The maps ``synthesize`` uses now: those of :meth:`use_noise`, else the checkpoint's."""
+        return list(self._noise) if self._noise is not None else self.model.noise_maps()
+
+    def use_noise(self, noise) -> None:
+        if noise is None:
+            self._noise = None
+            return
+        self.model.check_noise(noise)
+        fixed = self.model.noise_maps()
+        # the checkpoint's own maps: keep following the buffers (they move with the model)
+        same = all(a is b for a, b in zip(noise, fixed, strict=True))
+        self._noise = None if same else list(noise)
 
     def files(self) -> list[Path]:
         return [self.path]

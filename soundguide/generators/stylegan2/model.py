@@ -255,9 +255,9 @@ class ModulatedConv2d(nn.Module):
 
 
 class NoiseInjection(nn.Module):
-    """Adds ``weight * noise``; the noise map is a fixed buffer of the generator.
+    """Adds ``weight * noise``: a fixed buffer of the generator, or a map given to ``synthesize``.
 
-    Input: x (N, C, H, W), noise (1, 1, H, W). Output: (N, C, H, W).
+    Input: x (N, C, H, W), noise (1 or N, 1, H, W). Output: (N, C, H, W).
     """
 
     def __init__(self) -> None:
@@ -283,7 +283,7 @@ class StyledConv(nn.Module):
     """Modulated convolution, noise, bias and activation.
 
     Input: (N, C_in, H, W), a latent (N, style_dim) and a noise map
-    (1, 1, H', W'). Output: (N, C_out, H', W') with H' = H or 2H.
+    (1 or N, 1, H', W'). Output: (N, C_out, H', W') with H' = H or 2H.
     """
 
     def __init__(
@@ -361,7 +361,8 @@ class StyleGAN2Generator(nn.Module):
 
     ``synthesize`` takes W+ latents (N, L, D) with L = :attr:`num_layers` =
     2 * log2(size) - 2 and returns images (N, 3, size, size), roughly in
-    [-1, 1], using the fixed noise maps stored in the checkpoint.
+    [-1, 1], using the fixed noise maps stored in the checkpoint, or the
+    maps it is given (projection tunes them).
     """
 
     def __init__(
@@ -539,9 +540,52 @@ class StyleGAN2Generator(nn.Module):
 
     # -- synthesis -------------------------------------------------------------
 
+    @property
+    def num_noise(self) -> int:
+        """Number of noise maps: one per styled convolution, 2 * log2(size) - 3."""
+        return 2 * (self.log_size - 2) + 1
+
     def noise_maps(self) -> list[torch.Tensor]:
         """The fixed noise buffers ``noises.noise_i``, each (1, 1, r, r)."""
-        return [getattr(self.noises, f"noise_{i}") for i in range(2 * (self.log_size - 2) + 1)]
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.num_noise)]
+
+    def check_noise(self, noise: Sequence[torch.Tensor], batch: int | None = None) -> None:
+        """Raise :class:`LatentShapeError` unless ``noise`` can replace :meth:`noise_maps`.
+
+        One float map per styled convolution, each (1, 1, r, r) or (``batch``,
+        1, r, r) with r the resolution of its layer (4, 8, 8, 16, 16, ...),
+        on the generator's device. ``batch`` None accepts any batch.
+        """
+        fixed = self.noise_maps()
+        if isinstance(noise, torch.Tensor) or not isinstance(noise, Sequence):
+            raise LatentShapeError(
+                f"noise must be a list of {len(fixed)} maps, got {type(noise).__name__}"
+            )
+        if len(noise) != len(fixed):
+            raise LatentShapeError(
+                f"this {self.size} px generator takes {len(fixed)} noise maps, got {len(noise)}"
+            )
+        device = self._param().device
+        for i, (map_, ref) in enumerate(zip(noise, fixed, strict=True)):
+            r = ref.shape[-1]
+            if (
+                not isinstance(map_, torch.Tensor)
+                or map_.ndim != 4
+                or tuple(map_.shape[1:]) != (1, r, r)
+                or (batch is not None and map_.shape[0] not in (1, batch))
+                or map_.shape[0] == 0
+            ):
+                n = "n" if batch is None else f"1 or {batch}"
+                raise LatentShapeError(
+                    f"noise map {i} must have shape ({n}, 1, {r}, {r}), got {_shape_of(map_)}"
+                )
+            if not map_.is_floating_point():
+                raise LatentShapeError(f"noise map {i} must be a float tensor, got {map_.dtype}")
+            if map_.device != device:
+                raise LatentError(
+                    f"noise map {i} is on {map_.device} but the generator is on {device}",
+                    hint="move one of them with .to(device)",
+                )
 
     def check_wplus(self, wplus: torch.Tensor) -> None:
         """Raise :class:`LatentShapeError` unless ``wplus`` is a (N, L, D) float tensor."""
@@ -566,30 +610,44 @@ class StyleGAN2Generator(nn.Module):
                 hint="move one of them with .to(device)",
             )
 
-    def synthesize(self, wplus: torch.Tensor, *, precision: Precision = "fp32") -> torch.Tensor:
-        """Render W+ latents with the stored noise maps (deterministic).
+    def synthesize(
+        self,
+        wplus: torch.Tensor,
+        *,
+        noise: Sequence[torch.Tensor] | None = None,
+        precision: Precision = "fp32",
+    ) -> torch.Tensor:
+        """Render W+ latents (deterministic).
 
         Input: (N, L, D) on the generator's device (converted to its dtype).
-        Output: (N, 3, size, size) in the generator's dtype, also for
-        ``precision="bf16"``, which runs the network under bfloat16 autocast:
-        faster on GPUs and CPUs with bf16 units, less exact, and far slower
-        than fp32 on CPUs without them (a RuntimeWarning says so).
+        ``noise``: None for the stored noise maps, or one map per styled
+        convolution (:meth:`check_noise`), each (1, 1, r, r) shared by the
+        batch or (N, 1, r, r) one per image; maps that require grad get
+        gradients. Output: (N, 3, size, size) in the generator's dtype, also
+        for ``precision="bf16"``, which runs the network under bfloat16
+        autocast: faster on GPUs and CPUs with bf16 units, less exact, and far
+        slower than fp32 on CPUs without them (a RuntimeWarning says so).
         """
         self.check_wplus(wplus)
-        wplus = wplus.to(self._param().dtype)
+        dtype = self._param().dtype
+        wplus = wplus.to(dtype)
+        if noise is None:
+            maps = self.noise_maps()
+        else:
+            self.check_noise(noise, wplus.shape[0])
+            maps = [m.to(dtype) for m in noise]
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if precision == "bf16":
             _warn_if_slow_bf16(wplus.device)
             with torch.autocast(wplus.device.type, dtype=torch.bfloat16):
-                image = self._synthesize(wplus)
+                image = self._synthesize(wplus, maps)
             return image.to(wplus.dtype)
-        return self._synthesize(wplus)
+        return self._synthesize(wplus, maps)
 
     forward = synthesize
 
-    def _synthesize(self, wplus: torch.Tensor) -> torch.Tensor:
-        noise = self.noise_maps()
+    def _synthesize(self, wplus: torch.Tensor, noise: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self.input(wplus.shape[0])
         if self.channels_last and self.fast:
             x = x.contiguous(memory_format=torch.channels_last)

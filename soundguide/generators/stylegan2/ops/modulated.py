@@ -23,6 +23,9 @@ in :mod:`.cache`.
   (:mod:`.winograd`), forward and backward (:func:`use_winograd`).
 * The sqrt(2) gain of the activation rides on the demodulation and on the
   noise and bias terms, saving a pass over the output.
+* Noise maps are (1, 1, H, W), shared by the batch, or (N, 1, H, W), one per
+  sample; projection tunes them, so gradients reach maps that require them,
+  on every route (:class:`FrozenStyledConv` returns the noise term's).
 
 When weights require gradients (training), or under autocast, the same
 formulas run through plain autograd (:func:`modulated_conv2d_parts`).
@@ -305,7 +308,7 @@ def styled_conv(
 ) -> torch.Tensor:
     """``StyledConv.forward``: modulated convolution, noise, bias, leaky ReLU times sqrt(2).
 
-    Input: x (N, C_in, H, W), latent (N, style_dim), noise (1, 1, H', W').
+    Input: x (N, C_in, H, W), latent (N, style_dim), noise (1 or N, 1, H', W').
     Output: (N, C_out, H', W').
     """
     conv = layer.conv
@@ -351,8 +354,13 @@ def _dot_hw(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _dot_map(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Dot products of every channel of a (N, C, H, W) with one (1, 1, H, W) map. Output: (N, C)."""
+    """Dot products of every channel of a (N, C, H, W) with a (1, 1, H, W) map shared by
+    the batch, or with each sample's own map of a (N, 1, H, W). Output: (N, C)."""
     n, c, h, w = a.shape
+    if m.shape[0] != 1:
+        if a.is_contiguous():
+            return torch.bmm(a.view(n, c, h * w), m.reshape(n, h * w, 1)).view(n, c)
+        return (a * m).sum((2, 3))
     m = m.reshape(h * w)
     if a.is_contiguous():
         return a.view(n, c, h * w) @ m
@@ -362,15 +370,18 @@ def _dot_map(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 class FrozenStyledConv(torch.autograd.Function):
-    """StyledConv with frozen weights: gradients for x, s and d only.
+    """StyledConv with frozen weights: gradients for x, s, d and the noise term only.
 
     Forward: ``a = leaky_relu(blur?(conv(x * s)) * d + noise_term + bias)``
     (d, noise_term and bias already carry the sqrt(2) gain). Only x, s, d and
     the output are kept for the backward pass; the pre-activation is
     recovered from the output, since ``z * leaky_relu'(z) = leaky_relu(z)``.
+    The noise term gets a gradient when it requires one (projection tunes
+    the noise maps): the pre-activation's, summed over channels (and over
+    the batch for a shared map).
 
     Input: x (N, C_in, H, W), s (N, C_in), d (N, C_out), the layer's
-    ``ModulatedConv2d``, noise_term (1, 1, H', W'), bias (C_out,).
+    ``ModulatedConv2d``, noise_term (1 or N, 1, H', W'), bias (C_out,).
     Output: (N, C_out, H', W').
     """
 
@@ -399,11 +410,16 @@ class FrozenStyledConv(torch.autograd.Function):
         # dL/dd = sum(ga * z_conv) with z_conv = (z - noise_term - bias) / d, and
         # sum(ga * z) = sum(grad * out) because z * leaky_relu'(z) = leaky_relu(z)
         grad_d = (_dot_hw(grad, out) - _dot_map(ga, noise_term) - ga.sum((2, 3)) * bias) / d
+        grad_noise = None
+        if ctx.needs_input_grad[4]:
+            grad_noise = ga.sum(1, keepdim=True)
+            if noise_term.shape[0] != grad_noise.shape[0]:  # one map for the batch
+                grad_noise = grad_noise.sum(0, keepdim=True)
         gx = frozen_backward(ctx.conv, ga, x, d)
         del ga
         grad_s = _dot_hw(gx, x)
         grad_x = gx.mul_(s[:, :, None, None]) if ctx.needs_input_grad[0] else None
-        return grad_x, grad_s, grad_d, None, None, None
+        return grad_x, grad_s, grad_d, None, grad_noise, None
 
 
 # -- ToRGB -------------------------------------------------------------------------------
