@@ -1,0 +1,1 @@
+"""Real photos to latents: projection, LPIPS, face alignment and the `invert` command."""
