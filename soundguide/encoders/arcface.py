@@ -11,6 +11,8 @@ the paper's original code load ``model_ir_se50.pth`` into:
 - ``output_layer``: batch norm, dropout, flatten, linear 512*7*7 -> 512, batch norm;
 - the output is L2-normalized.
 
+The input layer and the body are :mod:`soundguide.encoders.irse`'s, shared with e4e.
+
 The face crop (:func:`face_crop`) is the one of the original code's ID loss,
 tuned to aligned FFHQ faces at 256 px: pool to 256x256 if needed, keep rows
 35:223 and columns 32:220, pool to 112x112. It means nothing for other domains.
@@ -35,6 +37,7 @@ from soundguide.core.checkpoints import (
     unwrap_state_dict,
 )
 from soundguide.core.errors import ImageError
+from soundguide.encoders.irse import IR_SE50_STAGES, ir_se50_body, ir_se_input_layer
 
 INPUT_SIZE = 112
 EMBED_DIM = 512
@@ -42,9 +45,6 @@ ALIGNED_SIZE = 256
 """The original code pools every image to this size before cropping."""
 CROP_ROWS = (35, 223)
 CROP_COLS = (32, 220)
-IR_SE50_STAGES: tuple[tuple[int, int], ...] = ((64, 3), (128, 4), (256, 14), (512, 3))
-"""(channels, units) per stage of IR-SE50."""
-SE_REDUCTION = 16
 
 ARCFACE_IR_SE50 = KnownWeights(
     name="arcface-ir-se50",
@@ -60,58 +60,8 @@ checksum: pinned on first download)."""
 
 
 # -- the network ----------------------------------------------------------------------
-# Attribute names (input_layer, body, output_layer, shortcut_layer, res_layer,
-# fc1, fc2) and the Sequential indices are the key names of model_ir_se50.pth.
-
-
-class SEModule(nn.Module):
-    """Squeeze-and-excitation: scale channels by a gate computed from their means.
-
-    Input: (n, C, H, W). Output: (n, C, H, W).
-    """
-
-    def __init__(self, channels: int, reduction: int = SE_REDUCTION) -> None:
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, bias=False)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, bias=False)
-        self.sigmoid = nn.Sigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
-        return x * gate
-
-
-class BottleneckIRSE(nn.Module):
-    """One improved-residual unit with squeeze-and-excitation (``bottleneck_IR_SE``).
-
-    The residual branch is BN, 3x3 conv, PReLU, 3x3 conv (with the stride), BN, SE.
-    The shortcut subsamples (1x1 max-pool) when the channels stay, and is a
-    strided 1x1 convolution + BN when they change.
-
-    Input: (n, in_channels, H, W). Output: (n, depth, H / stride, W / stride).
-    """
-
-    def __init__(self, in_channels: int, depth: int, stride: int) -> None:
-        super().__init__()
-        if in_channels == depth:
-            self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
-        else:
-            self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(in_channels, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)
-            )
-        self.res_layer = nn.Sequential(
-            nn.BatchNorm2d(in_channels),
-            nn.Conv2d(in_channels, depth, 3, 1, 1, bias=False),
-            nn.PReLU(depth),
-            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(depth),
-            SEModule(depth),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_layer(x) + self.shortcut_layer(x)
+# Attribute names (input_layer, body, output_layer) and the Sequential indices are
+# the key names of model_ir_se50.pth; the units are in irse.py, shared with e4e.
 
 
 class ArcFaceIRSE50(nn.Module):
@@ -127,9 +77,7 @@ class ArcFaceIRSE50(nn.Module):
     def __init__(self, drop_ratio: float = 0.6) -> None:
         super().__init__()
         # defined in the order of the checkpoint's keys
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64)
-        )
+        self.input_layer = ir_se_input_layer()
         final = IR_SE50_STAGES[-1][0]
         side = INPUT_SIZE // 2 ** len(IR_SE50_STAGES)
         self.output_layer = nn.Sequential(
@@ -139,13 +87,7 @@ class ArcFaceIRSE50(nn.Module):
             nn.Linear(final * side * side, EMBED_DIM),
             nn.BatchNorm1d(EMBED_DIM, affine=True),
         )
-        units: list[nn.Module] = []
-        in_channels = 64
-        for depth, count in IR_SE50_STAGES:
-            for i in range(count):
-                units.append(BottleneckIRSE(in_channels, depth, stride=2 if i == 0 else 1))
-                in_channels = depth
-        self.body = nn.Sequential(*units)
+        self.body = ir_se50_body()
 
     def forward(self, face: torch.Tensor) -> torch.Tensor:
         if face.dim() != 4 or tuple(face.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
