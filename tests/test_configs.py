@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from PIL import Image
 
 from soundguide.cli import main
 
@@ -21,13 +22,19 @@ def test_there_are_example_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_check(path, tmp_path, capsys):
-    """Valid as shipped except for the sound, which the user brings (checked too)."""
+    """Valid as shipped except for the sound and the photo, which the user brings (checked too)."""
+    photo = "image = " in path.read_text()
     assert main(["config", "check", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "1 input of " in err and "guidance.0.path = " in err and "(not found)" in err
+    assert f"{1 + photo} input" in err and "guidance.0.path = " in err and "(not found)" in err
+    assert ("optimization.image = " in err) == photo
     sound = tmp_path / "sound.wav"
     sf.write(sound, 0.3 * np.sin(np.arange(44100) / 10.0), 44100)
-    assert main(["config", "check", str(path), "--set", f'guidance.0.path="{sound}"']) == 0
+    sets = ["--set", f'guidance.0.path="{sound}"']
+    if photo:
+        Image.new("RGB", (64, 64), "gray").save(tmp_path / "me.jpg")
+        sets += ["--set", f'optimization.image="{tmp_path / "me.jpg"}"']
+    assert main(["config", "check", str(path), *sets]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(f"ok: {path}")
     # the known weights are not downloaded here: said, not an error

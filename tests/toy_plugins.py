@@ -23,6 +23,9 @@ from soundguide import (
     GeneratorConfig,
     Guidance,
     GuidanceConfig,
+    Inversion,
+    Inverter,
+    InverterConfig,
     Regularizer,
     RegularizerConfig,
 )
@@ -49,6 +52,7 @@ class ToyGenerator(Generator):
         nan_images_at: list[int] = Field(
             [], description="Synthesis calls (counted from 1) whose images are NaN."
         )
+        domain: str | None = None
 
     def __init__(self, config: Config, context) -> None:
         super().__init__(config, context)
@@ -79,6 +83,10 @@ class ToyGenerator(Generator):
     def content_box(self):
         return self.config.box
 
+    @property
+    def domain(self):
+        return self.config.domain
+
     def _map(self, z: torch.Tensor) -> torch.Tensor:
         return torch.tanh(z @ self.mapping_weight)
 
@@ -101,6 +109,32 @@ class ToyGenerator(Generator):
         n, s = latent.shape[0], self.config.size
         image = torch.tanh(latent.reshape(n, -1) @ self.weight).view(n, 3, s, s)
         return image * float("nan") if self.calls in self.config.nan_images_at else image
+
+
+class ToyInverter(Inverter):
+    """Inverts the toy generator exactly where it can: atanh, then the pseudo-inverse."""
+
+    class Config(InverterConfig):
+        type: Literal["toy-inverter"] = "toy-inverter"
+        shift: float = Field(0.0, description="Added to the latent (a worse inversion).")
+        nan: bool = False
+        faces_only: bool = False
+
+    def __init__(self, config, context) -> None:
+        super().__init__(config, context)
+        CALLS["inverter.build"] += 1
+        if config.faces_only:
+            self.domains = ("face",)
+
+    def invert(self, images, generator, *, start=None, stop=None):
+        CALLS["inverter.invert"] += 1
+        n = images.shape[0]
+        target = torch.atanh(images.reshape(n, -1).clamp(-0.999, 0.999))
+        flat = target @ torch.linalg.pinv(generator.weight)
+        latent = flat.view(n, generator.num_layers, generator.latent_dim) + self.config.shift
+        if self.config.nan:
+            latent = latent * float("nan")
+        return Inversion(latent=latent.cpu(), history={"loss": [[0.0] * n]})
 
 
 class ToyEncoder(torch.nn.Module):
@@ -229,6 +263,11 @@ def register_generators(registry):
 @soundguide.hookimpl
 def register_guidances(registry):
     registry.add(ToyGuidance)
+
+
+@soundguide.hookimpl
+def register_inverters(registry):
+    registry.add(ToyInverter)
 
 
 @soundguide.hookimpl

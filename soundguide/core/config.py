@@ -34,8 +34,16 @@ PLUGIN_SECTIONS: dict[str, str] = {
     "generator": "generators",
     "guidance": "guidances",
     "regularizer": "regularizers",
+    "inversion": "inverters",
 }
-"""Config section -> attribute of :class:`Registries`. ``generator`` is one table, the others lists."""
+"""Config section -> attribute of :class:`Registries`. ``generator`` and ``inversion``
+are one table each (:data:`SINGLE_SECTIONS`), the others lists."""
+SINGLE_SECTIONS = ("generator", "inversion")
+OPTIONAL_SECTIONS = ("inversion",)
+"""Sections a config may leave out (None in a dumped config)."""
+DEFAULT_INVERTER = "projection"
+"""The ``[inversion]`` type when ``optimization.image`` is set and the config has none:
+works with every generator."""
 
 
 RUN_PRESETS: dict[str, dict[str, Any]] = {
@@ -91,6 +99,11 @@ class OptimizationConfig(StrictModel):
     )
     truncation: float = Field(0.7, ge=0, allow_inf_nan=False)
     latent: ConfigPath | None = Field(None, description="Start from this latent file instead.")
+    image: ConfigPath | list[ConfigPath] | None = Field(
+        None,
+        description="Start from this photo, inverted as [inversion] says (cached); a list "
+        "gives one batch item per photo.",
+    )
     latent_index: int | list[int] | None = Field(
         None, description="Rows of a latent stack (N, L, D) to use; default all."
     )
@@ -116,7 +129,20 @@ class OptimizationConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batch_fits(self) -> OptimizationConfig:
-        for what, n in (("batch", self.batch), ("seed list", _count(self.seed))):
+        if self.image is not None and self.latent is not None:
+            raise ValueError("set image (a photo to invert) or latent (a latent file), not both")
+        if isinstance(self.image, list) and not self.image:
+            raise ValueError("image list is empty")
+        if self.image is not None and isinstance(self.seed, list):
+            raise ValueError(
+                "image starts from photos, so a seed list has nothing to seed: remove one"
+            )
+        photos = len(self.image) if isinstance(self.image, list) else None
+        for what, n in (
+            ("batch", self.batch),
+            ("seed list", _count(self.seed)),
+            ("image list", photos),
+        ):
             if n is not None and n > self.max_batch:
                 raise ValueError(
                     f"{what} of {n} items is more than max_batch = {self.max_batch} items "
@@ -158,6 +184,8 @@ class RunConfig(StrictModel):
     generator: PluginConfig
     guidance: list[PluginConfig] = Field(default_factory=list)
     regularizer: list[PluginConfig] = Field(default_factory=list)
+    inversion: PluginConfig | None = None
+    """How ``optimization.image`` photos are inverted (used only with it)."""
 
     @model_validator(mode="after")
     def _at_least_one_source(self) -> RunConfig:
@@ -185,12 +213,14 @@ def run_config_model(registries: Registries) -> type[RunConfig]:
     generator = _plugin_union(registries.generators)
     guidance = _plugin_union(registries.guidances)
     regularizer = _plugin_union(registries.regularizers)
+    inversion = _plugin_union(registries.inverters)
     model = create_model(
         "RunConfig",
         __base__=RunConfig,
         generator=(generator, ...),
         guidance=(list[guidance], Field(default_factory=list)),
         regularizer=(list[regularizer], Field(default_factory=list)),
+        inversion=(inversion | None, None),
     )
     registries.config_model = model
     return model
@@ -211,10 +241,10 @@ def _check_plugin_types(data: Mapping[str, Any], registries: Registries) -> list
     problems: list[Problem] = []
     for section, attr in PLUGIN_SECTIONS.items():
         registry: Registry = getattr(registries, attr)
-        if section not in data:
+        if section not in data or (section in OPTIONAL_SECTIONS and data[section] is None):
             continue
         value = data[section]
-        if section == "generator":
+        if section in SINGLE_SECTIONS:
             items: list[tuple[tuple[str, ...], Any]] = [((section,), value)]
         elif isinstance(value, list):
             items = [((section, str(i)), item) for i, item in enumerate(value)]
@@ -245,10 +275,11 @@ def _fields_at(raw_loc: Sequence[Any], registries: Registries) -> list[str]:
     if head in models and len(raw_loc) == 2:
         return list(models[head].model_fields)
     # a discriminated union puts the plugin's type into the location
-    tag = raw_loc[1] if head == "generator" else raw_loc[2] if len(raw_loc) > 2 else None
+    single = head in SINGLE_SECTIONS
+    tag = raw_loc[1] if single else raw_loc[2] if len(raw_loc) > 2 else None
     if head in PLUGIN_SECTIONS and isinstance(tag, str):
         registry: Registry = getattr(registries, PLUGIN_SECTIONS[head])
-        if tag in registry and len(raw_loc) == (3 if head == "generator" else 4):
+        if tag in registry and len(raw_loc) == (3 if single else 4):
             return list(registry.get(tag).Config.model_fields)
     return []
 
@@ -274,7 +305,7 @@ def _problem(error: Mapping[str, Any], registries: Registries) -> Problem:
     raw = list(error["loc"])
     loc = list(raw)
     # a discriminated union puts the tag into the location: guidance.1.text.wieght
-    if loc and loc[0] == "generator" and len(loc) > 1:
+    if loc and loc[0] in SINGLE_SECTIONS and len(loc) > 1:
         del loc[1]
     elif loc and loc[0] in PLUGIN_SECTIONS and len(loc) > 2:
         del loc[2]
@@ -434,7 +465,7 @@ def apply_preset(data: dict[str, Any], registries: Registries) -> dict[str, Any]
     for section, attr in PLUGIN_SECTIONS.items():
         registry: Registry = getattr(registries, attr)
         entries = data.get(section)
-        entries = [entries] if section == "generator" else entries
+        entries = [entries] if section in SINGLE_SECTIONS else entries
         if not isinstance(entries, list):
             continue
         for entry in entries:
@@ -469,6 +500,14 @@ def config_from_dict(
     if problems:
         raise config_error(source, problems, overridden)
     data = apply_preset(copy.deepcopy(dict(data)), registries)
+    optimization = data.get("optimization")
+    if (
+        isinstance(optimization, dict)
+        and optimization.get("image") is not None
+        and data.get("inversion") is None
+        and DEFAULT_INVERTER in registries.inverters
+    ):
+        data["inversion"] = {"type": DEFAULT_INVERTER}
     model = run_config_model(registries)
     context = {"base_dir": Path(base_dir).resolve() if base_dir is not None else None}
     try:
@@ -503,3 +542,30 @@ def load_config(
     return config_from_dict(
         data, registries, base_dir=path.parent, source=str(path), overridden=overridden
     )
+
+
+def tables_from_dict(
+    data: Mapping[str, Any],
+    registries: Registries,
+    sections: Sequence[str],
+    *,
+    source: str = "options",
+    overridden: Sequence[Sequence[str]] = (),
+) -> Any:
+    """Validate plugin tables alone (e.g. ``generator`` and ``inversion`` for
+    ``soundguide invert``) with the errors of a run config; returns a model whose
+    attributes are the sections."""
+    for section in sections:
+        if section not in SINGLE_SECTIONS:
+            raise ValueError(f"{section!r} is not a single-table plugin section")
+    problems = _check_plugin_types(data, registries)
+    problems += [((s,), "missing") for s in sections if s not in data]
+    if problems:
+        raise config_error(source, problems, overridden)
+    fields = {s: (_plugin_union(getattr(registries, PLUGIN_SECTIONS[s])), ...) for s in sections}
+    model = create_model("Tables", __base__=StrictModel, **fields)
+    try:
+        return model.model_validate(dict(data), context={"base_dir": None})
+    except ValidationError as exc:
+        problems = [_problem(e, registries) for e in exc.errors()]
+        raise config_error(source, problems, overridden) from None

@@ -131,6 +131,10 @@ class RunResult:
     edited_step: int = 0
     final_losses: dict[str, Any] | None = None
     error: BaseException | None = field(default=None, repr=False)
+    photo: torch.Tensor | None = None
+    """(n, 3, H, W): the prepared photos of a run that started from ``optimization.image``."""
+    photos: list[dict[str, Any]] = field(default_factory=list)
+    """Per photo: path, sha256, inverter, cached, reconstruction metrics (for run.json)."""
 
     @property
     def ok(self) -> bool:
@@ -280,6 +284,9 @@ class Editor:
                 release()
 
         self.seeds: list[int] | None = None
+        self.photo_start = None
+        if cfg.optimization.image is not None:
+            w0_file = self._photo_start(n)
         self.w0 = self._initial_latent(n, w0_file).to(ctx.device)
         with torch.no_grad():
             self.image0 = self.generator.synthesize(self.w0)
@@ -297,6 +304,9 @@ class Editor:
         if isinstance(opt.seed, list):
             claims.append(("optimization.seed", len(opt.seed), False))
         latents = None
+        if opt.image is not None:
+            photos = opt.image if isinstance(opt.image, list) else [opt.image]
+            claims.append(("optimization.image", len(photos), True))
         if opt.latent is not None:
             latents = load_latent_file(
                 opt.latent,
@@ -325,6 +335,27 @@ class Editor:
                 "device has the memory",
             )
         return n, latents
+
+    def _photo_start(self, n: int) -> torch.Tensor:
+        """Invert the ``optimization.image`` photos; their noise maps become the generator's."""
+        from soundguide.inversion.photos import start_from_photos
+
+        cfg, ctx = self.config, self.context
+        paths = cfg.optimization.image
+        start = start_from_photos(
+            paths if isinstance(paths, list) else [paths],
+            cfg.inversion,
+            self.registries,
+            self.generator,
+            cfg.generator.type,
+            ctx,
+            stop=lambda: self.stop.requested,
+        )
+        if start.noise is not None:
+            self.generator.use_noise([m.expand(n, -1, -1, -1).to(ctx.device) for m in start.noise])
+        ctx.photo = start.photos.expand(n, -1, -1, -1).to(ctx.device)
+        self.photo_start = start
+        return start.latent
 
     def _check_target(self, term: Term, target: Any, n: int) -> torch.Tensor:
         if not isinstance(target, torch.Tensor) or target.ndim not in (1, 2):
@@ -542,6 +573,9 @@ class Editor:
         files: list[Path] = list(self.generator.files())
         for term in [*self.guidances, *self.regularizers]:
             files.extend(term.plugin.files())
+        photos = self.photo_start
+        if photos is not None:
+            files.extend(photos.files)
         return RunResult(
             status=status,
             message=message,
@@ -557,6 +591,8 @@ class Editor:
             edited_step=edited_step,
             final_losses=final_record,
             error=error,
+            photo=None if photos is None else self.view(self.context.photo).cpu(),
+            photos=[] if photos is None else photos.records,
         )
 
 

@@ -69,8 +69,19 @@ def run_inputs(config: Any) -> list[Input]:
         for i, plugin in enumerate(getattr(config, section)):
             if plugin.weight != 0:  # a term of weight 0 is never built, so reads nothing
                 found.extend(plugin.inputs(f"{section}.{i}"))
-    if config.optimization.latent is not None:
-        found.append(Input("optimization.latent", config.optimization.latent, "file"))
+    opt = config.optimization
+    if opt.latent is not None:
+        found.append(Input("optimization.latent", opt.latent, "file"))
+    if opt.image is not None:
+        images = opt.image if isinstance(opt.image, list) else [opt.image]
+        for i, path in enumerate(images):
+            where = (
+                f"optimization.image.{i}" if isinstance(opt.image, list) else "optimization.image"
+            )
+            found.append(Input(where, path, "file"))
+        inversion = getattr(config, "inversion", None)
+        if inversion is not None:
+            found.extend(inversion.inputs("inversion"))
     return found
 
 

@@ -105,7 +105,11 @@ class RegularizerConfig(PluginConfig):
 
 
 class InverterConfig(PluginConfig):
-    pass
+    align: bool = Field(
+        False,
+        description="Align faces as FFHQ's are (eye and mouth landmarks; needs the 'align' "
+        "extra); false, or a generator that does not make faces: resize and centre-crop.",
+    )
 
 
 @dataclass
@@ -118,6 +122,9 @@ class RunContext:
     cache_dir: Path | None = None
     batch_size: int = 1
     progress: bool = True
+    photo: torch.Tensor | None = None
+    """(n, 3, R, R) in [-1, 1]: the prepared photos of a run that starts from
+    ``optimization.image`` (set before regularizers' ``setup``), else None."""
     extras: dict[str, Any] = field(default_factory=dict)
 
     def cache_path(self, *parts: str) -> Path:
@@ -246,6 +253,15 @@ class Generator(abc.ABC):
 
         LSUN cars, for example, are 512x384 inside 512x512. Saved images are
         cropped to it; guidance sees the full output.
+        """
+        return None
+
+    @property
+    def domain(self) -> str | None:
+        """What the generator makes, when known: ``"face"`` (FFHQ), ``"landscape"``, ``"car"``...
+
+        Photos are aligned as faces only for ``"face"`` or an unknown (None)
+        domain, and inverters trained on one domain (e4e: faces) refuse others.
         """
         return None
 

@@ -2,9 +2,10 @@
 
 Layout of an output folder::
 
-    source.png          the source image(s) (a column for a batch)
+    photo.png           the photo(s) a run started from, aligned or cropped (optimization.image)
+    source.png          the source image(s) (a column for a batch); for a photo, its reconstruction
     edited.png          the edited image(s)
-    comparison.png      source | edited, one row per batch item
+    comparison.png      [photo |] source | edited, one row per batch item
     latent_source.pt    (n, L, D) float tensor, torch.load(weights_only=True)
     latent_edited.pt    (n, L, D)
     losses.csv          one row per step and batch item: step, item, lr, total, each term
@@ -169,6 +170,9 @@ class RunWriter:
         jobs.append(
             ("source.png", lambda: save_png(f / "source.png", batch_column(result.source_image)))
         )
+        photo = getattr(result, "photo", None)
+        if photo is not None:
+            jobs.append(("photo.png", lambda: save_png(f / "photo.png", batch_column(photo))))
         if result.edited_image is not None:  # None: a failed run could not render its latent
             jobs += [
                 (
@@ -179,14 +183,7 @@ class RunWriter:
                     "comparison.png",
                     lambda: save_png(
                         f / "comparison.png",
-                        grid(
-                            [
-                                [s, e]
-                                for s, e in zip(
-                                    result.source_image, result.edited_image, strict=True
-                                )
-                            ]
-                        ),
+                        grid(_comparison_rows(photo, result.source_image, result.edited_image)),
                     ),
                 ),
             ]
@@ -251,9 +248,18 @@ class RunWriter:
                 "final": result.final_losses,
                 "log": "losses.csv",
             },
+            **({"photos": result.photos} if getattr(result, "photos", None) else {}),
             "missing": dict(missing or {}),
             **(extra or {}),
         }
+
+
+def _comparison_rows(
+    photo: torch.Tensor | None, source: torch.Tensor, edited: torch.Tensor
+) -> list[list[torch.Tensor]]:
+    """One row per item: [photo,] source, edited."""
+    columns = [source, edited] if photo is None else [photo, source, edited]
+    return [list(row) for row in zip(*columns, strict=True)]
 
 
 def _attempt(job: Any, failed: dict[str, str], name: str) -> Path | None:

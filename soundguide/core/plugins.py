@@ -69,6 +69,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.latent_l2",
     "soundguide.plugins.identity",
     "soundguide.plugins.clip_space",
+    "soundguide.plugins.e4e",
+    "soundguide.plugins.projection",
+    "soundguide.inversion.plugin",
     "soundguide.training.plugin",
     "soundguide.evaluation.plugin",
 )

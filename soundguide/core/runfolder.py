@@ -35,6 +35,7 @@ from soundguide.core.files import os_reason
 
 LOCK_NAME = ".soundguide.lock"
 OUTPUT_FILES = (
+    "photo.png",
     "source.png",
     "edited.png",
     "comparison.png",
@@ -45,6 +46,14 @@ OUTPUT_FILES = (
     "trajectory.gif",
 )
 """The files a run writes at the top of its folder."""
+INVERT_FILES = (
+    "latent.pt",
+    "aligned.png",
+    "reconstruction.png",
+    "side_by_side.png",
+    "invert.json",
+)
+"""The files ``soundguide invert`` writes into one subfolder per photo."""
 STEPS_DIR = "steps"
 _STEP_FILE = re.compile(r"\d{5,}\.(pt|png)")
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # soundguide.core.files.create_temporary
@@ -57,6 +66,8 @@ def is_own_file(relative: str) -> bool:
         return parts[0] in OUTPUT_FILES or bool(_TEMPORARY.fullmatch(parts[0]))
     if len(parts) == 2 and parts[0] == STEPS_DIR:
         return bool(_STEP_FILE.fullmatch(parts[1]) or _TEMPORARY.fullmatch(parts[1]))
+    if len(parts) == 2:  # soundguide invert: PHOTO/latent.pt ...
+        return parts[1] in INVERT_FILES or bool(_TEMPORARY.fullmatch(parts[1]))
     return False
 
 
@@ -155,9 +166,9 @@ class RunFolder:
         """Delete soundguide's files from an earlier run (see :func:`is_own_file`)."""
         removed = []
         candidates = [p for p in self.folder.iterdir() if p.is_file()]
-        steps = self.folder / STEPS_DIR
-        if steps.is_dir():
-            candidates += [p for p in steps.iterdir() if p.is_file()]
+        for sub in self.folder.iterdir():
+            if sub.is_dir() and not sub.is_symlink():
+                candidates += [p for p in sub.iterdir() if p.is_file()]
         for path in candidates:
             if is_own_file(str(path.relative_to(self.folder))):
                 try:
@@ -168,8 +179,9 @@ class RunFolder:
                         hint="remove it yourself, or choose another --out",
                     ) from None
                 removed.append(path)
-        if steps.is_dir() and not any(steps.iterdir()):
-            steps.rmdir()
+        for sub in {p.parent for p in removed} - {self.folder}:
+            if not any(sub.iterdir()):
+                sub.rmdir()
         return removed
 
 

@@ -1,9 +1,13 @@
 """Regularizer ``identity``: keep the edited face recognisably the same person.
 
-``weight * (1 - cos(ArcFace(edited), ArcFace(source)))`` per item, with the
+``weight * (1 - cos(ArcFace(edited), ArcFace(reference)))`` per item, with the
 ArcFace IR-SE50 network and the face crop of the original code (see
-:mod:`soundguide.encoders.arcface`). The source features are computed once,
-before the loop; each step embeds the edited image once.
+:mod:`soundguide.encoders.arcface`). The reference is the start image
+(``reference = "source"``, as StyleCLIP) or, for an edit that starts from a
+photo (``optimization.image``), the aligned photo itself (``"photo"``), which
+keeps a real person's identity where the inversion drifted. The reference
+features are computed once, before the loop; each step embeds the edited
+image once.
 
 Faces only: the crop and the network assume aligned FFHQ faces (StyleGAN2
 FFHQ). For landscapes, cars, churches and other domains the term measures
@@ -47,6 +51,11 @@ class FaceIdentity(Regularizer):
             description="ArcFace IR-SE50 weights: a known-weights name or a model_ir_se50.pth "
             "file. Faces only (aligned FFHQ crops).",
         )
+        reference: Literal["source", "photo"] = Field(
+            "source",
+            description="Compare the edit with the start image ('source'), or with the aligned "
+            "photo of an edit that starts from one (optimization.image): 'photo'.",
+        )
 
     config: Config
     needs_image: ClassVar[bool] = True
@@ -62,8 +71,18 @@ class FaceIdentity(Regularizer):
     def setup(self, w0: torch.Tensor, image0: torch.Tensor | None) -> None:
         from soundguide.encoders.arcface import face_features
 
+        reference = image0
+        if self.config.reference == "photo":
+            reference = self.context.photo
+            if reference is None:
+                from soundguide.core.errors import ConfigError
+
+                raise ConfigError(
+                    "identity: reference = 'photo' needs a run that starts from a photo",
+                    hint="set optimization.image = 'photo.jpg', or reference = 'source'",
+                )
         with torch.no_grad():
-            self.source_features = face_features(self.network, image0).detach()
+            self.source_features = face_features(self.network, reference).detach()
 
     def loss(self, w, w0, image, image0) -> torch.Tensor:
         from soundguide.encoders.arcface import face_features, identity_loss

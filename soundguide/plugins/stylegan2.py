@@ -25,6 +25,8 @@ class Preset:
     size: int
     channel_multiplier: int
     weights: str
+    domain: str
+    """What the model makes: photos are aligned as faces only for "face"."""
     content_box: tuple[int, int, int, int] | None = None
 
 
@@ -35,13 +37,13 @@ _CONVERT = (
 )
 
 PRESETS: dict[str, Preset] = {
-    "ffhq": Preset(1024, 2, "stylegan2-ffhq"),
-    "landscape": Preset(256, 2, "stylegan2-landscape"),
-    "lsun-church": Preset(256, 2, "stylegan2-lsun-church"),
+    "ffhq": Preset(1024, 2, "stylegan2-ffhq", "face"),
+    "landscape": Preset(256, 2, "stylegan2-landscape", "landscape"),
+    "lsun-church": Preset(256, 2, "stylegan2-lsun-church", "church"),
     # LSUN cars are 512x384 pictures centred in the 512x512 output
-    "lsun-car": Preset(512, 2, "stylegan2-lsun-car", content_box=(64, 0, 384, 512)),
-    "lsun-cat": Preset(256, 2, "stylegan2-lsun-cat"),
-    "lsun-horse": Preset(256, 2, "stylegan2-lsun-horse"),
+    "lsun-car": Preset(512, 2, "stylegan2-lsun-car", "car", content_box=(64, 0, 384, 512)),
+    "lsun-cat": Preset(256, 2, "stylegan2-lsun-cat", "cat"),
+    "lsun-horse": Preset(256, 2, "stylegan2-lsun-horse", "horse"),
 }
 
 KNOWN_WEIGHTS = [
@@ -91,6 +93,11 @@ class StyleGAN2(Generator):
             description="A local rosinality-format checkpoint (overrides the preset's weights).",
         )
         size: int | None = Field(None, description="Checked against the checkpoint when given.")
+        domain: str | None = Field(
+            None,
+            description="What the model makes ('face', 'landscape', 'car'...): photos are "
+            "aligned as faces only for 'face' or when unknown. Presets set it.",
+        )
         channel_multiplier: int | None = Field(None, ge=1)
         mean_samples: int = Field(4096, ge=1, description="Mapping passes for the mean latent.")
         mean_seed: Seed = Field(0, description="Seed of the mean-latent samples.")
@@ -144,6 +151,8 @@ class StyleGAN2(Generator):
         self.model.channels_last = config.channels_last
         self.model.winograd = config.winograd
         self._box = preset.content_box if preset is not None else None
+        # preset + checkpoint is a local copy of the preset's model (the README's offline use)
+        self._domain = config.domain or (preset.domain if preset is not None else None)
         self._sha256 = sha256_file(self.path)
         self._mean: torch.Tensor | None = None
         self._noise: list[torch.Tensor] | None = None
@@ -163,6 +172,10 @@ class StyleGAN2(Generator):
     @property
     def content_box(self):
         return self._box
+
+    @property
+    def domain(self):
+        return self._domain
 
     def _mean_w(self) -> torch.Tensor:
         """(1, D) mean of the mapping network's outputs, cached per checkpoint."""
