@@ -102,3 +102,50 @@ def random_arcface(seed: int = 0) -> nn.Module:
         elif name.endswith("running_var"):
             buffer.copy_(1.0 + 0.2 * torch.rand(buffer.shape, generator=g))
     return model.eval()
+
+
+def save_tiny_stylegan2(
+    path: str | Path, size: int = 32, style_dim: int = 64, seed: int = 0
+) -> Path:
+    """A rosinality-format checkpoint (``{"g_ema": ...}``) of a tiny random StyleGAN2."""
+    from soundguide.generators.stylegan2 import StyleGAN2Generator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = StyleGAN2Generator(size, style_dim=style_dim, n_mlp=2, channel_multiplier=1)
+    path = Path(path)
+    torch.save({"g_ema": generator.state_dict()}, path)
+    return path
+
+
+def save_random_vgg16(path: str | Path, seed: int = 0) -> Path:
+    """torchvision's VGG16 ``features.*`` tensors (what LPIPS reads; 59 MB), random."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        features = make_layers(cfgs["D"])  # VGG16's convolutions, without the classifier
+        for module in features.modules():
+            if isinstance(module, nn.Conv2d):  # torchvision's initialization
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+    path = Path(path)
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path
+
+
+def save_random_e4e(path: str | Path, size: int, seed: int = 0) -> Path:
+    """An e4e checkpoint in e4e's saved form for a ``size`` px generator (its W+ layers),
+    random weights: ``state_dict`` (``encoder.*`` only), ``opts`` (a plain dict), ``latent_avg``."""
+    from soundguide.encoders.e4e import Encoder4Editing, n_styles_for
+
+    n_styles = n_styles_for(size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = Encoder4Editing(n_styles)
+        latent_avg = torch.randn(n_styles, 512)
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items() if k != "latent_avg"}
+    opts = {"encoder_type": "Encoder4Editing", "stylegan_size": size, "start_from_latent_avg": True}
+    path = Path(path)
+    torch.save({"state_dict": state, "opts": opts, "latent_avg": latent_avg}, path)
+    return path

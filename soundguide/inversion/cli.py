@@ -175,7 +175,8 @@ def invert(
         *tables.inversion.inputs("inversion"),
         *(Input(f"photo {i + 1}", p, "file") for i, p in enumerate(photos)),
     ]
-    if measure_lpips:
+    if measure_lpips and getattr(tables.inversion, "lpips", None) is None:
+        # an inverter without LPIPS of its own (e4e): the metric needs the VGG16 weights
         from soundguide.inversion.lpips import VGG16_WEIGHTS
 
         inputs.append(Input("--lpips", VGG16_WEIGHTS.name, "weights"))

@@ -139,3 +139,45 @@ def test_wrong_checkpoint_is_one_line_error(registries, tmp_path):
     assert isinstance(info.value, SoundguideError)
     assert "\n" not in str(info.value)
     assert "does not fit ArcFace IR-SE50" in str(info.value)
+
+
+def test_reference_photo_compares_with_the_photo(registries, arcface_file, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (70, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "me.png")
+    cfg = config_from_dict(
+        {
+            "generator": {"type": "toy", "size": 64, "layers": 2, "dim": 8},
+            "guidance": [{"type": "toy-target"}],
+            "regularizer": [
+                {
+                    "type": "identity",
+                    "weight": 1.0,
+                    "weights": str(arcface_file),
+                    "reference": "photo",
+                }
+            ],
+            "optimization": {"steps": 0, "image": str(tmp_path / "me.png")},
+            # a poor inversion on purpose: the toy generator cannot make this photo
+            "inversion": {"type": "toy-inverter"},
+        },
+        registries,
+    )
+    editor = Editor(cfg, registries, progress=False)
+    editor.prepare()
+    network = load_arcface(arcface_file)
+    term = editor.losses(editor.w0)["identity"]
+    expected = identity_loss(
+        face_features(network, editor.image0), face_features(network, editor.context.photo)
+    )
+    torch.testing.assert_close(term, expected, rtol=1e-4, atol=1e-6)
+    assert float(term) > 1e-3  # the reconstruction is not the photo; with "source" it is 0
+
+
+def test_reference_photo_without_a_photo_is_a_config_error(registries, arcface_file):
+    with pytest.raises(
+        ConfigError, match="reference = 'photo' needs a run that starts from a photo"
+    ):
+        make(registries, weight=1.0, weights=str(arcface_file), reference="photo").prepare()
