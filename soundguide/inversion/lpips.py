@@ -54,13 +54,22 @@ class LPIPS(nn.Module):
     """The LPIPS distance of ``lpips.LPIPS(net="vgg", version="0.1")``, frozen, in eval mode.
 
     Input: images (n, 3, H, W) in [-1, 1] (H, W >= 16). Output: (n,) distances.
-    ``model`` is the wrapped ``lpips.LPIPS``.
+    ``model`` is the wrapped ``lpips.LPIPS``. ``channels_last`` (default: on
+    CPUs and CUDA GPUs) runs VGG in channels-last memory format, which spares
+    the convolution libraries a layout conversion per layer (faster on CPUs:
+    ``benchmarks/projection_step.py --modes soundguide soundguide-nchw``).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, channels_last: bool | None = None) -> None:
         super().__init__()
         self.model = model.requires_grad_(False)
         self.train(False)
+        if channels_last is None:
+            device = next(model.parameters()).device
+            channels_last = device.type in ("cpu", "cuda")
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.net.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> LPIPS:
         # always in eval mode: the linear layers' dropout must stay off
@@ -75,7 +84,10 @@ class LPIPS(nn.Module):
 
         _check_image(image)
         m = self.model
-        return [lpips.normalize_tensor(f) for f in m.net(m.scaling_layer(image))]
+        x = m.scaling_layer(image)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return [lpips.normalize_tensor(f) for f in m.net(x)]
 
     def distance(self, image: torch.Tensor, target: list[torch.Tensor]) -> torch.Tensor:
         """LPIPS between ``image`` and an image whose :meth:`features` are ``target``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 import urllib.request
 import warnings
@@ -76,6 +77,19 @@ def test_distances_and_gradients_equal_the_packages_forward(ours) -> None:
     assert len(target) == 5 and target[0].shape == (2, 64, 48, 48)
     torch.testing.assert_close(ours.distance(a, target), expected.detach(), rtol=1e-5, atol=1e-7)
     assert ours(a, a).abs().max() < 1e-6 and (ours(a, b) > 0).all()
+
+
+def test_both_memory_formats_give_the_same_distances(ours) -> None:
+    from soundguide.inversion.lpips import LPIPS
+
+    assert ours.channels_last  # the default on CPUs
+    assert ours.model.net.slice1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = LPIPS(
+        copy.deepcopy(ours.model).to(memory_format=torch.contiguous_format), channels_last=False
+    )
+    assert plain.model.net.slice1[0].weight.is_contiguous()
+    a, b = images(2, seed=8), images(2, seed=9)
+    torch.testing.assert_close(plain(a, b), ours(a, b), rtol=1e-5, atol=1e-7)
 
 
 def test_the_network_is_frozen_and_stays_in_eval_mode(ours) -> None:
