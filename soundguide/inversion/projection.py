@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from soundguide.core.errors import ConfigError, ImageError, LatentError
 from soundguide.core.interfaces import Generator, Inversion
+from soundguide.core.progress import progress_bar
 
 if TYPE_CHECKING:
     from soundguide.inversion.lpips import LPIPS
@@ -231,12 +232,10 @@ def project(
     optimizer = torch.optim.Adam([latent, *noises], lr=s.lr)
     history: dict[str, list[list[float]]] = {"lpips": [], "noise": [], "mse": [], "total": []}
 
-    from soundguide.core.progress import progress_bar
-
     bar = progress_bar(enabled=progress, total=s.steps, desc="projection", unit="step")
-    if noises:
-        generator.use_noise(noises)
     try:
+        if noises:
+            generator.use_noise(noises)
         for step in range(s.steps):
             if stop is not None and stop():
                 break

@@ -378,6 +378,22 @@ def test_noise_maps_come_back_normalized_and_the_generator_as_it_was(generator, 
     assert all(a is b for a, b in zip(generator.noise_maps(), fixed, strict=True))
 
 
+def test_the_generators_noise_is_restored_when_a_step_fails(generator, lpips) -> None:
+    _, target = render(generator)
+    fixed = generator.noise_maps()
+    seen = []
+
+    def stop():
+        seen.append(any(a is b for a, b in zip(generator.noise_maps(), fixed, strict=True)))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        project(target, generator, lpips, settings=FAST, progress=False, stop=stop)
+    assert seen == [False]  # the projection's own maps were in use
+    assert all(a is b for a, b in zip(generator.noise_maps(), fixed, strict=True))
+    assert generator._noise is None
+
+
 def test_images_in_a_batch_do_not_interact(toy, lpips) -> None:
     _, a = render(toy, n=1, seed=1)
     _, b = render(toy, n=2, seed=2)
@@ -460,6 +476,36 @@ def test_a_non_finite_loss_stops_with_the_last_good_latent(lpips) -> None:
         result = project(target, toy, lpips, settings=settings, progress=False)
     assert len(result.history["total"]) == 3
     assert torch.isfinite(result.latent).all()
+
+
+class ShapeSpy:
+    """An LPIPS that records the shapes it is handed."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.shapes: list[tuple[int, ...]] = []
+
+    def features(self, image):
+        self.shapes.append(tuple(image.shape))
+        return self.inner.features(image)
+
+    def distance(self, image, target):
+        self.shapes.append(tuple(image.shape))
+        return self.inner.distance(image, target)
+
+
+def test_images_above_256_px_are_pooled_for_the_losses(lpips) -> None:
+    big = ToyGenerator(ToyGenerator.Config(size=512, layers=2, dim=3), RunContext())
+    _, target = render(big)
+    spy = ShapeSpy(lpips)
+    settings = ProjectionSettings(steps=1, mean_samples=512, noise=0.0)
+    result = project(target, big, spy, settings=settings, progress=False)
+    assert spy.shapes == [(1, 3, 256, 256)] * 2
+    mean, _ = latent_statistics(big, 512, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = big.synthesize(mean.expand(1, 2, 3))
+    expected = (pool_to(first) - pool_to(target)).square().mean().item()
+    assert result.history["mse"][0][0] == pytest.approx(expected, rel=1e-5)
 
 
 def test_the_progress_bar(toy, lpips, capsys) -> None:
