@@ -119,6 +119,10 @@ class ToyInverter(Inverter):
         shift: float = Field(0.0, description="Added to the latent (a worse inversion).")
         nan: bool = False
         faces_only: bool = False
+        steps: int = Field(
+            0, ge=0, description="Sleep step_seconds this many times, asking stop()."
+        )
+        step_seconds: float = 0.0
 
     def __init__(self, config, context) -> None:
         super().__init__(config, context)
@@ -128,13 +132,19 @@ class ToyInverter(Inverter):
 
     def invert(self, images, generator, *, start=None, stop=None):
         CALLS["inverter.invert"] += 1
+        done = 0
+        for _ in range(self.config.steps):
+            if stop is not None and stop():
+                break
+            time.sleep(self.config.step_seconds)
+            done += 1
         n = images.shape[0]
         target = torch.atanh(images.reshape(n, -1).clamp(-0.999, 0.999))
         flat = target @ torch.linalg.pinv(generator.weight)
         latent = flat.view(n, generator.num_layers, generator.latent_dim) + self.config.shift
         if self.config.nan:
             latent = latent * float("nan")
-        return Inversion(latent=latent.cpu(), history={"loss": [[0.0] * n]})
+        return Inversion(latent=latent.cpu(), history={"loss": [[0.0] * n] * max(done, 1)})
 
 
 class ToyEncoder(torch.nn.Module):

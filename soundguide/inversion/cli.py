@@ -144,6 +144,11 @@ def invert(
         "inversion": {"type": method, "align": align},
     }
     if steps is not None:
+        known = method in registries.inverters
+        if known and "steps" not in registries.inverters.get(method).Config.model_fields:
+            from soundguide.core.errors import ConfigError
+
+            raise ConfigError(f"--steps: inverter {method!r} takes no steps (it is not iterative)")
         data["inversion"]["steps"] = steps
     for text in overrides:
         section = parse_override(text)[0][0]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +19,7 @@ from soundguide.cli import main
 from soundguide.core.config import load_config
 from tests import toy_plugins
 
+REPO = Path(__file__).resolve().parents[2]
 GENERATOR = """
 [generator]
 type = "toy"
@@ -131,7 +137,7 @@ def test_overwrite_replaces_only_soundguides_files(tmp_path, generator, capsys):
         (["--method", "e5e"], "unknown inverter 'e5e'"),
         (["--method", "toy-inverter", "--set", "inversion.shfit=1"], "did you mean 'shift'"),
         (["--method", "toy-inverter", "--set", "optimization.steps=1"], "takes generator.KEY"),
-        (["--method", "toy-inverter", "--steps", "5"], "inversion.steps: extra inputs"),
+        (["--method", "e4e", "--steps", "5"], "--steps: inverter 'e4e' takes no steps"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, generator, capsys, args, message):
@@ -183,3 +189,52 @@ def test_lpips_weights_that_cannot_be_had_are_named(tmp_path, generator, capsys,
     )
     err = capsys.readouterr().err
     assert code == 2 and "vgg16-397923af.pth" in err and "Traceback" not in err
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_photo_in_progress_and_keeps_what_was_done(
+    tmp_path, generator, sig, code
+):
+    photos = [_photo(tmp_path / f"p{i}.png", seed=i) for i in range(3)]
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "soundguide.cli",
+            "-p",
+            "tests.toy_plugins",
+            "invert",
+            *map(str, photos),
+            "--generator",
+            str(generator),
+            "--method",
+            "toy-inverter",
+            "--set",
+            "inversion.steps=60",
+            "--set",
+            "inversion.step_seconds=0.05",
+            "--no-lpips",
+            "-q",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (out / "p0" / "invert.json").exists():  # 3 s per photo
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == code, err
+    assert "Traceback" not in err and "stopped; what was done is in" in err
+    first = json.loads((out / "p0" / "invert.json").read_text())
+    second = json.loads((out / "p1" / "invert.json").read_text())
+    assert first["status"] == "finished" and second["status"] == "interrupted"
+    assert not (out / "p2").exists()
