@@ -100,9 +100,7 @@ def child(folder: Path, size: int, steps: int, method: str) -> None:
     seconds = time.perf_counter() - started
     sampler.running = False
     sampler.join()
-    report = json.loads(
-        (folder / f"out-{size}-{method}" / "photo" / "invert.json").read_text()
-    )
+    report = json.loads((folder / f"out-{size}-{method}" / "photo" / "invert.json").read_text())
     print(
         json.dumps(
             {

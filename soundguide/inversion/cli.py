@@ -202,16 +202,14 @@ def invert(
             except BaseException:
                 folder.close(keep=False)  # removes only the folders it created that are empty
                 raise
-            folder.close()
+            folder.close(keep=session.written > 0)  # no photo could be used: no folder
         except KeyboardInterrupt:
             click.echo("interrupted before any photo was inverted; nothing was written", err=True)
             ctx.exit(_exit_code("interrupted", received))
     if received or stop.requested:
         click.echo(f"stopped; what was done is in {out}", err=True)
         ctx.exit(_exit_code("interrupted", received))
-    if failed:
-        for line in failed:
-            click.echo(f"error: {line}", err=True)
+    if failed:  # each said as it happened
         ctx.exit(EXIT_BAD_INPUT)
 
 
@@ -236,6 +234,7 @@ class InvertSession:
         check_domain(self.inverter, name, self.generator)
         self.align = should_align(tables.inversion.align, self.generator)
         self.identity = generator_identity(self.generator, tables.generator.type)
+        self.written = 0
 
     def lpips(self) -> Any:
         found = getattr(self.inverter, "lpips_distance", None)
@@ -260,8 +259,10 @@ class InvertSession:
             try:
                 photo = prepare_photo(path, self.generator.resolution, align=self.align)
             except ImageError as exc:
-                failed.append(str(exc))
-                click.echo(f"skipped: {exc}", err=True)
+                failed.append(str(exc))  # said now, one line, and the next photo goes on
+                click.echo(f"error: {exc}", err=True)
+                if exc.hint:
+                    click.echo(f"hint: {exc.hint}", err=True)
                 continue
             key = inversion_key(photo, self.identity, self.inverter, self.name)
             result = invert_photo(
@@ -275,6 +276,7 @@ class InvertSession:
             )
             stopped = self.stop.requested and not result.cached
             self.write(self.out / name, result, key, stopped=stopped)
+            self.written += 1
             m = result.metrics
             lp = f", LPIPS {m['lpips']:.4f}" if m.get("lpips") is not None else ""
             click.echo(

@@ -128,7 +128,8 @@ def check_domain(inverter: Inverter, name: str, generator: Generator) -> None:
         raise ConfigError(
             f"inverter {name!r} is made for {', '.join(domains)} pictures but the generator "
             f"makes {domain} pictures",
-            hint="use type = 'projection', which works with any generator",
+            hint="projection works with any generator: --method projection, or "
+            "type = 'projection' in [inversion]",
         )
 
 

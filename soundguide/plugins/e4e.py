@@ -49,7 +49,8 @@ class E4E(Inverter):
                 f"values, but the generator needs {generator.num_layers} of "
                 f"{generator.latent_dim}",
                 hint="the released e4e_ffhq_encode.pt fits the 1024 px FFHQ generator "
-                "(preset = 'ffhq'); use type = 'projection' for other generators",
+                "(preset = 'ffhq'); projection works with any generator (--method projection, "
+                "or type = 'projection' in [inversion])",
             )
         with torch.no_grad():
             latent = self.encoder(e4e_input(images.to(self.context.device)))

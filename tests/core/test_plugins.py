@@ -523,3 +523,38 @@ class TestCommands:
         twice = make_module("cmd_twice", COMMAND_SOURCE.format(names=["hello", "hello"]))
         with pytest.raises(PluginError, match=r"failed in register_commands \(Duplicate"):
             load_registries(entry_points=False, plugins=[twice])
+
+
+INVERTER_PLUGIN = """
+from typing import Literal
+import soundguide
+from tests.toy_plugins import ToyInverter
+
+class Mirror(ToyInverter):
+    class Config(ToyInverter.Config):
+        type: Literal["mirror"] = "mirror"
+
+@soundguide.hookimpl
+def register_inverters(registry):
+    registry.add(Mirror)
+"""
+
+
+def test_an_installed_inverter_is_listed_and_inverts(site, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from soundguide.cli import main
+
+    write_distribution(site, "sg-mirror", "sg_mirror_plugin", INVERTER_PLUGIN, "mirror")
+    assert main(["plugins"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["inverter", "mirror", "sg_mirror_plugin", "sg-mirror", "1.2"] in rows
+    photo = tmp_path / "me.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    generator = tmp_path / "g.toml"
+    generator.write_text('[generator]\ntype = "toy"\nsize = 8\nlayers = 4\ndim = 48\n')
+    args = ["-p", "tests.toy_plugins", "invert", str(photo), "--generator", str(generator)]
+    code = main([*args, "--method", "mirror", "--no-lpips", "-q", "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "me" / "latent.pt").is_file()

@@ -108,6 +108,15 @@ def test_a_bad_photo_is_skipped_and_the_others_are_kept(tmp_path, generator, cap
     assert (out / "good" / "invert.json").is_file() and not (out / "bad").exists()
 
 
+def test_when_no_photo_can_be_used_no_folder_is_left(tmp_path, generator, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a picture")
+    out = tmp_path / "out"
+    assert invert(bad, "--generator", generator, "--method", "toy-inverter", "--out", out) == 2
+    assert "error: cannot read photo" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_photos_with_the_same_name_get_their_own_folders(tmp_path, generator):
     a = _photo(tmp_path / "a" / "me.png", seed=1)
     b = _photo(tmp_path / "b" / "me.png", seed=2)
@@ -238,3 +247,58 @@ def test_a_signal_stops_the_photo_in_progress_and_keeps_what_was_done(
     second = json.loads((out / "p1" / "invert.json").read_text())
     assert first["status"] == "finished" and second["status"] == "interrupted"
     assert not (out / "p2").exists()
+
+
+def _bad_photos(folder):
+    from tests.core.test_images import png_claiming
+
+    good = _photo(folder / "good.jpg")
+    data = good.read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "text.jpg").write_text("not a picture")
+    png_claiming(folder / "bomb.png", 20000, 20000)
+    rgba = np.full((16, 16, 4), 255, np.uint8)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(folder / "cutout.png")
+    return {
+        "missing.jpg": "(not found)",
+        "truncated.jpg": "cannot read photo",
+        "text.jpg": "not a picture file",
+        "bomb.png": "400.0 megapixels",
+        "cutout.png": "transparent pixels",
+    }
+
+
+def test_each_bad_photo_is_one_error_line_and_exit_2(tmp_path, generator, capsys):
+    for name, message in _bad_photos(tmp_path).items():
+        out = tmp_path / f"out-{name}"
+        code = invert(
+            tmp_path / name, "--generator", generator, "--method", "toy-inverter", "--out", out
+        )
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (name, err)
+        assert name in lines[0] and "Traceback" not in err
+        assert not out.exists()
+
+
+def test_grayscale_rgba_and_16_bit_photos_are_inverted(tmp_path, generator):
+    _photo(tmp_path / "rgb.png")
+    Image.open(tmp_path / "rgb.png").convert("L").save(tmp_path / "gray.png")
+    Image.open(tmp_path / "rgb.png").convert("RGBA").save(tmp_path / "opaque.png")
+    ramp = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    names = ["gray.png", "opaque.png", "deep.png"]
+    out = tmp_path / "out"
+    code = invert(
+        *(tmp_path / n for n in names),
+        "--generator",
+        generator,
+        "--method",
+        "toy-inverter",
+        "--out",
+        out,
+    )
+    assert code == 0
+    deep = np.asarray(Image.open(out / "deep" / "aligned.png"), dtype=float)
+    assert 60 < deep.mean() < 200  # scaled from 16 bits, not clipped to white
