@@ -193,7 +193,15 @@ def _option(name: str, help: str, **kwargs: Any):
 )
 @_option("--warmup-steps", "Linear warm-up steps (cosine, constant).", type=click.IntRange(min=0))
 @_option(
-    "--cycle-steps", "CyclicLR steps from base to max learning rate.", type=click.IntRange(min=1)
+    "--cycle-steps",
+    "CyclicLR: optimizer steps from base to max learning rate, stepped every step.",
+    type=click.IntRange(min=1),
+)
+@_option(
+    "--cycle-epochs",
+    "CyclicLR: epochs from base to max, stepped once per epoch (--paper: 5); "
+    "--cycle-steps alone turns it off.",
+    type=click.IntRange(min=1),
 )
 @click.option(
     "--learnable-scale/--fixed-scale",
@@ -239,22 +247,35 @@ def _option(name: str, help: str, **kwargs: Any):
 @_option("--loader-workers", "DataLoader worker processes per rank.", type=click.IntRange(min=0))
 @_option("--log-every", "Log every N steps.", type=click.IntRange(min=1))
 @_option(
+    "--best",
+    "Which epoch encoder-best.pth keeps: lowest validation loss or highest zero-shot top-1 "
+    "(ties: the earlier epoch).",
+    type=click.Choice(["val_loss", "val_top1"]),
+)
+@_option(
     "--checkpoint-every",
     "Also checkpoint every N steps (0: epoch ends only).",
     type=click.IntRange(min=0),
 )
 @click.option(
-    "--max-steps", type=click.IntRange(min=1), help="Stop (with a checkpoint) after N steps in all."
+    "--max-steps",
+    type=click.IntRange(min=1),
+    help="Stop (with a checkpoint) after N steps in all. --resume keeps the run's own unless "
+    "this or --epochs is given.",
 )
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across processes (CUDA only).")
 @click.option(
     "--paper",
     is_flag=True,
-    help="The original code's settings: SGD 0.9, wd 5e-4, CyclicLR 0.001-0.1, batch 320, "
-    "50 epochs, fixed scale exp(0.07), no image term (options given explicitly still win).",
+    help="The original code's settings: SGD 0.9, wd 5e-4, CyclicLR 0.001-0.1 over 5 epochs "
+    "stepped once per epoch, batch 320, 50 epochs, fixed scale exp(0.07), no image term, best "
+    "by validation loss (options given explicitly still win).",
 )
 @click.option(
-    "--resume", is_flag=True, help="Continue the run in OUT (or start it when there is none)."
+    "--resume",
+    is_flag=True,
+    help="Continue the run in OUT (or start it when there is none); a larger --max-steps or "
+    "more --epochs extend it.",
 )
 @click.option(
     "--trust-checkpoint",
@@ -278,13 +299,20 @@ def train(
 
     Audio-text InfoNCE against frozen CLIP text embeddings, audio-audio InfoNCE
     against a SpecAugment view, and audio-image InfoNCE when the store has video
-    frames. OUT gets checkpoints/last.pt (resume), encoder-best.pth and
-    encoder-last.pth (plain state dicts for the audio guidance), log.jsonl.
+    frames. OUT gets checkpoints/last.pt (resume), encoder-best.pth (the epoch
+    of lowest validation loss, or see --best) and encoder-last.pth (plain
+    state dicts for the audio guidance), log.jsonl, config.json and run.json.
     Under torchrun the same command trains on every process (DDP).
 
     Settings, later ones winning: the defaults, --paper, the run in OUT
     (--resume), the --config file, the options given here. STORE and OUT may
     come from the --config file instead.
+
+    A resumed run with nothing left to do (its epochs done, or max_steps
+    reached) changes nothing, says what to pass to go on, and exits with 0,
+    so a requeued job may always pass --resume. run.json records the CLIP
+    file's sha256 and says when it is not a released CLIP model (the demo's
+    clip-tiny.pt: smoke tests and offline runs only).
     """
     from soundguide.training.config import read_train_toml, resolve_train_config
     from soundguide.training.resume import load_run_config
@@ -318,6 +346,13 @@ def train(
     )
     result = run_train(config, resume=resume, trust_checkpoint=trust_checkpoint, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:
+        if result.nothing_left is not None:
+            click.echo(result.nothing_left)
+            return
+        for note in result.notes:
+            click.echo(f"note: {note}")
+        if result.clip is not None and result.clip["note"] is not None:
+            click.echo(f"note: CLIP {result.clip['clip']}: {result.clip['note']}")
         best = ""
         if result.best:
             best = (

@@ -9,7 +9,8 @@ it as a plain dict (:meth:`TrainConfig.to_dict`).
 :func:`resolve_train_config` merges the sources of ``soundguide train``, later
 ones winning: the defaults, the paper's settings (``--paper``, or ``paper =
 true`` in the file), the stored run (``--resume``), the ``--config`` TOML file,
-then the flags given on the command line. A TOML file holds the same keys as
+then the flags given on the command line (with two exceptions, see
+:func:`resolve_train_config`). A TOML file holds the same keys as
 the run's ``config.json``, at its top level::
 
     store = "runs/store"          # relative paths: against the file's folder
@@ -42,24 +43,43 @@ PAPER_SETTINGS: dict[str, Any] = {
     "weight_decay": 5e-4,
     "decay_all": True,
     "schedule": "cyclic",
+    "cycle_epochs": 5,
     "warmup_steps": 0,
     "batch_size": 320,
     "epochs": 50,
     "learnable_scale": False,
     "logit_scale": PAPER_LOGIT_SCALE,
     "image_weight": 0.0,
+    "best": "val_loss",
     "paper": True,
 }
-"""The original code's training: SGD (momentum 0.9, weight decay 5e-4 on every
-parameter), CyclicLR 0.001-0.1, batch 320, 50 epochs, logits scaled by the fixed
-``exp(0.07)``, loss ``(audio-text + text-audio + audio-aug + aug-audio) / 4``
-(no image term: the paper describes one, the code left it out)."""
+"""The original code's training (``soundclip/train.py``): SGD (momentum 0.9, weight
+decay 5e-4 on every parameter), ``CyclicLR(base_lr=0.001, max_lr=0.1,
+step_size_up=5, mode="triangular")`` stepped once per *epoch* (torch's default
+momentum cycling, 0.9 down to 0.8 as the rate rises), batch 320, 50 epochs,
+logits scaled by the fixed ``exp(0.07)``, loss ``(audio-text + text-audio +
+audio-aug + aug-audio) / 4`` (no image term: the paper describes one, the code
+left it out), the best checkpoint by validation loss."""
 
 RESUMABLE_OVERRIDES = frozenset(
-    {"store", "out", "max_steps", "loader_workers", "device", "log_every", "checkpoint_every"}
+    {
+        "store",
+        "out",
+        "epochs",
+        "max_steps",
+        "loader_workers",
+        "device",
+        "log_every",
+        "checkpoint_every",
+    }
 )
 """Settings that may differ when a run is resumed; every other one must match. (A
-moved run or store is fine; the store's content is checked by its fingerprint.)"""
+moved run or store is fine; the store's content is checked by its fingerprint.
+More ``epochs`` or a larger ``max_steps`` extend a run.)"""
+
+BEST_METRICS = {"val_loss": "min", "val_top1": "max", "train_loss": "min"}
+"""The metrics an epoch's best can be chosen by, and which way is better.
+``train_loss`` is the fallback of a run without held-out clips."""
 
 PATH_KEYS = ("store", "out", "init")
 """Settings that are paths: relative ones resolve against the TOML file's folder."""
@@ -138,7 +158,17 @@ class TrainConfig(StrictModel):
         100, ge=0, description="Linear warm-up steps of the cosine and constant schedules."
     )
     cycle_steps: int = Field(
-        2000, ge=1, description="CyclicLR's step_size_up (optimizer steps from base to max)."
+        2000,
+        ge=1,
+        description="CyclicLR's step_size_up in optimizer steps (base to max), the schedule "
+        "stepped after every optimizer step; unused when cycle_epochs is set.",
+    )
+    cycle_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="CyclicLR's step_size_up in epochs, the schedule stepped once per epoch "
+        "(the original code: 5); None: cycle_steps. A source that sets cycle_steps alone "
+        "clears it.",
     )
     learnable_scale: bool = True
     logit_scale: float = Field(
@@ -172,6 +202,12 @@ class TrainConfig(StrictModel):
         False,
         description="SyncBatchNorm across ranks (CUDA only); else batch norm sees each "
         "rank's chunk.",
+    )
+    best: Literal["val_loss", "val_top1"] = Field(
+        "val_loss",
+        description="Which epoch encoder-best.pth keeps: the lowest validation loss or the "
+        "highest zero-shot top-1 on the held-out clips; a later epoch must be strictly "
+        "better (ties keep the earlier). Without that metric: the other, then train_loss.",
     )
     paper: bool = False
 
@@ -260,6 +296,12 @@ def resolve_train_config(
     which replace both), then the TOML ``file``, then ``flags`` (the options
     given on the command line). ``flag_names`` maps a setting to the option
     that set it (``{"epochs": "--epochs"}``), for error messages.
+
+    Two settings are alternatives, not independent keys: a source that sets
+    ``cycle_steps`` without ``cycle_epochs`` clears an earlier
+    ``cycle_epochs`` (``--paper --cycle-steps 2`` cycles in steps). A resumed
+    run keeps its own ``max_steps`` unless one is given, or unless ``epochs``
+    changes without one (more epochs mean: train on).
     """
     flags = dict(flags or {})
     from_file = read_train_toml(file) if file is not None else {}
@@ -268,8 +310,17 @@ def resolve_train_config(
         values.update(stored.to_dict())
     elif flags.get("paper") or from_file.get("paper") is True:
         values.update(PAPER_SETTINGS)
-    values.update(from_file)
-    values.update(flags)
+    for source in (from_file, flags):
+        if "cycle_steps" in source and "cycle_epochs" not in source:
+            values["cycle_epochs"] = None  # a cycle in steps replaces an earlier one in epochs
+        values.update(source)
+    given = {**from_file, **flags}
+    if (
+        stored is not None
+        and "max_steps" not in given
+        and given.get("epochs", stored.epochs) != stored.epochs
+    ):
+        values["max_steps"] = None  # a new length replaces the run's step limit
     names = {key: (flag_names or {}).get(key, f"--{key.replace('_', '-')}") for key in flags}
     source = str(file) if file is not None else "training settings"
     for key in ("store", "out"):

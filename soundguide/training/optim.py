@@ -5,6 +5,13 @@ parameter with ``decay_all`` (the original SGD); the loss's learnable
 temperature never decays. Schedules: ``cyclic`` is torch's ``CyclicLR`` (the
 original code's), ``cosine`` and ``constant`` a linear warm-up then cosine down
 to ``min_lr`` or constant (:class:`LRFactor` under ``LambdaLR``).
+
+A schedule advances after every optimizer step, except a cyclic one with
+``cycle_epochs``, which advances once per epoch (:func:`schedule_per_epoch`), as
+the original code's did: ``CyclicLR(base_lr=0.001, max_lr=0.1,
+step_size_up=5, mode="triangular")`` with torch's default momentum cycling
+(0.9 at the base rate, 0.8 at the peak), ``scheduler.step()`` after each
+epoch's batches.
 """
 
 from __future__ import annotations
@@ -37,8 +44,17 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+def schedule_per_epoch(config: TrainConfig) -> bool:
+    """Whether the schedule advances once per epoch (a cyclic one with ``cycle_epochs``)."""
+    return config.schedule == "cyclic" and config.cycle_epochs is not None
+
+
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    """The schedule, stepped once per optimizer step over ``total_steps``."""
+    """The schedule over ``total_steps`` optimizer steps.
+
+    Stepped after every optimizer step, or after every epoch when
+    :func:`schedule_per_epoch` says so (``step_size_up`` then counts epochs).
+    """
     sched = torch.optim.lr_scheduler
     if config.schedule == "cyclic":
         sgd = config.optimizer == "sgd"
@@ -46,12 +62,34 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total
             optimizer,
             base_lr=config.min_lr,
             max_lr=config.lr,
-            step_size_up=config.cycle_steps,
+            step_size_up=config.cycle_epochs or config.cycle_steps,
+            mode="triangular",
             cycle_momentum=sgd and config.momentum > 0,
             base_momentum=min(0.8, config.momentum),
             max_momentum=config.momentum if sgd and config.momentum > 0 else 0.9,
         )
     return sched.LambdaLR(optimizer, LRFactor(config, total_steps))
+
+
+def stretch_schedule(scheduler: Any, total_steps: int) -> int | None:
+    """Lay a cosine or constant schedule out over ``total_steps`` (a resumed run with more epochs).
+
+    The learning rate of the next step follows the new length at once. Returns
+    the previous length, or None for a schedule that has none (cyclic).
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return None
+    previous = None
+    for fn in scheduler.lr_lambdas:  # one factor, shared by the parameter groups
+        if isinstance(fn, LRFactor):
+            previous = fn.total if previous is None else previous
+            fn.total = max(1, int(total_steps))
+    for group, base, fn in zip(
+        scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    return previous
 
 
 class LRFactor:

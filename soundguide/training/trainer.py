@@ -21,9 +21,19 @@ a 1-process run's).
 The temperature lives outside DDP: every rank computes the same loss on the
 same gathered embeddings, so its gradient is already the same everywhere.
 
+The best epoch (``encoder-best.pth``, ``best.json``) is the one with the
+lowest validation loss (``best = "val_loss"``, the original code's choice) or
+the highest zero-shot top-1 (``best = "val_top1"``); a later epoch must be
+strictly better, so on a tie the earlier epoch stays (:func:`best_epoch`).
+
+A resumed run may be extended: more ``epochs`` or a larger ``max_steps``
+continue it; a cosine schedule is then laid out over the new length. With
+nothing left to do, :func:`train` touches nothing and says why
+(:attr:`TrainResult.nothing_left`).
+
 The rest lives apart: the checkpoint and RNG states of an exact resume
 (:mod:`~soundguide.training.resume`), the optimizer and schedule
-(:mod:`~soundguide.training.optim`), the run log
+(:mod:`~soundguide.training.optim`), the run log and report
 (:mod:`~soundguide.training.runlog`) and the settings
 (:mod:`~soundguide.training.config`).
 """
@@ -56,7 +66,7 @@ from soundguide.core.errors import (
 from soundguide.core.files import atomic_write_text
 from soundguide.evaluation.metrics import topk_hits
 from soundguide.training.batchnorm import BatchNormStats
-from soundguide.training.config import TrainConfig
+from soundguide.training.config import BEST_METRICS, TrainConfig
 from soundguide.training.data import ClipDataset, GlobalBatchSampler, ShardSampler, SpecAugment
 from soundguide.training.distributed import (
     Job,
@@ -70,7 +80,12 @@ from soundguide.training.distributed import (
 )
 from soundguide.training.loss import ContrastiveLoss
 from soundguide.training.models import build_encoder, check_encoder, export_encoder, unwrap
-from soundguide.training.optim import build_optimizer, build_scheduler
+from soundguide.training.optim import (
+    build_optimizer,
+    build_scheduler,
+    schedule_per_epoch,
+    stretch_schedule,
+)
 from soundguide.training.resume import (
     LAST_CHECKPOINT,
     read_checkpoint,
@@ -80,7 +95,7 @@ from soundguide.training.resume import (
     store_fingerprint,
     write_checkpoint,
 )
-from soundguide.training.runlog import RunLog, progress_bar
+from soundguide.training.runlog import RunLog, clip_report, progress_bar, write_run_report
 from soundguide.training.store import CuratedStore
 from soundguide.training.text import TextTargets
 
@@ -97,7 +112,14 @@ class TrainingError(SoundguideError):
 
 @dataclass
 class TrainResult:
-    """What a run did: its folder, how far it got, per-epoch records, the best epoch."""
+    """What a run did: its folder, how far it got, per-epoch records, the best epoch.
+
+    ``nothing_left``: set when a resumed run had nothing left to do (it reached
+    its epochs or ``max_steps``): one line saying what to pass to go on; the
+    run folder was not touched. ``notes``: what a resume changed (a stretched
+    schedule). ``clip``: the CLIP report of ``run.json``
+    (:func:`~soundguide.training.runlog.clip_report`).
+    """
 
     out: Path
     epochs_done: int
@@ -105,6 +127,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     stopped_early: bool = False
+    nothing_left: str | None = None
+    notes: list[str] = field(default_factory=list)
+    clip: dict[str, Any] | None = None
 
     @property
     def best_encoder(self) -> Path:
@@ -244,6 +269,7 @@ class Trainer:
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = c.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(c, self.optimizer, self.total_steps)
+        self.schedule_per_epoch = schedule_per_epoch(c)
         precision = c.precision
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
@@ -265,6 +291,7 @@ class Trainer:
             world_size=job.world_size,
         )
         self.bn = BatchNormStats(encoder)
+        self.clip = self._clip_report(trust)
 
         self.epoch = 0
         self.step_in_epoch = 0
@@ -273,6 +300,21 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.log: RunLog | None = None
+        self.resumed: dict[str, Any] | None = None
+        self.notes: list[str] = []
+
+    def _clip_report(self, trust: bool) -> dict[str, Any]:
+        """Rank 0's :func:`clip_report` (one hash of the file), on every rank."""
+        report: Any = None
+        if self.job.is_main:
+            try:
+                report = clip_report(self.config.clip, trust=trust)
+            except SoundguideError as exc:
+                report = exc
+        report = broadcast_object(report, self.job)
+        if isinstance(report, SoundguideError):
+            raise report
+        return report
 
     # -- the run ----------------------------------------------------------------------
 
@@ -293,10 +335,16 @@ class Trainer:
             if isinstance(state, SoundguideError):
                 raise state
             self._restore(state)
+            left = self._nothing_left()
+            if left is not None:
+                return self._result(nothing_left=left)
         if job.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(c.to_dict(), indent=2) + "\n")
+            write_run_report(self.out, {"clip": self.clip})
             self.log = RunLog(self.out, truncate_after=self.global_step)
+            if self.resumed is not None:
+                self.log.write(self._resume_record())
         barrier(job)
         loader = self._loader(self.train_set, self.sampler, persistent=True)
         bar = progress_bar(self.total_steps, self.global_step, progress and job.is_main)
@@ -327,14 +375,48 @@ class Trainer:
             bar.close()
             if self.log is not None:
                 self.log.close()
+        return self._result()
+
+    def _result(self, nothing_left: str | None = None) -> TrainResult:
         return TrainResult(
             out=self.out,
             epochs_done=self.epoch,
             global_step=self.global_step,
             history=self.history,
             best=self.best,
-            stopped_early=self.epoch < c.epochs,
+            stopped_early=self.epoch < self.config.epochs,
+            nothing_left=nothing_left,
+            notes=list(self.notes),
+            clip=self.clip,
         )
+
+    def _nothing_left(self) -> str | None:
+        """Why a resumed run has no step left to take (one line), or None."""
+        c, step = self.config, self.global_step
+        if self.epoch >= c.epochs:
+            return (
+                f"nothing left to do: the run finished its {c.epochs} epochs ({step} steps); "
+                f"pass --epochs E > {c.epochs} to train on"
+            )
+        if c.max_steps is not None and step >= c.max_steps:
+            where = (
+                f"the run reached max_steps {step}"
+                if step == c.max_steps
+                else f"the run is at step {step}, past max_steps {c.max_steps}"
+            )
+            return f"nothing left to do: {where}; pass --max-steps M > {step} or more --epochs"
+        return None
+
+    def _resume_record(self) -> dict[str, Any]:
+        """The log's record of a resume: where, and the settings it changed."""
+        old, new = self.resumed or {}, self.config.to_dict()
+        changed = {k: [old.get(k), new[k]] for k in ("epochs", "max_steps") if old.get(k) != new[k]}
+        return {
+            "event": "resume",
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "changed": changed,
+        }
 
     def _start_decision(self, resume: bool) -> tuple[str, str | None, str | None]:
         """("fresh" | "resume" | "error", message, hint), decided on rank 0."""
@@ -376,6 +458,8 @@ class Trainer:
         started = time.perf_counter()
         micro = [self._to_device(next(batches)) for _ in range(c.accumulate)]
         data_seconds = time.perf_counter() - started
+        group = self.optimizer.param_groups[0]
+        lr, momentum = group["lr"], group.get("momentum")  # what this step uses
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.bn.begin()
@@ -391,7 +475,8 @@ class Trainer:
             )
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        if not self.schedule_per_epoch:
+            self.scheduler.step()
         self.global_step += 1
         self.step_in_epoch += 1
         self.epoch_loss[0] += float(loss)
@@ -408,7 +493,8 @@ class Trainer:
                 "step": self.global_step,
                 "loss": float(loss),
                 **{f"loss_{k}": float(v) for k, v in terms.items()},
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": lr,
+                **({"momentum": momentum} if c.optimizer == "sgd" else {}),
                 "logit_scale": float(self.loss_fn.scale.detach()),
                 "data_seconds": data_seconds,
                 "step_seconds": seconds,
@@ -497,6 +583,8 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         train_loss = self.epoch_loss[0] / max(1, self.epoch_loss[1])
+        if self.schedule_per_epoch:
+            self.scheduler.step()  # after the epoch's batches, as the original code
         metrics = self.validate()
         record = {"event": "epoch", "epoch": self.epoch, "step": self.global_step}
         record["train_loss"] = train_loss
@@ -519,21 +607,12 @@ class Trainer:
         barrier(self.job)
 
     def _update_best(self, record: dict[str, Any]) -> bool:
-        if "val_top1" in record:
-            name, value, better = "val_top1", record["val_top1"], lambda new, old: new > old
-        elif "val_loss" in record:
-            name, value, better = "val_loss", record["val_loss"], lambda new, old: new < old
-        else:
-            name, value, better = "train_loss", record["train_loss"], lambda new, old: new < old
-        if self.best is None or better(value, self.best["value"]):
-            self.best = {
-                "metric": name,
-                "value": value,
-                "epoch": record["epoch"],
-                "step": self.global_step,
-            }
-            return True
-        return False
+        """Whether the epoch just ended is the best so far (then ``self.best`` describes it)."""
+        best = best_epoch(self.history, self.config.best)
+        if best is None or best["epoch"] != record["epoch"]:
+            return False
+        self.best = best
+        return True
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -617,6 +696,7 @@ class Trainer:
                 "history": self.history,
                 "world_size": self.job.world_size,
                 "store_fingerprint": self.store_fingerprint,
+                "clip_sha256": self.clip["sha256"],
             }
             write_checkpoint(self.out / LAST_CHECKPOINT, state)
         barrier(self.job)
@@ -634,6 +714,12 @@ class Trainer:
                 f"cannot resume {self.out}: the store {self.store.path} holds other clips or labels "
                 "than the one the run was trained on"
             )
+        trained_on, now = state.get("clip_sha256"), self.clip["sha256"]
+        if trained_on is not None and now is not None and trained_on != now:
+            raise ConfigError(  # the same path, another file
+                f"cannot resume {self.out}: the CLIP {self.config.clip} (sha256 {now[:12]}...) "
+                f"is not the one the run was trained against (sha256 {trained_on[:12]}...)"
+            )
         try:
             self.encoder.load_state_dict(state["model"])
             self.loss_fn.load_state_dict(state["loss"])
@@ -648,6 +734,26 @@ class Trainer:
         self.epoch = int(position["epoch"])
         self.step_in_epoch = int(position["step_in_epoch"])
         self.global_step = int(position["global_step"])
+        begun = self.epoch + (1 if self.step_in_epoch else 0)
+        if self.config.epochs < begun:
+            done = (
+                f"is partway through epoch {begun}"
+                if self.step_in_epoch
+                else f"has done {self.epoch} epochs"
+            )
+            raise ConfigError(
+                f"cannot resume {self.out} with {self.config.epochs} epochs: the run {done}",
+                hint=f"pass --epochs {begun} or more",
+            )
+        self.resumed = stored.to_dict()
+        if stored.epochs != self.config.epochs:
+            previous = stretch_schedule(self.scheduler, self.total_steps)
+            if self.config.schedule == "cosine" and previous not in (None, self.total_steps):
+                self.notes.append(
+                    f"the cosine schedule now ends at step {self.total_steps} (was {previous}); "
+                    f"step {self.global_step + 1} takes lr "
+                    f"{self.optimizer.param_groups[0]['lr']:.3g}"
+                )
         self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
         self.best = state["best"]
         self.history = list(state["history"])
@@ -685,6 +791,37 @@ def split_items(store: CuratedStore, val_fraction: float, seed: int) -> tuple[li
         val.extend(int(members[j]) for j in rng.permutation(len(members))[:count])
     val_set = set(val)
     return [i for i in range(len(store)) if i not in val_set], sorted(val)
+
+
+def best_epoch(history: list[dict[str, Any]], metric: str = "val_loss") -> dict[str, Any] | None:
+    """The best of the epoch records in ``history`` by ``metric``, or None.
+
+    ``metric`` is ``"val_loss"`` (lowest wins) or ``"val_top1"`` (highest
+    wins). When the latest record lacks it (no held-out or no labelled clips),
+    the other one, then ``"train_loss"``, is used. A later epoch must be
+    strictly better: on equal values the earlier epoch stays best. Non-finite
+    values are never best. Output: ``{"metric", "value", "epoch", "step"}``.
+    """
+    if not history:
+        return None
+    order = [metric, *(m for m in BEST_METRICS if m != metric)]
+    name = next((m for m in order if m in history[-1]), None)
+    if name is None:
+        return None
+    lower = BEST_METRICS[name] == "min"
+    best: dict[str, Any] | None = None
+    for record in history:
+        value = record.get(name)
+        if value is None or not math.isfinite(value):
+            continue
+        if best is None or (value < best["value"] if lower else value > best["value"]):
+            best = {
+                "metric": name,
+                "value": value,
+                "epoch": record["epoch"],
+                "step": record["step"],
+            }
+    return best
 
 
 def label_accuracy(

@@ -129,6 +129,29 @@ class TestTomlAndPrecedence:
         assert (resumed.lr, resumed.epochs, resumed.max_steps) == (0.3, 9, 6)
         assert resumed.optimizer == "adamw"
 
+    def test_a_cycle_in_steps_replaces_the_papers_cycle_in_epochs(self, tmp_path):
+        paper = resolve_train_config(flags={"store": "s", "out": "o", "paper": True})
+        assert (paper.cycle_epochs, paper.best) == (5, "val_loss")
+        steps = resolve_train_config(
+            flags={"store": "s", "out": "o", "paper": True, "cycle_steps": 2}
+        )
+        assert (steps.cycle_steps, steps.cycle_epochs) == (2, None)
+        toml = write(tmp_path / "train.toml", 'store = "s"\nout = "o"\ncycle_steps = 3\n')
+        assert resolve_train_config(file=toml, flags={"paper": True}).cycle_epochs is None
+        both = resolve_train_config(file=toml, flags={"paper": True, "cycle_epochs": 2})
+        assert (both.cycle_steps, both.cycle_epochs) == (3, 2)
+
+    def test_a_resumed_run_keeps_its_max_steps_unless_its_length_changes(self):
+        stored = TrainConfig(store="s", out="o", epochs=2, max_steps=4)
+        assert resolve_train_config(stored=stored).max_steps == 4
+        assert resolve_train_config(stored=stored, flags={"epochs": 2}).max_steps == 4
+        assert resolve_train_config(stored=stored, flags={"max_steps": 5}).max_steps == 5
+        longer = resolve_train_config(stored=stored, flags={"epochs": 3})
+        assert (longer.epochs, longer.max_steps) == (3, None)
+        capped = resolve_train_config(stored=stored, flags={"epochs": 3, "max_steps": 7})
+        assert (capped.epochs, capped.max_steps) == (3, 7)
+        assert TrainConfig(store="s", out="o", epochs=3).differences(stored) == []
+
     def test_file_errors_name_the_file(self, tmp_path):
         toml = write(tmp_path / "train.toml", 'store = "s"\nout = "o"\nepoch = 3\n')
         with pytest.raises(ConfigError) as raised:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,36 @@ class TestClipDataset:
         expected = spectrogram_to_input(fit_frames(data.store.spectrogram(5)[None]))[0]
         assert torch.equal(example["audio"], expected)
         assert not torch.equal(example["augmented"], example["audio"])
+
+    @pytest.mark.parametrize("train", [False, True], ids=["validation", "training"])
+    def test_one_resize_not_the_released_loaders_two(self, store, train):
+        """The input is one ``cv2.resize`` of the crop and a reshape, as the encoder was used.
+
+        The released loader's first dataset class resized twice, the second time row 0
+        of the first result: every one of its 512 rows is then the lowest mel band's
+        time course, the rest of the spectrogram gone. Checked with OpenCV itself.
+        """
+        cv2 = pytest.importorskip("cv2")
+        data = self.dataset(store, train=train)
+        example = data[(1, 5)]
+        # the crop the dataset drew: the stored clip (1 s) padded at some offset to 864 frames
+        stored = data.store.spectrogram(5).numpy()
+        canvas = torch.zeros(128, NUM_FRAMES)
+        audio = example["audio"][0].numpy()
+        for start in range(NUM_FRAMES - stored.shape[1] + 1):
+            canvas.zero_()
+            canvas[:, start : start + stored.shape[1]] = torch.from_numpy(stored)
+            once = cv2.resize(canvas.numpy(), (128, 512)).reshape(128, 512)
+            if np.allclose(audio, once, atol=1e-6):
+                break
+        else:
+            pytest.fail("the training input is not one cv2.resize of a crop of the clip")
+        first = cv2.resize(canvas.numpy(), (128, 512))
+        twice = cv2.resize(first[0], (128, 512))
+        assert np.allclose(twice, np.tile(first[0], (512, 1)), atol=1e-6)
+        assert np.abs(audio - twice.reshape(128, 512)).max() > 0.1
+        rows = audio.reshape(512, 128)
+        assert np.abs(rows - rows[0]).max() > 0.1  # not one row repeated
 
     def test_same_key_same_example_anywhere(self, store):
         data = self.dataset(store)

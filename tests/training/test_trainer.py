@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -85,7 +86,15 @@ def zero_shot_top1(encoder_path, store, text_encoder):
 class TestTraining:
     def test_short_run_learns_its_classes(self, store, clip_file, text_encoder, tmp_path):
         # One template: a random CLIP's templates disagree more than its labels do.
-        cfg = config(store, tmp_path / "run", clip_file, epochs=12, lr=1e-2, templates=ONE_TEMPLATE)
+        cfg = config(
+            store,
+            tmp_path / "run",
+            clip_file,
+            epochs=12,
+            lr=1e-2,
+            templates=ONE_TEMPLATE,
+            best="val_top1",
+        )
         result = train(cfg, text_encoder=text_encoder, progress=False)
         epochs = result.history
         assert len(epochs) == 12 and result.global_step == 36 and not result.stopped_early
@@ -361,7 +370,7 @@ class TestCLI:
         )
         assert (saved["batch_size"], saved["epochs"]) == (8, 1)
         assert log(out)[0]["logit_scale"] == pytest.approx(math.exp(0.07))
-        assert log(out)[0]["lr"] == pytest.approx(0.001 + (0.1 - 0.001) / 2000)
+        assert (log(out)[0]["lr"], log(out)[0]["momentum"]) == (0.001, 0.9)  # epoch 1's
 
         # resuming takes the run's own settings; only resumable ones may change
         again = CliRunner().invoke(
@@ -369,14 +378,215 @@ class TestCLI:
         )
         assert again.exit_code == 0, again.output
         assert "stopped after 2 steps" in again.output
-        nothing = CliRunner().invoke(
-            train_command, [str(store), str(out), "--resume", "--max-steps", "2", "-q"]
+        nothing = CliRunner().invoke(train_command, [str(store), str(out), "--resume", "-q"])
+        assert nothing.exit_code == 0 and nothing.output == (
+            "nothing left to do: the run reached max_steps 2; pass --max-steps M > 2 or more "
+            "--epochs\n"
         )
-        assert "stopped after 2 steps" in nothing.output and len(log(out)) == 2
+        assert len(log(out)) == 2
         clash = CliRunner().invoke(train_command, [str(store), str(out), "--resume", "--lr", "0.2"])
         assert isinstance(clash.exception, ConfigError)
+
+    def test_paper_learning_rate_per_step_is_the_released_schedule(
+        self, store, clip_file, tmp_path
+    ):
+        """Two epochs of --paper against soundclip/train.py's CyclicLR, stepped once per epoch."""
+        out = tmp_path / "run"
+        result = CliRunner().invoke(
+            train_command,
+            [
+                str(store), str(out), "--paper", "--clip", str(clip_file), "--arch", "tiny",
+                "--batch-size", "8", "--epochs", "2", "--loader-workers", "0", "--log-every", "1",
+                "-q",
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        param = torch.nn.Parameter(torch.zeros(1))
+        original = torch.optim.SGD([param], lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        scheduler = torch.optim.lr_scheduler.CyclicLR(
+            original, base_lr=0.001, max_lr=0.1, step_size_up=5, mode="triangular"
+        )
+        expected = []
+        for _epoch in range(2):
+            for _batch in range(3):  # 24 training clips, batch 8
+                expected.append(
+                    (original.param_groups[0]["lr"], original.param_groups[0]["momentum"])
+                )
+                param.grad = torch.zeros(1)
+                original.step()
+            scheduler.step()
+        steps = log(out)
+        assert [(r["lr"], r["momentum"]) for r in steps] == expected  # the same torch arithmetic
+        assert expected[2] != expected[3]  # the rate moves between epochs, not within one
+        state = load_checkpoint(out / "checkpoints" / "last.pt")
+        assert state["scheduler"]["last_epoch"] == 2 and state["config"]["cycle_epochs"] == 5
 
     def test_errors_propagate_as_soundguide_errors(self, tmp_path):
         result = CliRunner().invoke(train_command, [str(tmp_path), str(tmp_path / "run")])
         assert isinstance(result.exception, DatasetError)
         assert "\n" not in str(result.exception)
+
+
+class TestBestCheckpoint:
+    @pytest.mark.parametrize(
+        ("best", "scores", "winner"),
+        [
+            ("val_loss", [2.0, 1.0, 1.0, 1.5], 1),  # epochs 1 and 2 tie: the earlier wins
+            ("val_top1", [0.5, 0.75, 0.75, 0.6], 1),
+        ],
+    )
+    def test_best_by_the_chosen_metric_ties_keep_the_earlier_epoch(
+        self, store, clip_file, text_encoder, tmp_path, monkeypatch, best, scores, winner
+    ):
+        from soundguide.training import trainer
+
+        at_epoch_end = []
+
+        def validate(self):
+            at_epoch_end.append({k: v.clone() for k, v in self.encoder.state_dict().items()})
+            other = "val_top1" if best == "val_loss" else "val_loss"
+            return {best: scores[len(at_epoch_end) - 1], other: 0.5}
+
+        monkeypatch.setattr(trainer.Trainer, "validate", validate)
+        cfg = config(store, tmp_path / "run", clip_file, epochs=4, lr=1e-2, best=best)
+        result = train(cfg, text_encoder=text_encoder, progress=False)
+        assert result.best == {
+            "metric": best,
+            "value": scores[winner],
+            "epoch": winner,
+            "step": 3 * (winner + 1),
+        }
+        assert json.loads((tmp_path / "run" / "best.json").read_text()) == result.best
+        assert_same_state(weights(result.best_encoder), at_epoch_end[winner])
+        assert not torch.equal(at_epoch_end[winner]["fc.weight"], at_epoch_end[2]["fc.weight"])
+
+
+class TestResumeLimits:
+    ARGS = [
+        "--paper", "--arch", "tiny", "--batch-size", "8", "--loader-workers", "0",
+        "--log-every", "1", "-q",
+    ]  # fmt: skip
+
+    def run(self, store, out, *args):
+        return CliRunner().invoke(train_command, [str(store), str(out), *args])
+
+    def test_more_steps_or_epochs_continue_and_nothing_left_says_so(
+        self, store, clip_file, tmp_path
+    ):
+        clip = ["--clip", str(clip_file)]
+        out = tmp_path / "run"
+        first = self.run(store, out, *clip, *self.ARGS, "--epochs", "2", "--max-steps", "2")
+        assert "stopped after 2 steps (0 epochs)" in first.output, first.output
+        # a larger --max-steps continues from where it stopped: as if never stopped
+        again = self.run(store, out, "--resume", "--max-steps", "4", "-q")
+        assert "stopped after 4 steps (1 epochs)" in again.output, again.output
+        direct = tmp_path / "direct"
+        self.run(store, direct, *clip, *self.ARGS, "--epochs", "2", "--max-steps", "4")
+        resumed = load_checkpoint(out / "checkpoints" / "last.pt")
+        straight = load_checkpoint(direct / "checkpoints" / "last.pt")
+        assert (
+            resumed["position"]
+            == straight["position"]
+            == {
+                "epoch": 1,
+                "step_in_epoch": 1,
+                "global_step": 4,
+            }
+        )
+        assert_same_state(resumed["model"], straight["model"])
+        assert resumed["optimizer"]["param_groups"] == straight["optimizer"]["param_groups"]
+        for key, buffers in straight["optimizer"]["state"].items():
+            assert_same_state(resumed["optimizer"]["state"][key], buffers)
+        assert resumed["scheduler"] == straight["scheduler"]
+
+        # nothing left: one line, exit 0, the run folder untouched
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+        nothing = self.run(store, out, "--resume", "-q")
+        assert nothing.exit_code == 0 and nothing.output == (
+            "nothing left to do: the run reached max_steps 4; pass --max-steps M > 4 or more "
+            "--epochs\n"
+        )
+        past = self.run(store, out, "--resume", "--max-steps", "3", "-q")
+        assert past.output.startswith("nothing left to do: the run is at step 4, past max_steps 3")
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+        # more epochs (no --max-steps): on to the end, equal to a straight 3-epoch run
+        longer = self.run(store, out, "--resume", "--epochs", "3", "-q")
+        assert "finished after 9 steps (3 epochs)" in longer.output, longer.output
+        three = tmp_path / "three"
+        self.run(store, three, *clip, *self.ARGS, "--epochs", "3")
+        assert_same_state(weights(out / "encoder-last.pth"), weights(three / "encoder-last.pth"))
+        exact = ("step", "epoch", "loss", "lr", "momentum")
+        assert [{k: r[k] for k in exact} for r in log(out)] == [
+            {k: r[k] for k in exact} for r in log(three)
+        ]
+        assert [r["changed"] for r in log(out, "resume")] == [
+            {"max_steps": [2, 4]},
+            {"epochs": [2, 3], "max_steps": [4, None]},
+        ]
+        done = self.run(store, out, "--resume", "-q")
+        assert done.exit_code == 0 and done.output == (
+            "nothing left to do: the run finished its 3 epochs (9 steps); pass --epochs E > 3 "
+            "to train on\n"
+        )
+        fewer = self.run(store, out, "--resume", "--epochs", "2", "-q")
+        assert isinstance(fewer.exception, ConfigError)
+        assert "with 2 epochs: the run has done 3 epochs" in str(fewer.exception)
+
+    def test_more_epochs_stretch_a_cosine_schedule(self, store, clip_file, text_encoder, tmp_path):
+        out = tmp_path / "run"
+        train(config(store, out, clip_file, epochs=1, lr=0.01), text_encoder=text_encoder)
+        assert log(out)[-1]["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+        result = train(
+            config(store, out, clip_file, epochs=2, lr=0.01),
+            resume=True,
+            text_encoder=text_encoder,
+            progress=False,
+        )
+        assert result.global_step == 6
+        assert result.notes == [
+            "the cosine schedule now ends at step 6 (was 3); step 4 takes lr 0.005"
+        ]
+        assert log(out)[3]["lr"] == pytest.approx(0.005)
+
+
+class TestClipLabel:
+    def test_training_offline_with_the_demos_tiny_clip(self, store, tmp_path):
+        from soundguide.demo import write_demo_inputs
+
+        write_demo_inputs(tmp_path / "demo-inputs")
+        clip = tmp_path / "demo-inputs" / "clip-tiny.pt"
+        out = tmp_path / "run"
+        result = CliRunner().invoke(
+            train_command,
+            [
+                str(store), str(out), "--clip", str(clip), "--arch", "tiny", "--batch-size", "8",
+                "--epochs", "1", "--max-steps", "1", "--loader-workers", "0", "-q",
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        report = json.loads((out / "run.json").read_text())["clip"]
+        assert report["sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
+        assert (report["file"], report["released"]) == (str(clip), False)
+        assert report["text_tower"]["embed_dim"] == 64
+        assert report["note"].startswith("not a released CLIP model: its text tower (embed dim 64")
+        assert f"note: CLIP {clip}: not a released CLIP model" in result.output
+        state = load_checkpoint(out / "checkpoints" / "last.pt")
+        assert state["clip_sha256"] == report["sha256"]
+
+    def test_resuming_against_another_clip_file_at_the_same_path(
+        self, store, text_encoder, tmp_path
+    ):
+        from tests.factories import save_tiny_clip
+
+        clip = save_tiny_clip(tmp_path / "clip.pt")
+        cfg = config(store, tmp_path / "run", clip, max_steps=1)
+        train(cfg, text_encoder=text_encoder, progress=False)
+        save_tiny_clip(clip, seed=1)
+        with pytest.raises(ConfigError, match="is not the one the run was trained against"):
+            train(
+                config(store, tmp_path / "run", clip, max_steps=2),
+                resume=True,
+                text_encoder=text_encoder,
+                progress=False,
+            )
