@@ -1,17 +1,43 @@
 """``soundguide curate``: precompute the SoundCLIP front end of a dataset into a store.
 
-The dataset (see :mod:`soundguide.training.datasets`) is planned into shards of
-``shard_size`` items in its own order. Each shard is computed by one worker
-process (``workers``), which loads every clip with
+The dataset (see :mod:`soundguide.training.datasets`) is split into shards, each
+computed by one worker process (``workers``), which loads every clip with
 :func:`~soundguide.encoders.audio.load_audio`, runs the front end's
 :meth:`~soundguide.encoders.soundclip.SoundCLIPFrontend.spectrogram` and writes
 the shard's array, then its JSON (the completion marker), each atomically.
 
-Resuming: a shard whose JSON exists, was made with the same settings and lists
-the same files with the same sizes and modification times is kept as is;
-everything else is (re)computed. Labels and captions always come from the
-current dataset listing, so editing a manifest's labels needs no recomputation
-and cannot leave stale labels behind.
+Clip keys: a clip is known by its path relative to the dataset root, both
+with every symlink resolved (``os.path.realpath``; a file outside the root
+gets a ``../`` path). So the same folder given relative, absolute or through
+a symlink yields the same keys, and so does the whole folder moved or renamed
+(``mv`` and ``rsync -a`` keep modification times). A file listed twice is
+computed once.
+
+Shards: the leaves of a binary trie over the bits of ``sha256(key)``: a node
+is split in two while it holds more than ``max_clips_per_shard(shard_size)``
+= ``round(2 ln 2 * shard_size)`` clips, and shard ``h0110`` holds the clips
+whose hash starts with the bits 0110. The layout depends on nothing but the
+set of keys, and a key's shard depends on nothing but the key and the clips
+sharing its hash prefix, so adding, removing or changing one file changes the
+one shard it falls in; once in a while that shard splits in two (an
+addition) or merges with its sibling (a removal), and only its clips, or its
+sibling's, are computed again. No shard holds more than
+``round(1.39 * shard_size)`` clips. As a dataset grows the leaves split about
+together, so the typical shard size swings between ``0.69 * shard_size`` and
+``1.39 * shard_size`` and averages ``shard_size`` over dataset sizes; within
+one dataset, shard sizes vary by about the square root of the size (binomial
+noise of the hash).
+
+Resuming: a shard whose JSON exists, was made with the same settings and
+lists the same keys with the same sizes and modification times (one
+``stat`` per file; hashing every file's content would read the whole dataset
+at every resume) is kept as is; everything else is (re)computed, and shard
+files no longer in the layout are removed (those of stores written before
+this layout are named ``00000`` ...: their clips are computed again once).
+Before it changes any shard the run removes ``index.json`` and writes it again
+last, so an index on disk always matches the shards. Labels and captions
+always come from the current dataset listing, so editing a manifest's labels
+needs no recomputation and cannot leave stale labels behind.
 
 Every file left out is listed in ``skipped.tsv`` with a one-line reason:
 missing, zero-length, corrupt and silent audio, texts CLIP cannot read (empty,
@@ -21,13 +47,16 @@ without its frame). No usable item at all is a :class:`DatasetError`.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import hashlib
 import json
+import math
 import multiprocessing
 import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +81,10 @@ from soundguide.training.text import text_problem
 
 DEFAULT_SHARD_SIZE = 256
 DEFAULT_MAX_SECONDS = 20.0
+HASH_BITS = 256
+SHARD_PREFIX = "h"
+# shard files: h<bits> (this layout) or digits (stores written before it), then .npy/.json/...
+_SHARD_STEM = re.compile(rf"{SHARD_PREFIX}[01]*|\d+")
 
 
 @dataclass
@@ -65,13 +98,19 @@ class CurationReport:
     shards_reused: int
     images: int
     seconds: float
+    computed: int = 0
+    """Clips whose spectrogram this run computed (those of the shards not reused)."""
 
     @property
     def skipped_path(self) -> Path:
         return self.out / SKIPPED_NAME
 
     def summary(self) -> str:
-        reused = f" ({self.shards_reused} reused)" if self.shards_reused else ""
+        reused = (
+            f" ({self.shards_reused} reused, {self.computed} clips computed)"
+            if self.shards_reused
+            else ""
+        )
         images = f", {self.images} video frames embedded" if self.images else ""
         return (
             f"curated {self.items} clips into {self.shards} shards{reused}{images}; "
@@ -117,38 +156,58 @@ def curate(
     _remove_temporaries(shard_dir)
     settings = frontend_settings(max_seconds)
 
-    plans = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    names = [f"{k:05d}" for k in range(len(plans))]
-    _remove_stale_shards(shard_dir, len(plans))
-    metas: list[dict[str, Any] | None] = [
-        _finished_shard(shard_dir, name, plan, settings)
-        for name, plan in zip(names, plans, strict=True)
+    keys = ClipKeys(listing.root)
+    item_keys = [keys(item.source) for item in items]
+    paths = dict(item_keys)  # key -> resolved path
+    plan = plan_shards(paths, max_clips_per_shard(shard_size))
+    names = list(plan)
+    clips = {name: [[key, *_stat(paths[key])] for key in plan[name]] for name in names}
+    metas: dict[str, dict[str, Any] | None] = {
+        name: _finished_shard(shard_dir, name, clips[name], settings) for name in names
+    }
+    todo = [name for name in names if metas[name] is None]
+    stale = _stale_files(shard_dir, plan)
+    if todo or stale:
+        (out / INDEX_NAME).unlink(missing_ok=True)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    tasks = [
+        (str(shard_dir), name, plan[name], [paths[key] for key in plan[name]], settings)
+        for name in todo
     ]
-    reused = sum(meta is not None for meta in metas)
-    todo = [k for k, meta in enumerate(metas) if meta is None]
-    tasks = [(str(shard_dir), names[k], [it.source for it in plans[k]], settings) for k in todo]
-    with _progress(
-        len(items), sum(len(plans[k]) for k in range(len(plans)) if metas[k]), progress
-    ) as bar:
-        for k, meta in zip(todo, _run(tasks, workers), strict=True):
-            metas[k] = meta
-            bar.update(len(plans[k]))
+    computed = sum(len(plan[name]) for name in todo)
+    with _progress(len(paths), len(paths) - computed, progress) as bar:
+        for name, meta in zip(todo, _run(tasks, workers), strict=True):
+            metas[name] = meta
+            bar.update(len(plan[name]))
 
-    results = [r for meta in metas for r in meta["results"]]  # type: ignore[index]
-    flat = [it for plan in plans for it in plan]
-    for item, result in zip(flat, results, strict=True):
+    shard_of = {key: name for name in names for key in plan[name]}
+    result_of = {
+        key: result
+        for name in names
+        for key, result in zip(plan[name], metas[name]["results"], strict=True)  # type: ignore[index]
+    }
+    results = [result_of[key] for key, _ in item_keys]
+    for item, result in zip(items, results, strict=True):
         if "skipped" in result:
             skipped.append((item.source, result["skipped"]))
 
     image_info = None
-    wants_images = images and any(
-        it.image for it, r in zip(flat, results, strict=True) if "skipped" not in r
-    )
-    if wants_images:
+    wanted = [
+        item.image is not None and "skipped" not in result
+        for item, result in zip(items, results, strict=True)
+    ]
+    if images and any(wanted):
+        members: dict[str, list[int]] = {name: [] for name in names}
+        for i, (key, _) in enumerate(item_keys):
+            if wanted[i]:
+                members[shard_of[key]].append(i)
         image_info = _embed_images(
-            shard_dir, names, plans, metas, clip, device, trust_checkpoint, progress, skipped
+            out, names, members, items, keys, clip, device, trust_checkpoint, progress, skipped
         )
-    index = _build_index(listing, settings, names, plans, metas, image_info)
+    index = _build_index(
+        listing, keys.root, settings, names, shard_of, items, item_keys, results, image_info
+    )
     atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1) + "\n")
     write_skipped(out / SKIPPED_NAME, skipped)
     if not index["items"]:
@@ -160,14 +219,93 @@ def curate(
         out=out,
         items=len(index["items"]),
         skipped=len(skipped),
-        shards=len(plans),
-        shards_reused=reused,
+        shards=len(names),
+        shards_reused=len(names) - len(todo),
         images=sum(1 for record in index["items"] if record["image_row"] is not None),
         seconds=time.perf_counter() - started,
+        computed=computed,
     )
 
 
 # -- planning ---------------------------------------------------------------------------
+
+
+class ClipKeys:
+    """Stable names for a dataset's files: ``keys(path) -> (key, resolved path)``.
+
+    The key is the file's path relative to the dataset root, both resolved
+    (every symlink followed), with ``/`` separators; a file outside the root
+    gets a ``../`` path (its resolved path when no relative one exists). Given
+    the root relative, absolute or through a symlink, or moved as a whole, a
+    file keeps its key.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.realpath(root)
+        self._prefix = os.path.join(self.root, "")
+        self._cwd = os.getcwd()
+        self._dirs: dict[str, str] = {}
+
+    def __call__(self, path: str | os.PathLike[str]) -> tuple[str, str]:
+        full = os.path.join(self._cwd, path)  # unchanged when ``path`` is absolute
+        folder, name = os.path.split(full)
+        # realpath walks every component: resolve each folder once, then only the name
+        real_folder = self._dirs.get(folder)
+        if real_folder is None:
+            real_folder = self._dirs[folder] = os.path.realpath(folder)
+        real = os.path.join(real_folder, name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if real.startswith(self._prefix):
+            key = real[len(self._prefix) :]
+        else:
+            try:
+                key = os.path.relpath(real, self.root)
+            except ValueError:  # another drive (Windows)
+                key = real
+        return key.replace(os.sep, "/"), real
+
+
+def max_clips_per_shard(shard_size: int) -> int:
+    """The most clips a shard holds, so that shards average ``shard_size`` clips.
+
+    The trie's leaves hold between half of this and all of it, about
+    log-uniformly over dataset sizes, so their mean is this / (2 ln 2).
+    """
+    return max(1, round(2 * math.log(2) * shard_size))
+
+
+def key_hash(key: str) -> int:
+    """The :data:`HASH_BITS`-bit number whose leading bits choose a clip's shard."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest(), "big")
+
+
+def plan_shards(keys: Iterable[str], max_clips: int) -> dict[str, list[str]]:
+    """Group clip keys into shards: ``{name: sorted keys}``, in hash order.
+
+    The shards are the leaves of the binary trie of the keys' :func:`key_hash`
+    bits, a node split in two while it holds more than ``max_clips`` keys;
+    a leaf is named ``h`` plus its bit prefix (``h`` alone: every key in one
+    shard). Empty leaves are left out; duplicate keys count once.
+    """
+    if max_clips < 1:
+        raise ConfigError(f"max_clips must be >= 1, got {max_clips}")
+    hashed = sorted((key_hash(key), key) for key in set(keys))
+    values = [value for value, _ in hashed]
+    shards: dict[str, list[str]] = {}
+
+    def visit(lo: int, hi: int, prefix: int, depth: int) -> None:
+        if hi - lo <= max_clips or depth == HASH_BITS:
+            if hi > lo:
+                bits = format(prefix, f"0{depth}b") if depth else ""
+                shards[SHARD_PREFIX + bits] = sorted(key for _, key in hashed[lo:hi])
+            return
+        middle = bisect.bisect_left(values, (2 * prefix + 1) << (HASH_BITS - depth - 1), lo, hi)
+        visit(lo, middle, 2 * prefix, depth + 1)
+        visit(middle, hi, 2 * prefix + 1, depth + 1)
+
+    visit(0, len(hashed), 0, 0)
+    return shards
 
 
 def _check_out(out: Path) -> None:
@@ -202,43 +340,40 @@ def _check_texts(listing: DatasetListing, skipped: list[tuple[str, str]]) -> lis
     return kept
 
 
-def _sources(plan: Sequence[Item] | Sequence[str]) -> list[list[Any]]:
-    rows = []
-    for entry in plan:
-        path = entry.source if isinstance(entry, Item) else entry
-        try:
-            stat = os.stat(path)
-            rows.append([path, stat.st_size, stat.st_mtime_ns])
-        except OSError:
-            rows.append([path, None, None])
-    return rows
+def _stat(path: str) -> list[int | None]:
+    """``[size, mtime_ns]`` of a file, ``[None, None]`` when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [None, None]
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _finished_shard(
-    shard_dir: Path, name: str, plan: Sequence[Item], settings: dict[str, Any]
+    shard_dir: Path, name: str, clips: list[list[Any]], settings: dict[str, Any]
 ) -> dict[str, Any] | None:
-    meta_path, array_path = shard_dir / f"{name}.json", shard_dir / f"{name}.npy"
-    if not (meta_path.is_file() and array_path.is_file()):
+    """The shard's JSON when it was made from ``clips`` (``[key, size, mtime_ns]``)."""
+    if not (shard_dir / f"{name}.npy").is_file():
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
+    meta = _read_json(shard_dir / f"{name}.json")
+    if meta is None or meta.get("settings") != settings or meta.get("clips") != clips:
         return None
-    if meta.get("settings") != settings or meta.get("sources") != _sources(plan):
-        return None
-    return meta
+    return meta if len(meta.get("results", ())) == len(clips) else None
+
+
+def _stale_files(shard_dir: Path, names: Iterable[str]) -> list[Path]:
+    """Files of shards not in ``names`` (this layout's or the digit-named ones of before)."""
+    keep = set(names)
+    return [
+        path
+        for path in shard_dir.iterdir()
+        if _SHARD_STEM.fullmatch(stem := path.name.split(".")[0]) and stem not in keep
+    ]
 
 
 def _remove_temporaries(shard_dir: Path) -> None:
     for tmp in shard_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-
-
-def _remove_stale_shards(shard_dir: Path, count: int) -> None:
-    for path in shard_dir.iterdir():
-        stem = path.name.split(".")[0]
-        if stem.isdigit() and int(stem) >= count:
-            path.unlink(missing_ok=True)
 
 
 # -- computing shards ----------------------------------------------------------------
@@ -273,10 +408,13 @@ _FRONTEND: Any = None
 
 
 def curate_shard(
-    shard_dir: str, name: str, sources: list[str], settings: dict[str, Any]
+    shard_dir: str, name: str, keys: list[str], paths: list[str], settings: dict[str, Any]
 ) -> dict[str, Any]:
     """Compute one shard and write ``<name>.npy`` then ``<name>.json``; returns the JSON.
 
+    ``keys`` name the clips (see :class:`ClipKeys`), ``paths`` are their files.
+    The JSON's ``clips`` are ``[key, size, mtime_ns]``, taken before each file
+    is read (a file changed meanwhile is computed again at the next run).
     Files that cannot be used (any :class:`SoundguideError` or ``OSError`` while
     loading) get ``{"skipped": reason}`` in ``results``; the others get their
     ``offset``, ``frames`` and ``sha256``.
@@ -288,9 +426,9 @@ def curate_shard(
     if _FRONTEND is None:
         _FRONTEND = SoundCLIPFrontend()
     max_seconds = float(settings["max_seconds"])
-    stats = _sources(sources)
+    clips = [[key, *_stat(path)] for key, path in zip(keys, paths, strict=True)]
     arrays, results, offset = [], [], 0
-    for path in sources:
+    for path in paths:
         try:
             wave = load_audio(
                 path,
@@ -311,7 +449,7 @@ def curate_shard(
     data = np.concatenate(arrays) if arrays else np.zeros((0, settings["n_mels"]), STORE_DTYPE)
     folder = Path(shard_dir)
     atomic_write(folder / f"{name}.npy", lambda fh: np.save(fh, data))
-    meta = {"settings": settings, "sources": stats, "results": results}
+    meta = {"settings": settings, "clips": clips, "results": results}
     atomic_write_text(folder / f"{name}.json", json.dumps(meta) + "\n")
     return meta
 
@@ -326,45 +464,62 @@ def clip_identity(name_or_path: str) -> str:
 
 
 def _embed_images(
-    shard_dir: Path,
+    out: Path,
     names: list[str],
-    plans: list[list[Item]],
-    metas: list[dict[str, Any] | None],
+    members: dict[str, list[int]],
+    items: list[Item],
+    keys: ClipKeys,
     clip: str,
     device: str | torch.device,
     trust: bool,
     progress: bool,
     skipped: list[tuple[str, str]],
 ) -> dict[str, Any]:
+    """Embed the video frames of ``items[i]`` for the ``members`` of every shard.
+
+    Per shard, each distinct frame (by key) is embedded once, into
+    ``<shard>.image-<encoder>.npy``; its JSON lists ``[key, size, mtime_ns]``
+    of those frames, so a shard whose frames are unchanged is not embedded
+    again. Returns ``rows`` (the row of every item, or None), ``files``
+    (per shard name), ``identity`` and ``dim``.
+    """
+    shard_dir = out / SHARDS_DIR
     identity = clip_identity(clip)
     tag = hashlib.sha256(identity.encode()).hexdigest()[:12]
     encoder = None
-    files: dict[int, str] = {}
-    rows: dict[int, list[int | None]] = {}
-    total = sum(1 for plan in plans for it in plan if it.image)
-    with _progress(total, 0, progress, unit="frame") as bar:
-        for k, (name, plan, meta) in enumerate(zip(names, plans, metas, strict=True)):
-            wanted = [
-                i
-                for i, (it, r) in enumerate(zip(plan, meta["results"], strict=True))  # type: ignore[index]
-                if it.image and "skipped" not in r
-            ]
-            if not wanted:
+    files: dict[str, str] = {}
+    rows: list[int | None] = [None] * len(items)
+    with _progress(sum(map(len, members.values())), 0, progress, unit="frame") as bar:
+        for name in names:
+            if not members[name]:
                 continue
+            frames: dict[str, tuple[str, str]] = {}  # key -> (path as listed, resolved path)
+            key_of = {}
+            for i in members[name]:
+                key, path = keys(items[i].image)  # type: ignore[arg-type]
+                frames.setdefault(key, (items[i].image, path))  # type: ignore[arg-type]
+                key_of[i] = key
+            order = sorted(frames)
+            expected = [[key, *_stat(frames[key][1])] for key in order]
             base = f"{name}.image-{tag}"
-            marker = shard_dir / f"{base}.json"
-            done = _read_json(marker)
-            expected = [plan[i].image for i in wanted]
-            if done is None or done.get("images") != expected:
+            done = _read_json(shard_dir / f"{base}.json")
+            if (
+                done is None
+                or done.get("images") != expected
+                or not (shard_dir / f"{base}.npy").is_file()
+            ):
                 if encoder is None:
                     encoder = _load_image_encoder(clip, device, trust)
-                done = _embed_shard_images(shard_dir, base, expected, encoder)
-            for path, reason in done["failed"]:
-                skipped.append((path, reason))
-            files[k] = f"{base}.npy"
-            row_of = dict(zip(wanted, done["rows"], strict=True))
-            rows[k] = [row_of.get(i) for i in range(len(plan))]
-            bar.update(len(wanted))
+                (out / INDEX_NAME).unlink(missing_ok=True)
+                paths = [frames[key][1] for key in order]
+                done = _embed_shard_images(shard_dir, base, expected, paths, encoder)
+            for key, reason in done["failed"]:
+                skipped.append((frames[key][0], reason))
+            files[name] = f"{base}.npy"
+            row_of = dict(zip(order, done["rows"], strict=True))
+            for i in members[name]:
+                rows[i] = row_of[key_of[i]]
+            bar.update(len(members[name]))
     first = next(iter(files.values()), None)
     dim = int(np.load(shard_dir / first, mmap_mode="r").shape[1]) if first else None
     return {"identity": identity, "files": files, "rows": rows, "dim": dim}
@@ -378,18 +533,25 @@ def _load_image_encoder(clip: str, device: str | torch.device, trust: bool) -> A
 
 @torch.no_grad()
 def _embed_shard_images(
-    shard_dir: Path, base: str, images: list[str], model: Any, batch_size: int = 32
+    shard_dir: Path,
+    base: str,
+    images: list[list[Any]],
+    paths: list[str],
+    model: Any,
+    batch_size: int = 32,
 ) -> dict[str, Any]:
+    """Embed ``paths`` into ``<base>.npy``; ``<base>.json`` records ``images`` (their
+    ``[key, size, mtime_ns]``), each one's row (None: unreadable) and the failures."""
     from soundguide.encoders.clip import clip_preprocess
 
     size = int(model.visual.input_resolution)
     device = model.text_projection.device
     inputs, rows, failed = [], [], []
-    for path in images:
+    for (key, *_), path in zip(images, paths, strict=True):
         try:
             pixels = _read_image(path)
         except SoundguideError as exc:
-            failed.append((path, f"{exc}; the audio is kept without its video frame"))
+            failed.append((key, f"{exc}; the audio is kept without its video frame"))
             rows.append(None)
             continue
         rows.append(len(inputs))
@@ -433,44 +595,53 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _build_index(
     listing: DatasetListing,
+    resolved_root: str,
     settings: dict[str, Any],
     names: list[str],
-    plans: list[list[Item]],
-    metas: list[dict[str, Any] | None],
+    shard_of: dict[str, str],
+    items: list[Item],
+    item_keys: list[tuple[str, str]],
+    results: list[dict[str, Any]],
     image_info: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    records, shards = [], []
-    for k, (name, plan, meta) in enumerate(zip(names, plans, metas, strict=True)):
-        image_rows = (image_info or {}).get("rows", {}).get(k)
-        count = 0
-        for i, (item, result) in enumerate(zip(plan, meta["results"], strict=True)):  # type: ignore[index]
-            if "skipped" in result:
-                continue
-            count += 1
-            records.append(
-                {
-                    "shard": k,
-                    "offset": result["offset"],
-                    "frames": result["frames"],
-                    "source": item.source,
-                    "sha256": result["sha256"],
-                    "label": item.label,
-                    "caption": item.caption,
-                    "split": item.split,
-                    "image": item.image,
-                    "image_row": image_rows[i] if image_rows is not None else None,
-                }
-            )
-        shards.append({"name": name, "items": count})
+    """The index: the usable items in the listing's order, each pointing into its shard."""
+    position = {name: k for k, name in enumerate(names)}
+    image_rows = image_info["rows"] if image_info else [None] * len(items)
+    counts = dict.fromkeys(names, 0)
+    for key, result in {key: r for (key, _), r in zip(item_keys, results, strict=True)}.items():
+        if "skipped" not in result:
+            counts[shard_of[key]] += 1
+    records = [
+        {
+            "shard": position[shard_of[key]],
+            "offset": result["offset"],
+            "frames": result["frames"],
+            "source": item.source,
+            "sha256": result["sha256"],
+            "label": item.label,
+            "caption": item.caption,
+            "split": item.split,
+            "image": item.image,
+            "image_row": row,
+        }
+        for item, (key, _), result, row in zip(items, item_keys, results, image_rows, strict=True)
+        if "skipped" not in result
+    ]
     return {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
-        "dataset": {"root": str(listing.root), "layout": listing.layout},
+        "dataset": {
+            "root": str(listing.root),
+            "resolved_root": resolved_root,
+            "layout": listing.layout,
+        },
         "frontend": settings,
         "image_encoder": image_info["identity"] if image_info else None,
         "image_dim": image_info["dim"] if image_info else None,
-        "image_files": {str(k): v for k, v in image_info["files"].items()} if image_info else {},
-        "shards": shards,
+        "image_files": {
+            str(position[name]): file for name, file in (image_info or {}).get("files", {}).items()
+        },
+        "shards": [{"name": name, "items": counts[name]} for name in names],
         "items": records,
     }
 

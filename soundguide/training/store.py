@@ -19,12 +19,20 @@ below anything training notices, and it halves the size. A 10 s clip takes
 
 Layout of a store folder::
 
-    index.json             format, front-end settings, labels, every item
+    index.json             format, front-end settings, the dataset root (as given and
+                           resolved), labels, every item in the dataset's order
     skipped.tsv            path <TAB> one-line reason, for every file left out
-    shards/00000.npy       (frames, 128) float16: the items' spectrograms, time-major,
-                           concatenated (item i = rows offset_i ... offset_i + frames_i)
-    shards/00000.json      the shard's plan and results; written last (completion marker)
-    shards/00000.image-<encoder>.npy / .json   CLIP embeddings of the video frames (optional)
+    shards/h0110.npy       (frames, 128) float16: the spectrograms of the clips whose
+                           key hashes to the bits 0110, time-major, concatenated
+                           (item i = rows offset_i ... offset_i + frames_i)
+    shards/h0110.json      the shard's clips ([key, size, mtime_ns]) and results;
+                           written last (completion marker)
+    shards/h0110.image-<encoder>.npy / .json   CLIP embeddings of the video frames (optional)
+
+How clips are keyed and sharded, and when a shard is reused, is
+:mod:`soundguide.training.curation`'s business; a reader needs only the index,
+whose items name their shard by its position in ``shards``. Stores written
+before this shard layout (shards ``00000``, ``00001``...) read the same way.
 
 Every file is written atomically (temporary file + rename), so an interrupted
 run never leaves a corrupt shard under its final name.

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +17,30 @@ from soundguide.core.errors import DatasetError, OutputError
 from soundguide.encoders.audio import load_audio
 from soundguide.encoders.soundclip import SoundCLIPFrontend
 from soundguide.training.cli import curate as curate_command
-from soundguide.training.curation import curate
+from soundguide.training.curation import ClipKeys, curate, max_clips_per_shard, plan_shards
 from soundguide.training.store import INDEX_NAME, CuratedStore, read_skipped
 from tests.training.helpers import CLASSES, SR, clip, write_bad_files, write_class_folders
 
 
 def shard_files(store_dir):
-    return {p.name: p.stat().st_mtime_ns for p in (store_dir / "shards").iterdir()}
+    """Every file of the store's shards, with what changes when it is written again."""
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (store_dir / "shards").iterdir()
+    }
+
+
+def changed_files(before, after):
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+
+
+def dataset_keys(root):
+    keys = ClipKeys(root)
+    return sorted(keys(path)[0] for path in root.rglob("*.wav"))
+
+
+def hash_bits(key):
+    """sha256 of a clip key as a string of 256 bits, independently of the planner."""
+    return format(int.from_bytes(hashlib.sha256(key.encode()).digest(), "big"), "0256b")
 
 
 class TestStore:
@@ -28,12 +48,18 @@ class TestStore:
         s = CuratedStore(store)
         assert len(s) == 32 and s.labels == sorted(CLASSES)
         assert s.index["frontend"]["dtype"] == "float16"
-        assert [p.name for p in sorted((store / "shards").glob("*.npy"))] == [
-            "00000.npy",
-            "00001.npy",
-            "00002.npy",
-            "00003.npy",
-        ]
+        # shards of at most round(2 ln 2 * 10) = 14 clips, named by their hash prefix
+        names = [shard["name"] for shard in s.index["shards"]]
+        assert sorted(p.name for p in (store / "shards").glob("*.npy")) == sorted(
+            f"{name}.npy" for name in names
+        )
+        assert sum(shard["items"] for shard in s.index["shards"]) == 32
+        assert all(0 < shard["items"] <= 14 for shard in s.index["shards"])
+        root = s.index["dataset"]["resolved_root"]
+        for item in s.items:
+            key = os.path.relpath(os.path.realpath(item.source), root)
+            assert hash_bits(key).startswith(names[item.shard][1:])
+        # items keep the dataset's order, whatever their shards
         first = s.items[0]
         assert first.label == "chirp" and first.source.endswith("chirp/chirp_0.wav")
         assert len(first.sha256) == 64 and first.split is None
@@ -55,6 +81,74 @@ class TestStore:
             CuratedStore(tmp_path)
         with pytest.raises(DatasetError, match="curated store not found"):
             CuratedStore(tmp_path / "nope")
+
+
+class TestSharding:
+    KEYS = [f"class_{i % 7}/clip_{i}.wav" for i in range(3000)]
+
+    def test_each_shard_is_a_hash_prefix_split_only_while_too_big(self):
+        keys = self.KEYS[:300]
+        plan = plan_shards(reversed(keys), 20)
+        assert plan == plan_shards(keys + keys[:5], 20)  # order and duplicates do not matter
+        assert sorted(k for group in plan.values() for k in group) == sorted(keys)
+        bits = {key: hash_bits(key) for key in keys}
+        for name, group in plan.items():
+            prefix = name[1:]
+            assert name[0] == "h" and 0 < len(group) <= 20 and group == sorted(group)
+            assert {key for key in keys if bits[key].startswith(prefix)} == set(group)
+            # its parent held more than 20 keys, else it would be the shard
+            assert sum(bits[key].startswith(prefix[:-1]) for key in keys) > 20
+        assert plan_shards(keys[:20], 20) == {"h": sorted(keys[:20])}
+
+    def test_adding_or_removing_a_key_changes_only_its_shard(self):
+        base = self.KEYS[:300]
+        old = plan_shards(base, 20)
+        splits = merges = 0
+        for key in self.KEYS[300:500]:
+            new = plan_shards(base + [key], 20)
+            gone = {name: old[name] for name in old if new.get(name) != old[name]}
+            came = {name: new[name] for name in new if old.get(name) != new[name]}
+            assert len(gone) == 1, "only the shard the key falls in changes"
+            [(name, group)] = gone.items()
+            assert hash_bits(key).startswith(name[1:])
+            assert sorted(k for g in came.values() for k in g) == sorted(group + [key])
+            splits += len(came) > 1
+        for key in base[:200]:
+            new = plan_shards([k for k in base if k != key], 20)
+            gone = {name: old[name] for name in old if new.get(name) != old[name]}
+            came = {name: new[name] for name in new if old.get(name) != new[name]}
+            [(name, group)] = came.items()
+            assert hash_bits(key).startswith(name[1:])
+            # the key's own shard, or that shard merged with its sibling
+            assert len(gone) in (1, 2)
+            assert sorted(k for g in gone.values() for k in g) == sorted(group + [key])
+            merges += len(gone) == 2
+        assert splits and merges  # both cases were met
+
+    def test_shards_average_the_shard_size_and_never_exceed_the_cap(self):
+        cap = max_clips_per_shard(16)
+        assert cap == 22
+        means = []
+        for count in np.geomspace(100, 3000, 25).astype(int):
+            sizes = [len(group) for group in plan_shards(self.KEYS[:count], cap).values()]
+            assert max(sizes) <= cap
+            means.append(np.mean(sizes))
+        assert 0.6 * 16 < min(means) and max(means) < 1.4 * 16
+        assert np.mean(means) == pytest.approx(16, rel=0.1)
+
+    def test_keys_do_not_depend_on_how_the_root_is_given(self, tmp_path, monkeypatch):
+        (tmp_path / "ds" / "a").mkdir(parents=True)
+        (tmp_path / "blobs").mkdir()
+        (tmp_path / "ds" / "a" / "x.wav").write_bytes(b"x")
+        (tmp_path / "blobs" / "y.wav").write_bytes(b"y")
+        (tmp_path / "ds" / "a" / "y.wav").symlink_to(tmp_path / "blobs" / "y.wav")
+        (tmp_path / "link").symlink_to(tmp_path / "ds")
+        monkeypatch.chdir(tmp_path)
+        real = os.path.realpath(tmp_path)
+        for root in ("ds", tmp_path / "ds", "link", "./link/../ds"):
+            keys = ClipKeys(root)
+            assert keys(f"{root}/a/x.wav") == ("a/x.wav", f"{real}/ds/a/x.wav")
+            assert keys(f"{root}/a/y.wav") == ("../blobs/y.wav", f"{real}/blobs/y.wav")
 
 
 class TestBadFiles:
@@ -104,31 +198,134 @@ class TestResume:
         dataset_root = CuratedStore(copy).index["dataset"]["root"]
         before = shard_files(copy)
         report = curate(dataset_root, copy, shard_size=10, progress=False)
-        assert (report.shards, report.shards_reused) == (4, 4)
+        assert report.shards == len(CuratedStore(store).shard_names) == 3
+        assert (report.shards_reused, report.computed) == (3, 0)
         assert shard_files(copy) == before
 
-    def test_changed_file_recomputes_only_its_shard(self, tmp_path):
+    def test_same_folder_relative_absolute_or_through_a_symlink_recomputes_nothing(
+        self, tmp_path, monkeypatch
+    ):
+        root = write_class_folders(tmp_path / "ds", per_class=3, seconds=0.3)
+        (tmp_path / "link").symlink_to(root)
+        monkeypatch.chdir(tmp_path)
+        first = curate("ds", "store", shard_size=4, progress=False)
+        assert first.computed == 12 and first.shards > 1
+        before, items = shard_files(tmp_path / "store"), CuratedStore("store").items
+        for source in (root, "link", tmp_path / "link", "./link/../ds"):
+            report = curate(source, tmp_path / "store", shard_size=4, progress=False)
+            assert (report.shards_reused, report.computed) == (first.shards, 0), source
+            assert shard_files(tmp_path / "store") == before
+            # the same store; only the sources read as given
+            again = CuratedStore(tmp_path / "store").items
+            assert [(it.shard, it.offset, it.sha256) for it in again] == [
+                (it.shard, it.offset, it.sha256) for it in items
+            ]
+            assert again[0].source == str(Path(source) / "chirp" / "chirp_0.wav")
+        # the whole folder moved (its files keep their modification times)
+        (tmp_path / "ds").rename(tmp_path / "moved")
+        report = curate("moved", "store", shard_size=4, progress=False)
+        assert (report.shards_reused, report.computed) == (first.shards, 0)
+
+    @pytest.mark.parametrize("split", [False, True], ids=["fits", "splits"])
+    def test_adding_one_file_recomputes_only_the_shard_it_falls_in(self, tmp_path, split):
+        root = write_class_folders(tmp_path / "ds", per_class=4, seconds=0.3)
+        out, cap = tmp_path / "store", max_clips_per_shard(3)
+        first = curate(root, out, shard_size=3, progress=False)
+        keys = dataset_keys(root)
+        old = plan_shards(keys, cap)
+        # a new file whose shard has room (or is full, and splits in two)
+        for i in range(100):
+            key = f"tone/new_{i}.wav"
+            [name] = [n for n in old if hash_bits(key).startswith(n[1:])]
+            if (len(old[name]) == cap) == split:
+                break
+        else:
+            pytest.fail("no candidate file name lands in a shard of the wanted size")
+        before = shard_files(out)
+        sf.write(root / key, clip("tone", 999, 0.3), SR)
+        report = curate(root, out, shard_size=3, progress=False)
+        new = CuratedStore(out)
+        came = {n for n in new.shard_names if n not in old or (n == name and not split)}
+        assert len(came) == (2 if split else 1)
+        assert changed_files(before, shard_files(out)) == {
+            f"{n}.{ext}" for n in came | {name} for ext in ("npy", "json")
+        }
+        assert report.shards_reused == first.shards - 1
+        assert report.computed == len(old[name]) + 1  # its shard's clips and the new one
+        assert sum(it.source == str(root / key) for it in new.items) == 1
+
+    def test_removing_one_file_recomputes_only_its_shard(self, tmp_path):
+        root = write_class_folders(tmp_path / "ds", per_class=4, seconds=0.3)
+        out = tmp_path / "store"
+        first = curate(root, out, shard_size=3, progress=False)
+        old = plan_shards(dataset_keys(root), max_clips_per_shard(3))
+        # a file whose shard keeps other clips and does not merge with its sibling
+        for key in dataset_keys(root):
+            new = plan_shards([k for k in dataset_keys(root) if k != key], max_clips_per_shard(3))
+            if set(new) == set(old):
+                break
+        else:
+            pytest.fail("every file's removal merges its shard")
+        [name] = [n for n in old if key in old[n]]
+        before = shard_files(out)
+        (root / key).unlink()
+        report = curate(root, out, shard_size=3, progress=False)
+        assert changed_files(before, shard_files(out)) == {f"{name}.npy", f"{name}.json"}
+        assert (report.shards_reused, report.computed) == (first.shards - 1, len(old[name]) - 1)
+        assert str(root / key) not in {it.source for it in CuratedStore(out).items}
+
+    @pytest.mark.parametrize("change", ["content", "mtime"])
+    def test_changed_file_recomputes_only_its_shard(self, tmp_path, change):
         root = write_class_folders(tmp_path / "ds", per_class=3, seconds=0.3)
         out = tmp_path / "store"
-        curate(root, out, shard_size=4, progress=False)
+        first = curate(root, out, shard_size=4, progress=False)
+        [item] = [it for it in CuratedStore(out).items if it.source.endswith("tone_0.wav")]
+        name = CuratedStore(out).shard_names[item.shard]
         before = shard_files(out)
-        sf.write(root / "tone" / "tone_0.wav", clip("chirp", 7, 0.3), SR)  # item 6: shard 1 of 0..2
+        target = root / "tone" / "tone_0.wav"
+        if change == "content":
+            sf.write(target, clip("chirp", 7, 0.3), SR)
+        else:
+            stat = target.stat()
+            os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
         report = curate(root, out, shard_size=4, progress=False)
-        assert report.shards_reused == 2
-        after = shard_files(out)
-        changed = {name for name in after if after[name] != before.get(name)}
-        assert changed == {"00001.npy", "00001.json"}
+        assert report.shards_reused == first.shards - 1
+        assert changed_files(before, shard_files(out)) == {f"{name}.npy", f"{name}.json"}
+        [again] = [it for it in CuratedStore(out).items if it.source == str(target)]
+        assert (again.sha256 != item.sha256) == (change == "content")
+
+    def test_store_written_before_this_layout_loads_and_is_computed_again(self, tmp_path):
+        root = write_class_folders(tmp_path / "ds", per_class=2, seconds=0.3)
+        out = tmp_path / "store"
+        curate(root, out, shard_size=100, progress=False)
+        # the same store as the layout before wrote it: shards 00000..., listing paths
+        shards, index = out / "shards", json.loads((out / INDEX_NAME).read_text())
+        meta = json.loads((shards / "h.json").read_text())
+        meta["sources"] = [[str(root / key), size, mtime] for key, size, mtime in meta.pop("clips")]
+        (shards / "00000.json").write_text(json.dumps(meta))
+        (shards / "h.npy").rename(shards / "00000.npy")
+        (shards / "h.json").unlink()
+        index["shards"][0]["name"] = "00000"
+        del index["dataset"]["resolved_root"]
+        (out / INDEX_NAME).write_text(json.dumps(index))
+        old = CuratedStore(out)
+        assert old.spectrogram(3).shape == (128, 1 + int(0.3 * SR) // 512)
+        report = curate(root, out, shard_size=100, progress=False)
+        assert (report.shards_reused, report.computed) == (0, 8)
+        assert sorted(p.name for p in shards.iterdir()) == ["h.json", "h.npy"]
+        assert torch.equal(CuratedStore(out).spectrogram(3), old.spectrogram(3))
 
     def test_interrupted_run_leaves_no_corrupt_shard_and_resumes(self, tmp_path, monkeypatch):
         root = write_class_folders(tmp_path / "ds", per_class=3, seconds=0.3)
         reference = curate(root, tmp_path / "reference", shard_size=4, progress=False)
+        [first, *_] = CuratedStore(tmp_path / "reference").index["shards"]
         import soundguide.encoders.audio as audio
 
         real, calls = audio.load_audio, []
 
         def interrupted(*args, **kwargs):
             calls.append(args[0])
-            if len(calls) == 6:  # in the middle of the second shard
+            if len(calls) == first["items"] + 1:  # the first clip of the second shard
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
 
@@ -136,7 +333,10 @@ class TestResume:
         out = tmp_path / "store"
         with pytest.raises(KeyboardInterrupt):
             curate(root, out, shard_size=4, progress=False)
-        assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.json", "00000.npy"]
+        assert sorted(p.name for p in (out / "shards").iterdir()) == [
+            f"{first['name']}.json",
+            f"{first['name']}.npy",
+        ]
         assert not (out / INDEX_NAME).exists()
         monkeypatch.setattr(audio, "load_audio", real)
         report = curate(root, out, shard_size=4, progress=False)
@@ -146,11 +346,29 @@ class TestResume:
         for i in range(len(fresh)):
             assert torch.equal(fresh.spectrogram(i), resumed.spectrogram(i))
 
+    def test_interrupted_resume_leaves_no_index_of_other_shards(self, tmp_path, monkeypatch):
+        root = write_class_folders(tmp_path / "ds", per_class=3, seconds=0.3)
+        out = tmp_path / "store"
+        curate(root, out, shard_size=4, progress=False)
+        sf.write(root / "tone" / "tone_0.wav", clip("chirp", 7, 0.3), SR)
+        import soundguide.encoders.audio as audio
+
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(audio, "load_audio", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            curate(root, out, shard_size=4, progress=False)
+        # the old index pointed into the shard being rewritten: it is gone, not stale
+        assert not (out / INDEX_NAME).exists()
+        with pytest.raises(DatasetError, match="it has no index.json"):
+            CuratedStore(out)
+
     def test_two_workers_write_the_same_store(self, store, tmp_path):
         dataset_root = CuratedStore(store).index["dataset"]["root"]
         out = tmp_path / "store"
         report = curate(dataset_root, out, shard_size=10, workers=2, progress=False)
-        assert report.shards == 4 and report.shards_reused == 0
+        assert report.shards == 3 and report.shards_reused == 0
         one, two = CuratedStore(store), CuratedStore(out)
         assert one.items == two.items
         for i in (0, 11, 31):
@@ -189,6 +407,16 @@ class TestVideoFrames:
             tmp_path / "m.jsonl", tmp_path / "store", clip=str(clip_file), progress=False
         )
         assert (report.images, report.shards_reused) == (3, 1)
+        # a changed frame is embedded again, the audio kept
+        monkeypatch.undo()
+        Image.fromarray(np.full((40, 60, 3), 250, np.uint8)).save(tmp_path / "0.png")
+        report = curate(
+            tmp_path / "m.jsonl", tmp_path / "store", clip=str(clip_file), progress=False
+        )
+        assert (report.images, report.shards_reused, report.computed) == (3, 1, 0)
+        again = CuratedStore(tmp_path / "store")
+        assert not torch.allclose(again.image_embedding(0), embeddings[0])
+        assert torch.allclose(again.image_embedding(1), embeddings[1])
 
 
 class TestCLI:
