@@ -70,7 +70,7 @@ def _load_plugins(ctx: click.Context) -> None:
     type=click.IntRange(min=1),
     default=DEFAULT_SHARD_SIZE,
     show_default=True,
-    help="Clips per shard (the unit of work and of resuming).",
+    help="Clips per shard on average, at most 1.39x (the unit of work and of resuming).",
 )
 @click.option(
     "--max-seconds",
