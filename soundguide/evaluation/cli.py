@@ -22,7 +22,7 @@ import click
 from soundguide.cli_options import plugin_option
 from soundguide.evaluation.embedders import EVAL_CROPS
 from soundguide.evaluation.plugin import PROBE_HELP, ZEROSHOT_HELP
-from soundguide.evaluation.probe import DEFAULT_CS
+from soundguide.evaluation.probe import DEFAULT_CS, DEFAULT_MAX_ITER
 
 if TYPE_CHECKING:
     import torch
@@ -216,7 +216,13 @@ def zeroshot(
     metavar="C1,C2,...",
     help="Inverse regularization strengths to choose from (on the training folds only).",
 )
-@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--max-iter",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_ITER,
+    show_default=True,
+    help="lbfgs iteration limit per fit; fits that reach it are listed in the report.",
+)
 def probe(
     ctx: click.Context,
     dataset: str,
@@ -241,9 +247,11 @@ def probe(
 
     Writes probe.json, probe.md and probe_predictions.csv into --out.
     """
+    import warnings
+
     from soundguide.core.engine import resolve_device
     from soundguide.evaluation.datasets import load_dataset
-    from soundguide.evaluation.probe import _sklearn, probe_dataset
+    from soundguide.evaluation.probe import ProbeWarning, _sklearn, probe_dataset
     from soundguide.evaluation.reports import PROBE_FILES, prepare_output, write_probe_report
 
     cs = _parse_grid(c_grid)
@@ -252,18 +260,20 @@ def probe(
     data = load_dataset(dataset, root)
     torch_device = resolve_device(device)
     embedder = _embedder(ctx, encoder, guidance, crop, torch_device, trust_checkpoint, quiet)
-    report = probe_dataset(
-        data,
-        embedder,
-        Cs=cs,
-        max_iter=max_iter,
-        batch_size=batch_size,
-        workers=workers,
-        cache=not no_cache,
-        cache_dir=cache_dir,
-        skip_bad_audio=skip_bad_audio,
-        progress=not quiet,
-    )
+    with warnings.catch_warnings():  # echoed below, after the result line
+        warnings.simplefilter("ignore", ProbeWarning)
+        report = probe_dataset(
+            data,
+            embedder,
+            Cs=cs,
+            max_iter=max_iter,
+            batch_size=batch_size,
+            workers=workers,
+            cache=not no_cache,
+            cache_dir=cache_dir,
+            skip_bad_audio=skip_bad_audio,
+            progress=not quiet,
+        )
     write_probe_report(report, out, overwrite=overwrite)
     r = report.result
     chosen = ", ".join(f"{f.C:g}" for f in r.folds)
@@ -272,6 +282,8 @@ def probe(
         f"{len(r.folds)} folds (C per fold: {chosen}); {_speed(report.encoding)}; "
         f"report in {out}"
     )
+    for caveat in r.warnings:
+        click.echo(f"warning: {caveat}", err=True)
 
 
 def _speed(encoding: DatasetEmbeddings) -> str:

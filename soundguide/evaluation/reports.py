@@ -113,7 +113,8 @@ def probe_json(report: ProbeReport) -> dict[str, Any]:
         **_header("probe"),
         "dataset": dataset_info(report.dataset),
         "embedder": report.embedder,
-        "classifier": "sklearn LogisticRegression (lbfgs, multinomial) on L2-normalized embeddings",
+        "classifier": "sklearn StandardScaler + LogisticRegression (lbfgs, multinomial) "
+        "on L2-normalized embeddings, both fitted on the training rows of each fit",
         **report.result.to_dict(),
         "skipped": report.encoding.skipped,
         "encoding": report.encoding.timing(),
@@ -200,35 +201,114 @@ def zeroshot_markdown(data: dict[str, Any]) -> str:
 def probe_markdown(data: dict[str, Any]) -> str:
     """A Markdown report from :func:`probe_json`'s dict."""
     ds = data["dataset"]
+    edge = {"low": " (grid's low edge)", "high": " (grid's high edge)"}
     rows = [
-        (f"fold {f['fold']}", _pct(f["accuracy"]), f"{f['C']:g}", str(f["test_clips"]))
+        (
+            f"fold {f['fold']}",
+            _pct(f["accuracy"]),
+            f"{f['C']:g}{edge.get(f['C_at_edge'], '')}",
+            str(f["test_clips"]),
+        )
         for f in data["per_fold"]
     ]
     rows.append(("**mean of folds**", f"**{_pct(data['mean_accuracy'])}**", "", ""))
     rows.append(("all clips (pooled)", _pct(data["pooled_accuracy"]), "", ""))
     if data["paper"]:
         rows.append((f"paper ({PAPER})", _pct(data["paper"]["accuracy"]), "", ""))
+    cs = [f"{c:g}" for c in data["Cs"]]
     lines = [
         f"# Linear probe: {ds['title']}",
         "",
-        f"Audio embedder `{data['embedder']['identity']}`; logistic regression on L2-normalized "
+        f"Audio embedder `{data['embedder']['identity']}`; logistic regression on standardized "
         f"embeddings, leave-one-fold-out over the {ds['official_folds']} official folds; C chosen "
-        f"from {', '.join(f'{c:g}' for c in data['Cs'])} by cross-validation over the training "
-        "folds only.",
+        f"from {', '.join(cs)} by cross-validation over the training folds only.",
         "",
         *_table(("test fold", "accuracy", "C", "clips"), "lrrr", rows),
+        "",
+    ]
+    if data["warnings"]:
+        lines += ["## Warnings", "", *(f"- {w}" for w in data["warnings"]), ""]
+    lines += [
+        "## Method",
+        "",
+        f"- Features: {data['preprocessing']}; no statistic of a held-out clip enters a fit.",
+        "- Classifier: scikit-learn `LogisticRegression` (multinomial, lbfgs, gradient "
+        f"tolerance {data['tol']:g}, at most {data['max_iter']} iterations); every C is fitted "
+        "from scratch (no warm start).",
+        "- C: for each test fold, every C is scored by leave-one-fold-out over the training folds "
+        "(accuracy pooled over them, ties to the smaller C); the chosen C is refitted on all "
+        "training folds and scored on the test fold. A C at the grid's edge whose inner accuracy "
+        "beats the next value inwards is flagged: a wider grid might choose beyond it.",
+        f"- {_probe_convergence(data)}",
+        f"- Mean cosine between the L2-normalized embeddings of different clips: "
+        f"{data['mean_cosine']:.4f}.",
+        "",
+        *_probe_non_converged(data),
+        "## Inner cross-validation accuracy",
+        "",
+        *_table(
+            ("test fold", *(f"C = {c}" for c in cs)),
+            "l" + "r" * len(cs),
+            (
+                (
+                    f"fold {f['fold']}",
+                    *(
+                        f"**{_pct(f['inner_accuracy'][c])}**"
+                        if float(c) == f["C"]
+                        else _pct(f["inner_accuracy"][c])
+                        for c in cs
+                    ),
+                )
+                for f in data["per_fold"]
+            ),
+        ),
         "",
         _encoding_line(data),
         *_skipped_lines(data),
         "",
     ]
-    if data["convergence_warnings"]:
-        lines.insert(
-            -1,
-            f"lbfgs did not converge in {data['max_iter']} iterations "
-            f"{data['convergence_warnings']} time(s).",
-        )
     return "\n".join(lines)
+
+
+PROBE_NON_CONVERGED_ROWS = 20
+"""At most this many non-converged fits are listed in probe.md (all of them in probe.json)."""
+
+
+def _probe_convergence(data: dict[str, Any]) -> str:
+    it = data["iterations"]
+    done = (
+        f"Convergence: {data['fits']} fits, {it['min']}–{it['max']} lbfgs iterations "
+        f"(median {it['median']:g}); "
+    )
+    failed = data["non_converged"]
+    if not failed:
+        return done + "all converged."
+    return done + f"**{len(failed)} did not converge** (below)."
+
+
+def _probe_non_converged(data: dict[str, Any]) -> list[str]:
+    failed = data["non_converged"]
+    if not failed:
+        return []
+    shown = failed[:PROBE_NON_CONVERGED_ROWS]
+    rows = (
+        (
+            str(f["fold"]),
+            "final fit" if f["inner_fold"] is None else f"inner fold {f['inner_fold']}",
+            f"{f['C']:g}",
+            str(f["n_iter"]),
+            f["reason"],
+        )
+        for f in shown
+    )
+    lines = [
+        "## Fits that did not converge",
+        "",
+        *_table(("test fold", "fit", "C", "iterations", "lbfgs stopped"), "llrrl", rows),
+    ]
+    if len(failed) > len(shown):
+        lines += ["", f"… and {len(failed) - len(shown)} more (all in probe.json)."]
+    return lines + [""]
 
 
 # -- confusion matrix PNG ---------------------------------------------------------------
