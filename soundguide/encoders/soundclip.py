@@ -11,8 +11,10 @@ released encoder was trained and used with (librosa 0.8 + OpenCV):
 3. time axis to exactly 864 frames: longer clips are cropped (:data:`CropPolicy`),
    or cut into windows (:meth:`SoundCLIPFrontend.windows`);
 4. ``power_to_db(S, ref=max, top_db=80) / 80 + 1`` of those 864 frames, per item,
-   so values lie in [0, 1]; shorter clips are then zero-padded at the end (0 is
-   the -80 dB floor);
+   so values lie in [0, 1]; shorter clips are then placed on a zero canvas of
+   864 frames (0 is the -80 dB floor) at the offset :data:`PadPolicy` gives:
+   at its start (the editing code's), centred (the authors' zero-shot script)
+   or at a random offset (the training loader's);
 5. ``cv2.resize(S, (128, 512))``, bilinear with half-pixel centres and no
    antialiasing (OpenCV's dsize is (width, height): 128 x 864 becomes 512 x 128),
    then a plain *reshape* (not a transpose) to (1, 128, 512).
@@ -23,7 +25,8 @@ before cropping. For clips of at most 864 frames (10.03 s) the two are the
 same; the encoder was trained on 10 s clips (862 frames), each normalized by
 its own maximum, which is what a window now gets; and a window's input
 depends only on the audio it covers, so a file's window is computed from that
-window's audio alone.
+window's audio alone. ``SoundCLIPFrontend(db_reference="clip")`` restores the
+original order on in-memory clips (the authors' zero-shot protocol needs it).
 
 Because frame ``f`` analyses samples ``[512 f - 1024, 512 f + 1024)`` only
 (:func:`frame_span`), :func:`embed_audio` decodes from a file just the samples
@@ -63,6 +66,18 @@ NUM_FRAMES = 864
 """Frames per encoder input: 864 * 512 / 44100 = 10.03 s of audio."""
 INPUT_SHAPE = (1, 128, 512)
 EMBED_DIM = 512
+
+PadPolicy = Literal["end", "center", "random"]
+"""Where a clip shorter than 864 frames (``F`` frames) sits on the zero canvas:
+``"end"`` pads at the end (frames ``[0, F)``; the editing code's, the default),
+``"center"`` at ``j = (864 - F) // 2`` (the authors' zero-shot script),
+``"random"`` at ``j = randint(0, 864 - F - 1)``, both ends included (the
+training loader's; pass a ``torch.Generator`` for reproducibility)."""
+
+DbReference = Literal["window", "clip"]
+"""Whose loudest bin is 0 dB for a clip longer than 864 frames: the embedded
+window's (the default, see the module docstring) or the whole clip's (the
+original code's order: normalize, then crop). Equal for shorter clips."""
 
 CropPolicy = Literal["start", "center", "random"]
 """Where a clip longer than 864 frames is cut: at the start (deterministic, the
@@ -121,15 +136,31 @@ def power_to_unit_db(power: torch.Tensor, top_db: float = TOP_DB) -> torch.Tenso
 
 
 def fit_frames(
-    spec: torch.Tensor, starts: Iterable[int] | None = None, num_frames: int = NUM_FRAMES
+    spec: torch.Tensor,
+    starts: Iterable[int] | None = None,
+    num_frames: int = NUM_FRAMES,
+    *,
+    offsets: Iterable[int] | None = None,
 ) -> torch.Tensor:
-    """Crop (at per-item ``starts``) or zero-pad at the end to ``num_frames`` frames.
+    """Crop (at per-item ``starts``) or zero-pad to ``num_frames`` frames.
+
+    A shorter spectrogram is placed at frames ``[j, j + F)`` of a zero canvas,
+    ``j`` the item's entry of ``offsets`` (default 0: padding at the end; see
+    :func:`pad_offsets`).
 
     Input: (B, M, F). Output: (B, M, num_frames).
     """
     frames = spec.shape[-1]
     if frames < num_frames:
-        return F.pad(spec, (0, num_frames - frames))
+        room = num_frames - frames
+        offsets = [0] * spec.shape[0] if offsets is None else list(offsets)
+        if any(not 0 <= j <= room for j in offsets):
+            raise AudioError(
+                f"pad offsets must lie in 0 .. {room} for {frames} frames, got {offsets}"
+            )
+        if all(j == offsets[0] for j in offsets):
+            return F.pad(spec, (offsets[0], room - offsets[0]))
+        return torch.stack([F.pad(s, (j, room - j)) for s, j in zip(spec, offsets, strict=True)])
     starts = [0] * spec.shape[0] if starts is None else list(starts)
     if all(s == starts[0] for s in starts):
         return spec[..., starts[0] : starts[0] + num_frames]
@@ -152,14 +183,20 @@ def spectrogram_to_input(spec: torch.Tensor) -> torch.Tensor:
     return resized.reshape(batch, *INPUT_SHAPE)
 
 
-def window_to_input(power: torch.Tensor) -> torch.Tensor:
+def window_to_input(
+    power: torch.Tensor, *, pad: PadPolicy = "end", generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Steps 4 and 5 for one window: dB with the window's own reference, pad, resize.
+
+    ``pad`` places a window shorter than 864 frames on the canvas
+    (:func:`pad_offsets`; ``generator`` seeds ``"random"``).
 
     Input: (B, 128, F') mel power of at most 864 frames. Output: (B, 1, 128, 512).
     """
     if power.shape[-1] > NUM_FRAMES:
         raise AudioError(f"expected at most {NUM_FRAMES} frames, got {power.shape[-1]}")
-    return spectrogram_to_input(fit_frames(power_to_unit_db(power)))
+    offsets = pad_offsets(power.shape[-1], power.shape[0], pad, generator=generator)
+    return spectrogram_to_input(fit_frames(power_to_unit_db(power), offsets=offsets))
 
 
 def frame_span(first: int, count: int, num_samples: int) -> tuple[int, int]:
@@ -212,14 +249,26 @@ class SoundCLIPFrontend(nn.Module):
 
     Args:
         crop: default :data:`CropPolicy` for clips longer than 864 frames.
+        pad: default :data:`PadPolicy` for clips shorter than 864 frames.
+        db_reference: :data:`DbReference`, for clips longer than 864 frames.
     """
 
-    def __init__(self, crop: CropPolicy = "start") -> None:
+    def __init__(
+        self,
+        crop: CropPolicy = "start",
+        pad: PadPolicy = "end",
+        db_reference: DbReference = "window",
+    ) -> None:
         super().__init__()
         import torchaudio
 
         _check_crop(crop, windows=False)
+        _check_pad(pad)
+        if db_reference not in ("window", "clip"):
+            raise AudioError(f"unknown dB reference {db_reference!r}; available: window, clip")
         self.crop = crop
+        self.pad = pad
+        self.db_reference = db_reference
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=SAMPLE_RATE,
             n_fft=N_FFT,
@@ -295,34 +344,57 @@ class SoundCLIPFrontend(nn.Module):
         wave: torch.Tensor,
         *,
         crop: CropPolicy | None = None,
+        pad: PadPolicy | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Input: (B, T) or (T,). Output: (B, 1, 128, 512).
 
-        ``crop`` overrides the default policy; ``generator`` seeds ``"random"``
-        (one offset per batch item, drawn on the generator's device). The dB
-        reference is the loudest bin of each item's 864-frame crop.
+        ``crop`` and ``pad`` override the default policies; ``generator`` seeds
+        ``"random"`` (one offset per batch item, drawn on the generator's
+        device). The dB reference is the loudest bin of each item's 864-frame
+        crop, or of the whole clip with ``db_reference="clip"``.
         """
         crop = self.crop if crop is None else crop
+        pad = self.pad if pad is None else pad
         _check_crop(crop, windows=False)
+        _check_pad(pad)
         power = self.power(wave)
         frames = power.shape[-1]
-        if frames > NUM_FRAMES:
-            power = fit_frames(
-                power, crop_starts(frames, power.shape[0], crop, generator=generator)
-            )
-        return window_to_input(power)
+        if frames <= NUM_FRAMES:
+            return window_to_input(power, pad=pad, generator=generator)
+        starts = crop_starts(frames, power.shape[0], crop, generator=generator)
+        if self.db_reference == "clip":
+            return spectrogram_to_input(fit_frames(power_to_unit_db(power), starts))
+        return window_to_input(fit_frames(power, starts))
 
-    def windows(self, wave: torch.Tensor, *, hop_frames: int = NUM_FRAMES) -> torch.Tensor:
+    def windows(
+        self,
+        wave: torch.Tensor,
+        *,
+        hop_frames: int = NUM_FRAMES,
+        pad: PadPolicy | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Every 864-frame window of the clip (see :func:`window_starts`).
 
         Input: (B, T) or (T,). Output: (B, W, 1, 128, 512), W = ``len(window_starts(F, hop_frames))``.
         Each window has its own dB reference (its loudest bin), as a crop does,
-        so it is the crop of the clip at that start.
+        so it is the crop of the clip at that start; with ``db_reference="clip"``
+        every window shares the whole clip's. A clip shorter than one window is
+        placed on the canvas by ``pad`` (default: the module's policy).
         """
+        pad = self.pad if pad is None else pad
+        _check_pad(pad)
         power = self.power(wave)
-        starts = window_starts(power.shape[-1], hop_frames)
-        crops = [window_to_input(power[..., s : s + NUM_FRAMES]) for s in starts]
+        frames = power.shape[-1]
+        if frames <= NUM_FRAMES:
+            return window_to_input(power, pad=pad, generator=generator).unsqueeze(1)
+        starts = window_starts(frames, hop_frames)
+        if self.db_reference == "clip":
+            unit = power_to_unit_db(power)
+            crops = [spectrogram_to_input(unit[..., s : s + NUM_FRAMES]) for s in starts]
+        else:
+            crops = [window_to_input(power[..., s : s + NUM_FRAMES]) for s in starts]
         return torch.stack(crops, dim=1)
 
 
@@ -342,6 +414,35 @@ def crop_starts(
     device = generator.device if generator is not None else "cpu"
     drawn = torch.randint(0, excess + 1, (batch,), generator=generator, device=device)
     return [int(j) for j in drawn.tolist()]
+
+
+def pad_offsets(
+    num_frames: int,
+    batch: int,
+    pad: PadPolicy,
+    *,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Canvas offset per batch item for ``pad`` on a spectrogram of ``num_frames`` frames.
+
+    0 for ``"end"`` and for spectrograms of at least 864 frames (nothing to
+    pad); ``(864 - F) // 2`` for ``"center"``; for ``"random"`` a draw from
+    ``0 .. 864 - F - 1`` (both included, as Python's ``random.randint(0, 864 - F - 1)``
+    in the training loader), so a clip never ends exactly at the canvas's end.
+    """
+    room = NUM_FRAMES - num_frames
+    if room <= 0 or pad == "end":
+        return [0] * batch
+    if pad == "center":
+        return [room // 2] * batch
+    device = generator.device if generator is not None else "cpu"
+    drawn = torch.randint(0, room, (batch,), generator=generator, device=device)
+    return [int(j) for j in drawn.tolist()]
+
+
+def _check_pad(pad: str) -> None:
+    if pad not in ("end", "center", "random"):
+        raise AudioError(f"unknown pad policy {pad!r}; available: end, center, random")
 
 
 def _check_crop(crop: str, *, windows: bool) -> None:
@@ -456,6 +557,7 @@ def embed_audio(
     sample_rate: int = SAMPLE_RATE,
     frontend: SoundCLIPFrontend | None = None,
     crop: CropPolicy | Literal["windows"] = "start",
+    pad: PadPolicy = "end",
     generator: torch.Generator | None = None,
     hop_frames: int = NUM_FRAMES,
     max_seconds: float = 600.0,
@@ -480,12 +582,15 @@ def embed_audio(
       ``max_seconds`` are refused (the time grows with the length).
 
     Each window is normalized by its own loudest bin (see the module docstring).
+    A clip shorter than 864 frames is placed on the canvas by ``pad``
+    (:func:`pad_offsets`; ``generator`` seeds ``"random"``).
 
     Output: (embed_dim,) float32 on the encoder's device, without gradient.
     """
     from soundguide.encoders.audio import AudioFile, InMemoryAudio, prepare_waveform
 
     _check_crop(crop, windows=True)
+    _check_pad(pad)
     if batch_size < 1:
         raise AudioError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(audio, str | os.PathLike):
@@ -513,7 +618,8 @@ def embed_audio(
                 else None
             )
             segment = source.read(lo, hi, silence_hint=hint).to(param.device)
-            spec = window_to_input(frontend.window_power(segment, first, total))
+            power = frontend.window_power(segment, first, total)
+            spec = window_to_input(power, pad=pad, generator=generator)
             return encoder(spec.to(param.dtype))[0].float()
 
         if source.seconds > max_seconds:
@@ -530,7 +636,8 @@ def embed_audio(
             lo, hi = frame_span(first, NUM_FRAMES, total)
             segment = source.read(lo, hi, allow_silence=True).to(param.device)
             if _audible(segment):
-                batch.append(window_to_input(frontend.window_power(segment, first, total)))
+                power = frontend.window_power(segment, first, total)
+                batch.append(window_to_input(power, pad=pad, generator=generator))
             del segment  # one window's samples at a time
             if len(batch) == batch_size or (batch and first == starts[-1]):
                 out = encoder(torch.cat(batch).to(param.dtype)).float()

@@ -8,6 +8,10 @@ Both take a dataset name and the dataset's root folder as downloaded, embed
 every clip with the audio encoder of a guidance plugin (``--guidance audio``,
 SoundCLIP, by default; ``--encoder`` is a known-weights name or a checkpoint
 file), cache the embeddings, and write their reports into ``--out``.
+``--protocol`` names a set of settings (:data:`~soundguide.evaluation.zeroshot.PROTOCOLS`):
+``soundguide`` (the default) or ``authors`` (the original authors' zero-shot
+script); ``--crop``, ``--pad``, ``--db-reference``, ``--labels`` and
+``--template`` given explicitly win over it.
 Errors are :class:`~soundguide.core.errors.SoundguideError` and propagate to
 the main entry point, which prints them as one line.
 """
@@ -20,17 +24,20 @@ from typing import TYPE_CHECKING
 import click
 
 from soundguide.cli_options import plugin_option
-from soundguide.evaluation.embedders import EVAL_CROPS
+from soundguide.evaluation.embedders import EVAL_CROPS, EVAL_DB_REFERENCES, EVAL_PADS
 from soundguide.evaluation.plugin import PROBE_HELP, ZEROSHOT_HELP
 from soundguide.evaluation.probe import DEFAULT_CS, DEFAULT_MAX_ITER
+from soundguide.evaluation.zeroshot import DEFAULT_PROTOCOL, PROTOCOLS
 
 if TYPE_CHECKING:
     import torch
 
     from soundguide.evaluation.embedders import AudioEmbedder
     from soundguide.evaluation.encoding import DatasetEmbeddings
+    from soundguide.evaluation.zeroshot import EvalProtocol
 
 DATASET_CHOICES = ("esc50", "urbansound8k", "us8k")
+PROTOCOL_CHOICES = tuple(PROTOCOLS)
 
 
 def _common_options(func):
@@ -59,11 +66,34 @@ def _common_options(func):
             help="Guidance plugin whose audio encoder is evaluated (it must offer audio_embedder).",
         ),
         click.option(
+            "--protocol",
+            type=click.Choice(PROTOCOL_CHOICES),
+            default=DEFAULT_PROTOCOL,
+            show_default=True,
+            help="Evaluation settings: soundguide (the encoder's training setup) or authors "
+            "(the original authors' zero-shot script: centred crop and padding, raw labels, "
+            "the bare label as prompt). Flags given explicitly win.",
+        ),
+        click.option(
             "--crop",
             type=click.Choice(EVAL_CROPS),
-            default="start",
-            show_default=True,
-            help="Which 10 s of a longer clip: start, center, or windows (all windows averaged).",
+            default=None,
+            help="Which 10 s of a longer clip: start, center, or windows (all windows averaged). "
+            "[default: the protocol's: start | center]",
+        ),
+        click.option(
+            "--pad",
+            type=click.Choice(EVAL_PADS),
+            default=None,
+            help="Where a clip shorter than 10 s sits on the zero-padded canvas: end or center. "
+            "[default: the protocol's: end | center]",
+        ),
+        click.option(
+            "--db-reference",
+            type=click.Choice(EVAL_DB_REFERENCES),
+            default=None,
+            help="Whose loudest bin is 0 dB for a clip longer than 10 s: the embedded window's "
+            "or the whole clip's. [default: the protocol's: window | clip]",
         ),
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option(
@@ -100,11 +130,18 @@ def _common_options(func):
     return func
 
 
+def _protocol(name: str, **explicit: object) -> EvalProtocol:
+    """The named protocol with the flags given explicitly (not None) in place of its settings."""
+    from soundguide.evaluation.zeroshot import get_protocol
+
+    return get_protocol(name).with_settings(**explicit)
+
+
 def _embedder(
     ctx: click.Context,
     encoder: str,
     guidance: str,
-    crop: str,
+    protocol: EvalProtocol,
     device: torch.device,
     trust: bool,
     quiet: bool,
@@ -116,7 +153,9 @@ def _embedder(
         _registries(ctx),
         guidance,
         encoder,
-        crop=crop,
+        crop=protocol.crop,
+        pad=protocol.pad,
+        db_reference=protocol.db_reference,
         device=device,
         trust=trust,
         progress=not quiet,
@@ -136,15 +175,17 @@ def _embedder(
     "templates",
     multiple=True,
     metavar="TEXT",
-    help='Prompt template with {label} (repeatable; default: "the sound of {label}" and 3 more, '
-    "as in training).",
+    help="Prompt template with {label} (repeatable). [default: the protocol's: "
+    '"the sound of {label}" and 3 more, as in training | "{label}"]',
 )
 @click.option(
-    "--raw-labels",
-    is_flag=True,
-    help="Put class names into the templates as the dataset spells them (crackling_fire), "
-    'not cleaned (crackling fire); with --template "{label}": the original authors\' protocol.',
+    "--labels",
+    type=click.Choice(("raw", "clean")),
+    default=None,
+    help="Class names in the prompts as the dataset spells them (raw: crackling_fire) or "
+    "cleaned (clean: crackling fire). [default: the protocol's: clean | raw]",
 )
+@click.option("--raw-labels", is_flag=True, hidden=True, help="The same as --labels raw.")
 def zeroshot(
     ctx: click.Context,
     dataset: str,
@@ -152,7 +193,10 @@ def zeroshot(
     out: Path,
     encoder: str,
     guidance: str,
-    crop: str,
+    protocol: str,
+    crop: str | None,
+    pad: str | None,
+    db_reference: str | None,
     batch_size: int,
     workers: int,
     device: str,
@@ -164,6 +208,7 @@ def zeroshot(
     quiet: bool,
     clip_model: str,
     templates: tuple[str, ...],
+    labels: str | None,
     raw_labels: bool,
 ) -> None:
     """Zero-shot classification of DATASET (esc50, urbansound8k) found at ROOT.
@@ -172,25 +217,37 @@ def zeroshot(
     zeroshot_predictions.csv into --out.
     """
     from soundguide.core.engine import resolve_device
-    from soundguide.encoders.clip import CLIPEncoder, load_clip
+    from soundguide.core.errors import ConfigError
+    from soundguide.encoders.clip import CLIPEncoder, clip_file, load_clip
     from soundguide.evaluation.datasets import load_dataset
-    from soundguide.evaluation.prompts import DEFAULT_TEMPLATES, check_templates
+    from soundguide.evaluation.embedders import describe_clip_file
     from soundguide.evaluation.reports import ZEROSHOT_FILES, prepare_output, write_zeroshot_report
     from soundguide.evaluation.zeroshot import zero_shot
 
-    chosen = check_templates(templates or DEFAULT_TEMPLATES)
+    if raw_labels and labels == "clean":
+        raise ConfigError("--raw-labels and --labels clean contradict each other")
+    settings = _protocol(
+        protocol,
+        crop=crop,
+        pad=pad,
+        db_reference=db_reference,
+        labels="raw" if raw_labels else labels,
+        templates=templates or None,
+    )
     prepare_output(out, ZEROSHOT_FILES, overwrite)  # fail before any encoding
     data = load_dataset(dataset, root)
     torch_device = resolve_device(device)
-    embedder = _embedder(ctx, encoder, guidance, crop, torch_device, trust_checkpoint, quiet)
-    text = CLIPEncoder(load_clip(clip_model, device=torch_device, trust=trust_checkpoint))
+    embedder = _embedder(ctx, encoder, guidance, settings, torch_device, trust_checkpoint, quiet)
+    clip_path = clip_file(clip_model)
+    model = load_clip(clip_path, device=torch_device, trust=trust_checkpoint)
+    text = CLIPEncoder(model)
     result = zero_shot(
         data,
         embedder,
         text,
-        templates=chosen,
-        clean_labels=not raw_labels,
+        protocol=settings,
         text_model=clip_model,
+        text_weights=describe_clip_file(clip_model, clip_path, model),
         batch_size=batch_size,
         workers=workers,
         cache=not no_cache,
@@ -201,7 +258,8 @@ def zeroshot(
     write_zeroshot_report(result, out, overwrite=overwrite)
     m, enc = result.metrics, result.encoding
     click.echo(
-        f"{data.title} zero-shot: top-1 {100 * m['top1']:.1f} %, top-{m['top_k']} "
+        f"{data.title} zero-shot, protocol {result.protocol.label()}: "
+        f"top-1 {100 * m['top1']:.1f} %, top-{m['top_k']} "
         f"{100 * m['top5']:.1f} % over {m['clips']} clips (mean of folds "
         f"{100 * m['mean_fold_top1']:.1f} %); {_speed(enc)}; report in {out}"
     )
@@ -230,7 +288,10 @@ def probe(
     out: Path,
     encoder: str,
     guidance: str,
-    crop: str,
+    protocol: str,
+    crop: str | None,
+    pad: str | None,
+    db_reference: str | None,
     batch_size: int,
     workers: int,
     device: str,
@@ -255,11 +316,12 @@ def probe(
     from soundguide.evaluation.reports import PROBE_FILES, prepare_output, write_probe_report
 
     cs = _parse_grid(c_grid)
+    settings = _protocol(protocol, crop=crop, pad=pad, db_reference=db_reference)
     _sklearn()  # fail before any encoding when scikit-learn is missing
     prepare_output(out, PROBE_FILES, overwrite)
     data = load_dataset(dataset, root)
     torch_device = resolve_device(device)
-    embedder = _embedder(ctx, encoder, guidance, crop, torch_device, trust_checkpoint, quiet)
+    embedder = _embedder(ctx, encoder, guidance, settings, torch_device, trust_checkpoint, quiet)
     with warnings.catch_warnings():  # echoed below, after the result line
         warnings.simplefilter("ignore", ProbeWarning)
         report = probe_dataset(
@@ -274,7 +336,7 @@ def probe(
             skip_bad_audio=skip_bad_audio,
             progress=not quiet,
         )
-    write_probe_report(report, out, overwrite=overwrite)
+    write_probe_report(report, out, overwrite=overwrite, protocol=settings)
     r = report.result
     chosen = ", ".join(f"{f.C:g}" for f in r.folds)
     click.echo(

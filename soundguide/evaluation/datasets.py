@@ -15,8 +15,15 @@ The official folds are kept as the CSV gives them (ESC-50: 5, UrbanSound8K:
 10); nothing is ever reshuffled. Class ``i`` of a dataset is its ``i``-th
 smallest official class id (``target`` / ``classID``), so on the full datasets
 the index *is* the official id. Every problem with a layout — a missing CSV,
-column, fold or listed file, a fold number outside the official range —
-raises one :class:`~soundguide.core.errors.DatasetError` line naming the path.
+column or listed file, a fold number outside the official range — raises one
+:class:`~soundguide.core.errors.DatasetError` line naming the path.
+
+A part of a dataset is evaluated on what is there: folds the CSV lists no
+clips of, and UrbanSound8K fold folders that are absent (their rows are left
+out), give a :class:`DatasetWarning` and the folds present are used.
+:meth:`AudioDataset.differences_from_official` says how a dataset differs
+from the official full set (:data:`OFFICIAL_SIZES`); the reports mark the
+paper's numbers as not comparable then.
 """
 
 from __future__ import annotations
@@ -24,12 +31,33 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from soundguide.core.errors import DatasetError
 from soundguide.core.files import sha256_file
+
+
+class DatasetWarning(UserWarning):
+    """A dataset is read, but is not the official full set (missing folds, left-out clips)."""
+
+
+@dataclass(frozen=True)
+class OfficialSize:
+    """Counts of an official full dataset."""
+
+    clips: int
+    classes: int
+    folds: int
+
+
+OFFICIAL_SIZES = {
+    "esc50": OfficialSize(clips=2000, classes=50, folds=5),
+    "urbansound8k": OfficialSize(clips=8732, classes=10, folds=10),
+}
+"""The official datasets' sizes, against which results are comparable with published ones."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +88,8 @@ class AudioDataset:
     """The official class id of each class index (``target`` / ``classID``)."""
     num_folds: int
     """How many folds the official protocol has (5 or 10)."""
+    left_out: int = 0
+    """CSV rows left out because their fold's folder is absent (UrbanSound8K)."""
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -78,8 +108,31 @@ class AudioDataset:
         return sorted(set(self.folds))
 
     @property
+    def missing_folds(self) -> list[int]:
+        """Official folds (1 .. :attr:`num_folds`) that hold no clip here."""
+        return sorted(set(range(1, self.num_folds + 1)) - set(self.folds))
+
+    @property
     def paths(self) -> list[Path]:
         return [c.path for c in self.clips]
+
+    def differences_from_official(self) -> list[str]:
+        """How this dataset differs from the official full set, one phrase each;
+        empty when it is that set (by its counts: clips, classes, folds)."""
+        official = OFFICIAL_SIZES.get(self.name)
+        if official is None:
+            return [f"{self.title} has no official full set known to soundguide"]
+        found = []
+        if len(self.clips) != official.clips:
+            found.append(f"{len(self.clips)} of the official {official.clips} clips")
+        if len(self.class_names) != official.classes:
+            found.append(f"{len(self.class_names)} of the official {official.classes} classes")
+        if len(self.fold_ids) != official.folds:
+            missing = ", ".join(map(str, self.missing_folds))
+            found.append(
+                f"{len(self.fold_ids)} of the official {official.folds} folds (no {missing})"
+            )
+        return found
 
     def identity(self) -> str:
         """What the clips' embeddings depend on: the CSV's sha256, the root and the files.
@@ -141,17 +194,16 @@ def load_urbansound8k(root: str | os.PathLike[str]) -> AudioDataset:
     csv_path = root / "metadata" / "UrbanSound8K.csv"
     rows = _read_csv(csv_path, US8K_COLUMNS)
     entries = []
-    checked: set[int] = set()
+    present: dict[int, bool] = {}
+    absent_rows = 0
     for line, row in rows:
         fold = _fold(row, csv_path, line, US8K_FOLDS)
         folder = root / "audio" / f"fold{fold}"
-        if fold not in checked:
-            if not folder.is_dir():
-                raise DatasetError(
-                    f"UrbanSound8K fold folder not found: {folder} "
-                    f"(listed by {csv_path.name} line {line})"
-                )
-            checked.add(fold)
+        if fold not in present:
+            present[fold] = folder.is_dir()
+        if not present[fold]:
+            absent_rows += 1
+            continue
         entries.append(
             (
                 folder / row["slice_file_name"],
@@ -160,7 +212,20 @@ def load_urbansound8k(root: str | os.PathLike[str]) -> AudioDataset:
                 fold,
             )
         )
-    return _build("urbansound8k", root, csv_path, entries, US8K_FOLDS)
+    absent = sorted(f for f, ok in present.items() if not ok)
+    if not entries:
+        raise DatasetError(
+            f"none of the fold folders that {csv_path.name} lists exists: "
+            f"{', '.join(str(root / 'audio' / f'fold{f}') for f in absent)}"
+        )
+    note = None
+    if absent:
+        folders = ", ".join(f"fold{f}" for f in absent)
+        note = (
+            f"fold folder(s) {folders} not found under {root / 'audio'}; "
+            f"{absent_rows} clip(s) listed in {csv_path.name} left out"
+        )
+    return _build("urbansound8k", root, csv_path, entries, US8K_FOLDS, absent_rows, note)
 
 
 def load_dataset(name: str, root: str | os.PathLike[str]) -> AudioDataset:
@@ -231,6 +296,8 @@ def _build(
     csv_path: Path,
     entries: list[tuple[Path, int, str, int]],
     num_folds: int,
+    left_out: int = 0,
+    note: str | None = None,
 ) -> AudioDataset:
     names: dict[int, str] = {}
     for path, class_id, label, _fold_id in entries:
@@ -248,13 +315,7 @@ def _build(
     clips = tuple(
         Clip(path=path, label=index[class_id], fold=fold) for path, class_id, _, fold in entries
     )
-    empty = sorted(set(range(1, num_folds + 1)) - {c.fold for c in clips})
-    if empty:
-        raise DatasetError(
-            f"{csv_path} lists no clips of fold(s) {', '.join(map(str, empty))}; "
-            f"{DATASETS[name]} has {num_folds} official folds"
-        )
-    return AudioDataset(
+    dataset = AudioDataset(
         name=name,
         title=DATASETS[name],
         root=root,
@@ -263,4 +324,18 @@ def _build(
         class_names=tuple(names[i] for i in class_ids),
         class_ids=class_ids,
         num_folds=num_folds,
+        left_out=left_out,
     )
+    empty = dataset.missing_folds
+    if empty:
+        why = note or f"{csv_path} lists no clips of them"
+        warnings.warn(
+            DatasetWarning(
+                f"{DATASETS[name]} at {root} has no clips of fold(s) "
+                f"{', '.join(map(str, empty))} ({why}): evaluating on the "
+                f"{len(dataset.fold_ids)} of {num_folds} official folds present; results are "
+                "not comparable with published ones"
+            ),
+            stacklevel=3,
+        )
+    return dataset

@@ -6,7 +6,7 @@ ahead on background threads, and embedded ``batch_size`` at a time.
 
 The result is cached under ``$SOUNDGUIDE_HOME/cache/embeddings`` by the
 dataset's identity (CSV sha256, root, file sizes and times), the embedder's
-identity (for SoundCLIP: the checkpoint's sha256 and the crop policy) and
+identity (for SoundCLIP: the checkpoint's sha256, crop, pad and dB reference) and
 whether unreadable clips were skipped. A second run with the same key reads
 the file and encodes nothing. A damaged cache file is recomputed.
 """

@@ -17,8 +17,8 @@ Defaults, chosen deliberately:
   kept: ``hi-hat`` and ``x-ray`` are words.
 
 The original authors' zero-shot script fed the dataset's raw class strings
-(``crackling_fire``) with no template: ``soundguide zeroshot --template "{label}"
---raw-labels`` does the same.
+(``crackling_fire``) with no template: ``soundguide zeroshot --protocol authors``
+does the same (``--labels raw --template "{label}"`` alone changes only the prompts).
 
 This module imports nothing heavy: training configs validate their templates with it.
 """

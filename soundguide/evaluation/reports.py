@@ -24,9 +24,18 @@ from typing import Any
 from soundguide.core.errors import OutputError
 from soundguide.core.files import atomic_write, atomic_write_text, os_reason, sha256_file
 from soundguide.evaluation.datasets import AudioDataset
+from soundguide.evaluation.encoding import DatasetEmbeddings
 from soundguide.evaluation.probe import PAPER_PROBE_ACCURACY, ProbeReport
 from soundguide.evaluation.prompts import clean_label
-from soundguide.evaluation.zeroshot import PAPER_ZEROSHOT_TOP1, ZeroShotResult
+from soundguide.evaluation.zeroshot import (
+    CANVAS_SETTINGS,
+    DEFAULT_PROTOCOL,
+    PAPER_PROTOCOL,
+    PAPER_ZEROSHOT_TOP1,
+    PROTOCOLS,
+    EvalProtocol,
+    ZeroShotResult,
+)
 
 PAPER = "Lee et al., CVPR 2022"
 ZEROSHOT_FILES = (
@@ -73,10 +82,55 @@ def dataset_info(dataset: AudioDataset) -> dict[str, Any]:
         "clips": len(dataset),
         "classes": len(dataset.class_names),
         "official_folds": dataset.num_folds,
+        "folds_present": dataset.fold_ids,
+        "missing_folds": dataset.missing_folds,
+        "left_out_clips": dataset.left_out,
+        "official_full_set": not dataset.differences_from_official(),
+        "differences_from_official": dataset.differences_from_official(),
         "class_names": list(dataset.class_names),
         "class_ids": list(dataset.class_ids),
         "labels": [clean_label(n) for n in dataset.class_names],
     }
+
+
+def paper_comparison(
+    dataset: AudioDataset,
+    encoding: DatasetEmbeddings,
+    embedder: dict[str, Any],
+    *,
+    protocol: EvalProtocol | None = None,
+    text_weights: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Whether a result can be set beside the paper's number, and if not, why.
+
+    Not comparable: a dataset that is not the official full set (or clips
+    skipped as unreadable), random or tiny weights (see
+    :func:`~soundguide.evaluation.embedders.soundclip_weights_check`), and for
+    zero-shot (``protocol`` given) another protocol than the paper's.
+    """
+    reasons = []
+    differences = dataset.differences_from_official()
+    if differences:
+        reasons.append(f"the data is not the official full set ({'; '.join(differences)})")
+    if encoding.skipped:
+        reasons.append(f"{len(encoding.skipped)} unreadable clip(s) skipped")
+    audio = embedder.get("weights_check") or {}
+    if audio.get("random_or_tiny"):
+        reasons.append(f"the audio encoder is random or tiny: {audio['why']}")
+    if text_weights and text_weights.get("random_or_tiny"):
+        reasons.append(f"the CLIP model is random or tiny: {text_weights['why']}")
+    if protocol is not None and (protocol.name != PAPER_PROTOCOL or protocol.overridden):
+        used = protocol.name + (
+            f" changed ({', '.join(protocol.overridden)})" if protocol.overridden else ""
+        )
+        reasons.append(f"the paper used the {PAPER_PROTOCOL!r} protocol, this run {used}")
+    return {"comparable": not reasons, "not_comparable_because": reasons}
+
+
+def probe_protocol(report: ProbeReport, protocol: EvalProtocol | None = None) -> EvalProtocol:
+    """The protocol of a probe (default: soundguide's) with the embedder's own canvas settings."""
+    protocol = protocol or PROTOCOLS[DEFAULT_PROTOCOL]
+    return protocol.with_settings(**{k: report.embedder.get(k) for k in CANVAS_SETTINGS})
 
 
 def _header(task: str) -> dict[str, Any]:
@@ -92,25 +146,38 @@ def _header(task: str) -> dict[str, Any]:
 def zeroshot_json(result: ZeroShotResult) -> dict[str, Any]:
     """The zero-shot report as a JSON-ready dict (accuracies are fractions)."""
     paper = PAPER_ZEROSHOT_TOP1.get(result.dataset.name)
+    comparison = paper_comparison(
+        result.dataset,
+        result.encoding,
+        result.embedder,
+        protocol=result.protocol,
+        text_weights=result.text_weights,
+    )
     return {
         **_header("zeroshot"),
+        "protocol": result.protocol.to_dict(),
         "dataset": dataset_info(result.dataset),
         "embedder": result.embedder,
         "text_model": result.text_model,
+        "text_weights": result.text_weights,
         "templates": list(result.templates),
         "prompts": result.prompts,
         **result.metrics,
         "skipped": result.encoding.skipped,
         "encoding": result.encoding.timing(),
-        "paper": {"source": PAPER, "top1": paper} if paper is not None else None,
+        "paper": {"source": PAPER, "protocol": PAPER_PROTOCOL, "top1": paper, **comparison}
+        if paper is not None
+        else None,
     }
 
 
-def probe_json(report: ProbeReport) -> dict[str, Any]:
+def probe_json(report: ProbeReport, protocol: EvalProtocol | None = None) -> dict[str, Any]:
     """The linear-probe report as a JSON-ready dict (accuracies are fractions)."""
     paper = PAPER_PROBE_ACCURACY.get(report.dataset.name)
+    comparison = paper_comparison(report.dataset, report.encoding, report.embedder)
     return {
         **_header("probe"),
+        "protocol": probe_protocol(report, protocol).to_dict(prompts=False),
         "dataset": dataset_info(report.dataset),
         "embedder": report.embedder,
         "classifier": "sklearn StandardScaler + LogisticRegression (lbfgs, multinomial) "
@@ -118,7 +185,7 @@ def probe_json(report: ProbeReport) -> dict[str, Any]:
         **report.result.to_dict(),
         "skipped": report.encoding.skipped,
         "encoding": report.encoding.timing(),
-        "paper": {"source": PAPER, "accuracy": paper} if paper is not None else None,
+        "paper": {"source": PAPER, "accuracy": paper, **comparison} if paper is not None else None,
     }
 
 
@@ -154,6 +221,68 @@ def _skipped_lines(data: dict[str, Any]) -> list[str]:
     return lines + [f"- `{s['path']}`: {s['error']}" for s in skipped]
 
 
+def _protocol_line(protocol: dict[str, Any]) -> str:
+    """The protocol and every setting it implies, for a Markdown report."""
+    parts = [
+        f"crop `{protocol['crop']}`",
+        f"pad `{protocol['pad']}`",
+        f"dB reference `{protocol['db_reference']}`",
+    ]
+    if "labels" in protocol:
+        parts.append(f"labels `{protocol['labels']}`")
+        parts.append("prompts " + ", ".join(f"`{t}`" for t in protocol["templates"]))
+    changed = protocol["overridden"]
+    note = f" (changed by flags: {', '.join(changed)})" if changed else ""
+    return f"Protocol `{protocol['name']}`{note}: " + "; ".join(parts) + "."
+
+
+def _paper_label(paper: dict[str, Any]) -> str:
+    if paper["comparable"]:
+        return f"paper ({PAPER})"
+    return f"paper ({PAPER}), **not comparable**"
+
+
+def _paper_note(paper: dict[str, Any] | None) -> list[str]:
+    if not paper or paper["comparable"]:
+        return []
+    return [
+        "The paper's number is not comparable: " + "; ".join(paper["not_comparable_because"]) + ".",
+        "",
+    ]
+
+
+def _data_and_weights_lines(data: dict[str, Any]) -> list[str]:
+    """Which data (if not the official full set) and which weights (sha256, random or tiny)."""
+    ds, lines = data["dataset"], []
+    if not ds["official_full_set"]:
+        lines.append(
+            "Data: not the official full set ("
+            + "; ".join(ds["differences_from_official"])
+            + f"); folds evaluated: {', '.join(map(str, ds['folds_present']))}."
+        )
+    weights = [
+        (
+            "audio encoder",
+            data["embedder"].get("weights_sha256"),
+            data["embedder"].get("weights_check"),
+        )
+    ]
+    text = data.get("text_weights")
+    if text:
+        weights.append((f"CLIP `{text['name']}`", text["sha256"], text))
+    for what, sha, check in weights:
+        if sha is None:
+            continue
+        if check and check.get("random_or_tiny"):
+            kind = f"**RANDOM OR TINY** ({check['why']})"
+        elif check and check.get("released"):
+            kind = f"the released {check['released']}"
+        else:
+            kind = "no sign of random or tiny weights"
+        lines.append(f"Weights: {what} sha256 `{sha}`, {kind}.")
+    return [*lines, ""] if lines else []
+
+
 def zeroshot_markdown(data: dict[str, Any]) -> str:
     """A Markdown report from :func:`zeroshot_json`'s dict."""
     ds = data["dataset"]
@@ -167,19 +296,23 @@ def zeroshot_markdown(data: dict[str, Any]) -> str:
     )
     rows.append(("mean of folds", _pct(data["mean_fold_top1"]), _pct(data["mean_fold_top5"]), ""))
     if data["paper"]:
-        rows.append((f"paper ({PAPER})", _pct(data["paper"]["top1"]), "–", ""))
+        rows.append((_paper_label(data["paper"]), _pct(data["paper"]["top1"]), "–", ""))
     lines = [
         f"# Zero-shot classification: {ds['title']}",
         "",
         f"Audio embedder `{data['embedder']['identity']}`; text: CLIP `{data['text_model']}`; "
         f"{data['clips']} clips, {data['classes']} classes, {ds['official_folds']} official folds.",
         "",
+        _protocol_line(data["protocol"]),
+        "",
         *_table(("", "top-1", f"top-{k}", "clips"), "lrrr", rows),
         "",
+        *_paper_note(data["paper"]),
         "Prompt templates (class embedding = mean of normalized prompt embeddings): "
         + ", ".join(f"`{t}`" for t in data["templates"])
         + ".",
         "",
+        *_data_and_weights_lines(data),
         _encoding_line(data),
         *_skipped_lines(data),
         "",
@@ -214,7 +347,7 @@ def probe_markdown(data: dict[str, Any]) -> str:
     rows.append(("**mean of folds**", f"**{_pct(data['mean_accuracy'])}**", "", ""))
     rows.append(("all clips (pooled)", _pct(data["pooled_accuracy"]), "", ""))
     if data["paper"]:
-        rows.append((f"paper ({PAPER})", _pct(data["paper"]["accuracy"]), "", ""))
+        rows.append((_paper_label(data["paper"]), _pct(data["paper"]["accuracy"]), "", ""))
     cs = [f"{c:g}" for c in data["Cs"]]
     lines = [
         f"# Linear probe: {ds['title']}",
@@ -223,8 +356,12 @@ def probe_markdown(data: dict[str, Any]) -> str:
         f"embeddings, leave-one-fold-out over the {ds['official_folds']} official folds; C chosen "
         f"from {', '.join(cs)} by cross-validation over the training folds only.",
         "",
+        _protocol_line(data["protocol"]),
+        "",
         *_table(("test fold", "accuracy", "C", "clips"), "lrrr", rows),
         "",
+        *_paper_note(data["paper"]),
+        *_data_and_weights_lines(data),
     ]
     if data["warnings"]:
         lines += ["## Warnings", "", *(f"- {w}" for w in data["warnings"]), ""]
@@ -405,11 +542,12 @@ def confusion_png(
 
 
 def _predictions_csv(
-    dataset: AudioDataset, indices: Sequence[int], predicted: Sequence[int]
+    dataset: AudioDataset, indices: Sequence[int], predicted: Sequence[int], protocol: str = ""
 ) -> str:
+    """One row per clip; ``protocol`` (:meth:`EvalProtocol.label`) in the last column."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["file", "fold", "label", "predicted", "correct"])
+    writer.writerow(["file", "fold", "label", "predicted", "correct", "protocol"])
     for i, p in zip(indices, predicted, strict=True):
         clip = dataset.clips[i]
         writer.writerow(
@@ -419,6 +557,7 @@ def _predictions_csv(
                 dataset.class_names[clip.label],
                 dataset.class_names[p],
                 int(clip.label == p),
+                protocol,
             ]
         )
     return out.getvalue()
@@ -440,27 +579,40 @@ def write_zeroshot_report(
             data["confusion_matrix"],
             data["dataset"]["labels"],
             folder / "zeroshot_confusion.png",
-            f"{result.dataset.title} zero-shot: top-1 {_pct(data['top1'])}",
+            f"{result.dataset.title} zero-shot ({result.protocol.label()}): "
+            f"top-1 {_pct(data['top1'])}",
         ),
         "predictions": atomic_write_text(
             folder / "zeroshot_predictions.csv",
-            _predictions_csv(result.dataset, result.encoding.indices, result.predicted),
+            _predictions_csv(
+                result.dataset, result.encoding.indices, result.predicted, result.protocol.label()
+            ),
         ),
     }
     return paths
 
 
 def write_probe_report(
-    report: ProbeReport, out: str | os.PathLike[str], *, overwrite: bool = False
+    report: ProbeReport,
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    protocol: EvalProtocol | None = None,
 ) -> dict[str, Path]:
-    """Write the linear-probe JSON, Markdown and predictions CSV into ``out``."""
+    """Write the linear-probe JSON, Markdown and predictions CSV into ``out``
+    (``protocol``: the one asked for, named in each; default soundguide's)."""
     folder = prepare_output(out, PROBE_FILES, overwrite)
-    data = probe_json(report)
+    data = probe_json(report, protocol)
     return {
         "json": atomic_write_text(folder / "probe.json", json.dumps(data, indent=2) + "\n"),
         "markdown": atomic_write_text(folder / "probe.md", probe_markdown(data)),
         "predictions": atomic_write_text(
             folder / "probe_predictions.csv",
-            _predictions_csv(report.dataset, report.encoding.indices, report.result.predicted),
+            _predictions_csv(
+                report.dataset,
+                report.encoding.indices,
+                report.result.predicted,
+                probe_protocol(report, protocol).label(),
+            ),
         ),
     }

@@ -102,13 +102,21 @@ class AudioGuidance(FileSources, CLIPGuidance):
         return [*self.paths, self.encoder_path(), *super().files()]
 
     @classmethod
-    def audio_embedder(cls, encoder: str, context, crop: str):
-        """SoundCLIP for ``soundguide zeroshot`` and ``probe`` (see ``Guidance.audio_embedder``)."""
+    def audio_embedder(
+        cls, encoder: str, context, crop: str, *, pad: str = "end", db_reference: str = "window"
+    ):
+        """SoundCLIP for ``soundguide zeroshot`` and ``probe`` (see ``Guidance.audio_embedder``);
+        ``pad`` and ``db_reference`` place clips on its 864-frame canvas (``--protocol``)."""
         from soundguide.evaluation.embedders import SoundCLIPEmbedder
 
         path = context.resolve_weights(encoder)
         return SoundCLIPEmbedder.from_checkpoint(
-            path, crop=crop, device=context.device, trust=context.trust_checkpoint
+            path,
+            crop=crop,
+            pad=pad,
+            db_reference=db_reference,
+            device=context.device,
+            trust=context.trust_checkpoint,
         )
 
 

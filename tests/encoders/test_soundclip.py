@@ -22,8 +22,10 @@ from soundguide.encoders.soundclip import (
     SoundCLIPFrontend,
     crop_starts,
     embed_audio,
+    fit_frames,
     frame_span,
     load_soundclip,
+    pad_offsets,
     reflect_pad,
     spectrogram_to_input,
     window_starts,
@@ -718,3 +720,113 @@ class TestTorchvisionFeatureExtractor:
             torch.nn.Conv2d(1, 3, kernel_size=3)  # `conv` is built first
             reference = torchvision.models.resnet18(weights=None, num_classes=512).state_dict()
         assert all(torch.equal(ours[f"feature_extractor.{k}"], v) for k, v in reference.items())
+
+
+class TestPad:
+    """Where a clip shorter than the 864-frame canvas sits: end, center or random."""
+
+    @pytest.mark.parametrize("frames", [1, 26, 431, 432, 862, 863])
+    def test_offsets(self, frames):
+        room = NUM_FRAMES - frames
+        assert pad_offsets(frames, 3, "end") == [0, 0, 0]
+        assert pad_offsets(frames, 2, "center") == [room // 2] * 2
+        drawn = pad_offsets(frames, 200, "random", generator=torch.Generator().manual_seed(0))
+        # the training loader's random.randint(0, 864 - w - 1): both ends included
+        assert all(0 <= j <= room - 1 for j in drawn)
+        if room > 1:
+            assert len(set(drawn)) > 1
+
+    @pytest.mark.parametrize("frames", [NUM_FRAMES, NUM_FRAMES + 1, 5000])
+    def test_nothing_to_pad(self, frames):
+        for pad in ("end", "center", "random"):
+            assert pad_offsets(frames, 2, pad, generator=torch.Generator()) == [0, 0]
+
+    def test_random_is_seeded_and_reaches_every_offset(self):
+        def draw(seed: int) -> list[int]:
+            return pad_offsets(861, 50, "random", generator=torch.Generator().manual_seed(seed))
+
+        assert draw(7) == draw(7)
+        assert draw(7) != draw(8)
+        assert set(draw(7)) == {0, 1, 2}  # 864 - 861 - 1 = 2 is the largest
+
+    def test_fit_frames_places_the_clip(self):
+        spec = torch.arange(1.0, 11.0).reshape(1, 1, 10).expand(2, 3, 10)
+        out = fit_frames(spec, offsets=[0, 427])
+        assert out.shape == (2, 3, NUM_FRAMES)
+        torch.testing.assert_close(out[0, :, :10], spec[0])
+        torch.testing.assert_close(out[1, :, 427:437], spec[1])
+        assert out[0, :, 10:].abs().sum() == 0 and out[1, :, :427].abs().sum() == 0
+        assert out[1, :, 437:].abs().sum() == 0
+        with pytest.raises(AudioError, match="pad offsets must lie in 0 .. 854"):
+            fit_frames(spec, offsets=[0, 855])
+
+    @pytest.mark.parametrize("n", [300, 30_000, 220_500, NUM_FRAMES * 512 - 600])
+    def test_center_matches_reference_offset(self, frontend, n):
+        y = signal("tones", n)
+        frames = 1 + n // 512
+        got = run(frontend, y, pad="center")
+        expected = reference_frontend(y, offset=(NUM_FRAMES - frames) // 2)
+        np.testing.assert_allclose(got, expected, atol=PARITY_ATOL, rtol=0)
+        if 20 < frames < 800:  # a different input from the end-padded one, not a shifted copy
+            assert np.abs(got - run(frontend, y)).max() > 0.5
+
+    def test_random_matches_reference_offset(self, frontend):
+        y = signal("noise", 100_000)
+        (j,) = pad_offsets(
+            1 + 100_000 // 512, 1, "random", generator=torch.Generator().manual_seed(4)
+        )
+        got = run(frontend, y, pad="random", generator=torch.Generator().manual_seed(4))
+        np.testing.assert_allclose(got, reference_frontend(y, offset=j), atol=PARITY_ATOL)
+        again = run(frontend, y, pad="random", generator=torch.Generator().manual_seed(4))
+        np.testing.assert_array_equal(got, again)
+
+    def test_module_default_and_windows(self):
+        y = torch.from_numpy(signal("tones", 50_000))
+        centred = SoundCLIPFrontend(pad="center")
+        torch.testing.assert_close(centred(y), SoundCLIPFrontend()(y, pad="center"))
+        torch.testing.assert_close(centred.windows(y)[:, 0], centred(y))
+
+    def test_embed_audio_pads_a_file_the_same(self, tmp_path, tiny, frontend):
+        y = signal("tones", 2 * SR)
+        path = tmp_path / "short.wav"
+        sf.write(str(path), y, SR, subtype="FLOAT")
+        from_file = embed_audio(tiny, path, pad="center")
+        with torch.no_grad():
+            direct = tiny(frontend(torch.from_numpy(y), pad="center"))[0]
+        torch.testing.assert_close(from_file, direct)
+        assert not torch.allclose(from_file, embed_audio(tiny, path))
+
+    def test_unknown_pad(self, frontend):
+        with pytest.raises(AudioError, match="unknown pad policy 'middle'"):
+            frontend(torch.ones(3000), pad="middle")
+        with pytest.raises(AudioError, match="unknown pad policy 'start'"):
+            SoundCLIPFrontend(pad="start")
+
+
+class TestClipReference:
+    """``db_reference="clip"``: the whole clip's loudest bin, then the crop (the original order)."""
+
+    def test_long_clip_matches_the_original_order(self):
+        y = ramped("tones", 3 * NUM_FRAMES * 512)  # the loudest bin at the end
+        frames = 1 + len(y) // 512
+        for crop, start in (("start", 0), ("center", (frames - NUM_FRAMES) // 2)):
+            got = run(SoundCLIPFrontend(db_reference="clip"), y, crop=crop)
+            np.testing.assert_allclose(got, reference_frontend(y, start=start), atol=PARITY_ATOL)
+            window = run(SoundCLIPFrontend(), y, crop=crop)
+            assert np.abs(got - window).max() > 0.02
+
+    def test_short_clips_do_not_change(self, frontend):
+        y = torch.from_numpy(signal("chirp", 200_000))
+        torch.testing.assert_close(SoundCLIPFrontend(db_reference="clip")(y), frontend(y))
+
+    def test_windows_share_the_clip_s_reference(self):
+        n = 2 * NUM_FRAMES * 512
+        y = ramped("tones", n)
+        windows = SoundCLIPFrontend(db_reference="clip").windows(torch.from_numpy(y))
+        for w, start in enumerate(window_starts(1 + n // 512)):
+            expected = reference_frontend(y, start=start)
+            np.testing.assert_allclose(windows[0, w].numpy(), expected, atol=PARITY_ATOL)
+
+    def test_unknown_reference(self):
+        with pytest.raises(AudioError, match="unknown dB reference 'file'"):
+            SoundCLIPFrontend(db_reference="file")

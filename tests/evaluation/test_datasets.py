@@ -6,7 +6,15 @@ import shutil
 import pytest
 
 from soundguide.core.errors import DatasetError
-from soundguide.evaluation.datasets import load_dataset, load_esc50, load_urbansound8k
+from soundguide.evaluation.datasets import (
+    OFFICIAL_SIZES,
+    Clip,
+    DatasetWarning,
+    OfficialSize,
+    load_dataset,
+    load_esc50,
+    load_urbansound8k,
+)
 from soundguide.evaluation.prompts import clean_label
 from tests.evaluation.conftest import ESC50_CLASSES, US8K_CLASSES, write_esc50, write_us8k
 
@@ -54,14 +62,23 @@ class TestESC50:
             load_esc50(esc50.root)
         assert _one_line(exc) == f"audio file listed in esc50.csv not found: {gone}"
 
-    def test_missing_fold(self, esc50):
+    def test_missing_fold_is_evaluated_without_it(self, esc50):
         rows = [r for r in esc50.rows if r["fold"] != "4"]
         _rewrite(esc50.csv_path, rows)
-        with pytest.raises(
-            DatasetError, match="lists no clips of fold\\(s\\) 4; ESC-50 has 5"
-        ) as e:
-            load_esc50(esc50.root)
-        assert str(esc50.csv_path) in _one_line(e)
+        with pytest.warns(DatasetWarning) as caught:
+            data = load_esc50(esc50.root)
+        (warning,) = caught
+        message = str(warning.message)
+        assert f"ESC-50 at {esc50.root} has no clips of fold(s) 4" in message
+        assert str(esc50.csv_path) in message and "\n" not in message
+        assert "evaluating on the 4 of 5 official folds present" in message
+        assert data.fold_ids == [1, 2, 3, 5] and data.missing_folds == [4]
+        assert len(data) == 16
+        assert data.differences_from_official() == [
+            "16 of the official 2000 clips",
+            "4 of the official 50 classes",
+            "4 of the official 5 folds (no 4)",
+        ]
 
     def test_fold_outside_the_official_range(self, esc50):
         rows = [dict(r) for r in esc50.rows]
@@ -99,12 +116,34 @@ class TestUrbanSound8K:
             assert clip.fold == int(row["fold"])
         assert data.fold_ids == list(range(1, 11))
 
-    def test_missing_fold_folder(self, us8k):
-        folder = us8k.root / "audio" / "fold3"
-        shutil.rmtree(folder)
+    def test_missing_fold_folders_leave_their_rows_out(self, us8k):
+        for fold in (3, 7):
+            shutil.rmtree(us8k.root / "audio" / f"fold{fold}")
+        with pytest.warns(DatasetWarning) as caught:
+            data = load_urbansound8k(us8k.root)
+        (warning,) = caught
+        message = str(warning.message)
+        assert message.startswith(f"UrbanSound8K at {us8k.root} has no clips of fold(s) 3, 7 ")
+        assert f"fold folder(s) fold3, fold7 not found under {us8k.root / 'audio'}" in message
+        assert "8 clip(s) listed in UrbanSound8K.csv left out" in message
+        assert "evaluating on the 8 of 10 official folds present" in message
+        assert data.fold_ids == [1, 2, 4, 5, 6, 8, 9, 10] and data.missing_folds == [3, 7]
+        assert len(data) == 32 and data.left_out == 8
+        assert all(c.path.parent.name not in ("fold3", "fold7") for c in data.clips)
+
+    def test_csv_lacking_folds(self, us8k):
+        _rewrite(us8k.csv_path, [r for r in us8k.rows if int(r["fold"]) <= 3])
+        with pytest.warns(DatasetWarning, match="no clips of fold\\(s\\) 4, 5, 6, 7, 8, 9, 10"):
+            data = load_urbansound8k(us8k.root)
+        assert data.fold_ids == [1, 2, 3] and data.left_out == 0
+
+    def test_no_fold_folder_at_all(self, us8k):
+        shutil.rmtree(us8k.root / "audio")
         with pytest.raises(DatasetError) as exc:
             load_urbansound8k(us8k.root)
-        assert _one_line(exc).startswith(f"UrbanSound8K fold folder not found: {folder} ")
+        assert _one_line(exc).startswith(
+            "none of the fold folders that UrbanSound8K.csv lists exists: "
+        )
 
     def test_missing_listed_file(self, us8k):
         row = us8k.rows[13]
@@ -126,6 +165,25 @@ class TestUrbanSound8K:
         _rewrite(us8k.csv_path, rows)
         with pytest.raises(DatasetError, match="line 2: fold must be an integer, got 'one'"):
             load_urbansound8k(us8k.root)
+
+
+def test_the_official_full_set(tmp_path):
+    """Counts decide: 2000 clips, 50 classes and 5 folds for ESC-50."""
+    from dataclasses import replace
+
+    data = load_esc50(write_esc50(tmp_path / "esc50").root)
+    clips = tuple(Clip(path=data.clips[0].path, label=i % 50, fold=1 + i % 5) for i in range(2000))
+    full = replace(
+        data,
+        clips=clips,
+        class_names=tuple(f"c{i}" for i in range(50)),
+        class_ids=tuple(range(50)),
+    )
+    assert full.differences_from_official() == []
+    assert OFFICIAL_SIZES["urbansound8k"] == OfficialSize(clips=8732, classes=10, folds=10)
+    assert replace(full, clips=clips[:-1]).differences_from_official() == [
+        "1999 of the official 2000 clips"
+    ]
 
 
 def test_load_dataset_by_name_and_alias(esc50, us8k):

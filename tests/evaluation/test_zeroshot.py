@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,8 @@ from PIL import Image
 from soundguide.core.errors import AudioError, ConfigError, OutputError
 from soundguide.evaluation import (
     DEFAULT_TEMPLATES,
+    PROTOCOLS,
+    DatasetWarning,
     class_prompts,
     classification_metrics,
     confusion_matrix,
@@ -167,7 +170,30 @@ class TestZeroShotESC50:
             "chirping birds",
             "clock tick",
         ]
-        assert report["paper"] == {"source": "Lee et al., CVPR 2022", "top1": 0.578}
+        assert report["paper"] == {
+            "source": "Lee et al., CVPR 2022",
+            "protocol": "authors",
+            "top1": 0.578,
+            "comparable": False,
+            "not_comparable_because": [
+                "the data is not the official full set (20 of the official 2000 clips; "
+                "4 of the official 50 classes)",
+                "the paper used the 'authors' protocol, this run soundguide",
+            ],
+        }
+        assert report["protocol"] == {
+            "name": "soundguide",
+            "description": PROTOCOLS["soundguide"].description,
+            "crop": "start",
+            "pad": "end",
+            "db_reference": "window",
+            "labels": "clean",
+            "templates": list(DEFAULT_TEMPLATES),
+            "overridden": [],
+        }
+        assert report["dataset"]["official_full_set"] is False
+        assert report["dataset"]["folds_present"] == [1, 2, 3, 4, 5]
+        assert report["dataset"]["missing_folds"] == []
         assert report["templates"] == list(DEFAULT_TEMPLATES)
         assert report["prompts"][1][0] == "the sound of crackling fire"
         assert report["text_model"] == "tiny"
@@ -180,7 +206,17 @@ class TestZeroShotESC50:
         assert "# Zero-shot classification: ESC-50" in markdown
         assert "| fold 3 | 50.0 % | 100.0 % | 4 |" in markdown
         assert "| **all clips** | **75.0 %** | 100.0 % | 20 |" in markdown
-        assert "| paper (Lee et al., CVPR 2022) | 57.8 % | – |  |" in markdown
+        assert "| paper (Lee et al., CVPR 2022), **not comparable** | 57.8 % | – |  |" in markdown
+        assert (
+            "The paper's number is not comparable: the data is not the official full set "
+            "(20 of the official 2000 clips; 4 of the official 50 classes); the paper used the "
+            "'authors' protocol, this run soundguide." in markdown
+        )
+        assert (
+            "Protocol `soundguide`: crop `start`; pad `end`; dB reference `window`; labels "
+            "`clean`; prompts `the sound of {label}`, `a sound of {label}`, `a recording of "
+            "{label}`, `{label}`." in markdown
+        )
         assert "| clock tick | 40.0 % | 5 |" in markdown
 
         with Image.open(paths["confusion"]) as image:
@@ -190,12 +226,72 @@ class TestZeroShotESC50:
             image.load()
 
         lines = paths["predictions"].read_text().splitlines()
-        assert lines[0] == "file,fold,label,predicted,correct"
-        assert len(lines) == 21 and sum(line.endswith(",0") for line in lines[1:]) == 5
+        assert lines[0] == "file,fold,label,predicted,correct,protocol"
+        assert len(lines) == 21 and sum(line.endswith(",0,soundguide") for line in lines[1:]) == 5
 
         with pytest.raises(OutputError, match="already holds zeroshot.json"):
             write_zeroshot_report(result, out)
         write_zeroshot_report(result, out, overwrite=True)
+
+    def test_authors_protocol_and_explicit_settings_in_the_reports(self, tmp_path, text_encoder):
+        data = load_esc50(write_esc50(tmp_path / "esc50").root)
+        oracle = _oracle(text_encoder, data.class_names)
+        result = zero_shot(data, oracle, text_encoder, protocol="authors")
+        assert result.prompts[1] == ["crackling_fire"]  # raw label, bare
+        assert result.protocol is PROTOCOLS["authors"]
+        paths = write_zeroshot_report(result, tmp_path / "authors")
+        report = json.loads(paths["json"].read_text())
+        assert report["protocol"]["name"] == "authors"
+        assert [report["protocol"][k] for k in ("crop", "pad", "db_reference", "labels")] == [
+            "center",
+            "center",
+            "clip",
+            "raw",
+        ]
+        assert report["protocol"]["templates"] == ["{label}"]
+        # not comparable for the data alone now
+        assert len(report["paper"]["not_comparable_because"]) == 1
+        markdown = paths["markdown"].read_text()
+        assert (
+            "Protocol `authors`: crop `center`; pad `center`; dB reference `clip`; labels `raw`; "
+            "prompts `{label}`." in markdown
+        )
+        assert paths["predictions"].read_text().splitlines()[1].endswith(",authors")
+
+        # explicit settings win over the protocol and are named as changed
+        cleaned = zero_shot(data, oracle, text_encoder, protocol="authors", clean_labels=True)
+        assert cleaned.prompts[1] == ["crackling fire"]
+        assert cleaned.protocol.overridden == ("labels",)
+        assert cleaned.protocol.label() == "authors (labels=clean)"
+        paths = write_zeroshot_report(cleaned, tmp_path / "changed")
+        report = json.loads(paths["json"].read_text())
+        assert report["protocol"]["labels"] == "clean"
+        assert report["protocol"]["overridden"] == ["labels"]
+        assert "Protocol `authors` (changed by flags: labels)" in paths["markdown"].read_text()
+        assert "authors (labels=clean)" in paths["predictions"].read_text().splitlines()[1]
+        assert "this run authors changed (labels)" in report["paper"]["not_comparable_because"][1]
+
+    def test_missing_fold_results_on_the_folds_present(self, tmp_path, text_encoder):
+        layout = write_esc50(tmp_path / "esc50", wrong=ESC50_WRONG)
+        rows = [r for r in layout.rows if r["fold"] != "3"]
+        with open(layout.csv_path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        with pytest.warns(DatasetWarning, match="no clips of fold\\(s\\) 3"):
+            data = load_esc50(layout.root)
+        result = zero_shot(data, _oracle(text_encoder, data.class_names), text_encoder)
+        m = result.metrics
+        assert [f["fold"] for f in m["per_fold"]] == [1, 2, 4, 5]
+        assert m["clips"] == 16 and m["top1"] == 13 / 16  # fold 3's two wrong clips are gone
+        paths = write_zeroshot_report(result, tmp_path / "out")
+        report = json.loads(paths["json"].read_text())
+        assert report["dataset"]["missing_folds"] == [3]
+        assert report["dataset"]["folds_present"] == [1, 2, 4, 5]
+        assert "4 of the official 5 folds (no 3)" in report["paper"]["not_comparable_because"][0]
+        markdown = paths["markdown"].read_text()
+        assert "folds evaluated: 1, 2, 4, 5." in markdown
+        assert "| fold 3 |" not in markdown
 
     def test_cache_second_run_does_not_encode(self, tmp_path, text_encoder):
         layout = write_esc50(tmp_path / "esc50", wrong=ESC50_WRONG)
