@@ -108,6 +108,7 @@ def test_separable_embeddings_reach_the_expected_accuracy():
     assert result.mean_cosine < 0.5
 
 
+@pytest.mark.filterwarnings("ignore::soundguide.evaluation.probe.ProbeWarning")  # not its subject
 def test_each_fold_is_an_independent_standardized_fit():
     """Parity: the fold's predictions are those of scikit-learn's own scaler + model pipeline."""
     x, y, folds = overlapping(seed=2)
@@ -123,6 +124,7 @@ def test_each_fold_is_an_independent_standardized_fit():
         assert f.accuracy == (predicted[test] == y[test]).mean()
 
 
+@pytest.mark.filterwarnings("ignore::soundguide.evaluation.probe.ProbeWarning")  # not its subject
 def test_C_is_chosen_without_the_test_fold():
     x, y, folds = overlapping(seed=0)
     test_fold = 3
@@ -157,6 +159,7 @@ def fold_lookup(x: np.ndarray, folds: np.ndarray) -> dict[bytes, int]:
     return {row.tobytes(): int(f) for row, f in zip(normalized(x), folds, strict=True)}
 
 
+@pytest.mark.filterwarnings("ignore::soundguide.evaluation.probe.ProbeWarning")  # not its subject
 def test_no_fit_while_choosing_C_sees_the_test_fold(monkeypatch):
     x, y, folds = overlapping(seed=1)
     fold_of_row = fold_lookup(x, folds)
@@ -234,6 +237,9 @@ def test_every_C_is_fitted_from_scratch():
     assert all((a == b).all() for (_, a), (_, b) in zip(forward, backward, strict=True))
 
 
+@pytest.mark.filterwarnings(
+    "ignore::soundguide.evaluation.probe.ProbeWarning"
+)  # the others are not its subject
 def test_nearly_identical_embeddings_are_flagged_and_still_converge():
     x, y, folds = nearly_identical(seed=0)
     with pytest.warns(ProbeWarning, match=r"nearly identical \(mean cosine 0\.99"):
@@ -290,6 +296,9 @@ def test_mean_cosine():
     assert mean_cosine(x) == pytest.approx((0 + 2 * 2**-0.5) / 3)
 
 
+@pytest.mark.filterwarnings(
+    "ignore::soundguide.evaluation.probe.ProbeWarning"
+)  # the others are not its subject
 def test_fits_that_do_not_converge_are_listed(tmp_path):
     x, y, folds = overlapping(seed=0)
     with pytest.warns(ProbeWarning, match="lbfgs did not converge in 45 of 45 fits"):
