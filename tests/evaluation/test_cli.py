@@ -14,8 +14,9 @@ from soundguide.core.errors import ConfigError, DatasetError, OutputError
 from soundguide.core.files import sha256_file
 from soundguide.core.plugins import load_registries
 from soundguide.evaluation.cli import probe, zeroshot
+from soundguide.evaluation.confusion import confusion_png_size
 from soundguide.evaluation.datasets import DatasetWarning
-from soundguide.evaluation.reports import ZEROSHOT_FILES, confusion_png_size
+from soundguide.evaluation.reports import ZEROSHOT_FILES
 from soundguide.evaluation.zeroshot import text_classifier
 from tests.evaluation import oracle_plugin
 from tests.evaluation.conftest import ESC50_WRONG, write_esc50, write_us8k
