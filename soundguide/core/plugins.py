@@ -63,6 +63,7 @@ COMMAND_LINE = "-p"
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.stylegan2",
+    "soundguide.plugins.nvidia",
     "soundguide.plugins.audio",
     "soundguide.plugins.text",
     "soundguide.plugins.image",

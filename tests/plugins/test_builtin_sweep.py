@@ -24,6 +24,7 @@ from soundguide.core.plugins import load_registries
 from soundguide.generators.stylegan2 import StyleGAN2Generator
 from tests import toy_plugins
 from tests.factories import random_arcface, save_random_soundclip, save_tiny_clip
+from tests.generators.nvidia import ada_reference
 
 BUILTINS = load_registries(entry_points=False)
 BUILT_IN = sorted(
@@ -43,6 +44,7 @@ def files(tmp_path_factory):
         torch.manual_seed(0)
         generator = StyleGAN2Generator(16, style_dim=32, n_mlp=2, channel_multiplier=1)
     torch.save({"g_ema": generator.state_dict()}, folder / "g.pt")
+    ada_reference.write_pickle(folder / "g.pkl", ada_reference.make_generator(img_resolution=16))
     torch.save(random_arcface(0).state_dict(), folder / "arcface.pth")
     rate = 44100
     t = np.arange(2 * rate) / rate
@@ -51,6 +53,7 @@ def files(tmp_path_factory):
     Image.fromarray(pixels).save(folder / "picture.png")
     return {
         "stylegan2": folder / "g.pt",
+        "nvidia": folder / "g.pkl",
         "clip": save_tiny_clip(folder / "clip.pt", seed=0),
         "soundclip": save_random_soundclip(folder / "soundclip.pt", embed_dim=32, seed=1),
         "arcface": folder / "arcface.pth",
@@ -75,6 +78,7 @@ def required(kind: str, name: str, files: dict) -> dict:
     """The fields a config of this built-in must give; everything else is its default."""
     return {
         ("generator", "stylegan2"): {"checkpoint": str(files["stylegan2"]), "mean_samples": 64},
+        ("generator", "nvidia"): {"checkpoint": str(files["nvidia"])},
         ("guidance", "audio"): {"path": str(files["tone"])},
         ("guidance", "image"): {"path": str(files["picture"])},
         ("guidance", "text"): {"prompt": "a burning forest"},

@@ -301,11 +301,19 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
     def forward(
-        self, x: torch.Tensor, w: torch.Tensor, noise_mode: NoiseMode = "const"
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        noise_mode: NoiseMode = "const",
+        noise_map: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``noise_map`` (1 or N, 1, R, R), when given, takes the place of ``noise_const``
+        (whatever ``noise_mode`` says); it is scaled by ``noise_strength`` as that is."""
         styles = self.affine(w)
         noise = None
-        if self.use_noise and noise_mode == "const":
+        if self.use_noise and noise_map is not None:
+            noise = noise_map.to(x.dtype) * self.noise_strength
+        elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
         elif self.use_noise and noise_mode == "random":
             r = self.resolution
@@ -391,14 +399,16 @@ class SynthesisBlock(nn.Module):
         img: torch.Tensor | None,
         ws: torch.Tensor,
         noise_mode: NoiseMode = "const",
+        noise: Sequence[torch.Tensor | None] = (None, None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``noise``: a map or None per convolution (conv0, conv1; conv1 alone at 4x4)."""
         w = ws.unbind(dim=1)
         if self.in_channels == 0:
             x = self.const.to(ws.dtype)[None].repeat([ws.shape[0], 1, 1, 1])
-            x = self.conv1(x, w[0], noise_mode)
+            x = self.conv1(x, w[0], noise_mode, noise[0])
         else:
-            x = self.conv0(x, w[0], noise_mode)
-            x = self.conv1(x, w[1], noise_mode)
+            x = self.conv0(x, w[0], noise_mode, noise[0])
+            x = self.conv1(x, w[1], noise_mode, noise[1])
         y = self.torgb(x, w[-1])
         img = y if img is None else upsample2d(img, self.resample_filter) + y
         return x, img
@@ -431,11 +441,62 @@ class SynthesisNetwork(nn.Module):
             setattr(self, f"b{r}", block)
         self.num_ws += 1  # the last block's torgb
 
-    def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "const") -> torch.Tensor:
+    def noise_layers(self) -> list[SynthesisLayer]:
+        """The layers with a noise input, in the order of :meth:`noise_maps`."""
+        layers = []
+        for r in self.block_resolutions:
+            block = getattr(self, f"b{r}")
+            convs = [block.conv1] if block.in_channels == 0 else [block.conv0, block.conv1]
+            layers += [conv for conv in convs if conv.use_noise]
+        return layers
+
+    def noise_maps(self) -> list[torch.Tensor]:
+        """The stored maps as (1, 1, r, r) views of each layer's ``noise_const``
+        (4, 8, 8, 16, 16, ...); [] when the network has no noise inputs."""
+        return [layer.noise_const[None, None] for layer in self.noise_layers()]
+
+    def check_noise(self, noise: Any, batch: int | None = None) -> None:
+        """Raise :class:`LatentError` unless ``noise`` can replace :meth:`noise_maps`:
+        one float map per noise layer, each (1, 1, r, r) or (``batch``, 1, r, r)."""
+        fixed = self.noise_maps()
+        if isinstance(noise, torch.Tensor) or not isinstance(noise, Sequence):
+            raise LatentError(
+                f"noise must be a list of {len(fixed)} maps, got {type(noise).__name__}"
+            )
+        if len(noise) != len(fixed):
+            raise LatentError(
+                f"this {self.img_resolution} px generator takes {len(fixed)} noise maps, "
+                f"got {len(noise)}"
+            )
+        for i, (m, ref) in enumerate(zip(noise, fixed, strict=True)):
+            r = ref.shape[-1]
+            if (
+                not isinstance(m, torch.Tensor)
+                or m.ndim != 4
+                or tuple(m.shape[1:]) != (1, r, r)
+                or m.shape[0] == 0
+                or (batch is not None and m.shape[0] not in (1, batch))
+                or not m.is_floating_point()
+            ):
+                n = "n" if batch is None else f"1 or {batch}"
+                raise LatentError(
+                    f"noise map {i} must be a float tensor of shape ({n}, 1, {r}, {r}), "
+                    f"got {_shape_of(m)}"
+                )
+
+    def forward(
+        self,
+        ws: torch.Tensor,
+        noise_mode: NoiseMode = "const",
+        noise: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """W+ (N, num_ws, w_dim) -> images (N, img_channels, R, R), float32.
 
         ``noise_mode``: 'const' (the stored noise maps: deterministic), 'none',
-        or 'random' (fresh ``torch.randn`` per call).
+        or 'random' (fresh ``torch.randn`` per call). ``noise``: maps in place of
+        the stored ones (see :meth:`check_noise`; one per image or one for the
+        batch), used whatever ``noise_mode`` says; maps that require grad get
+        gradients.
         """
         expected = (self.num_ws, self.w_dim)
         if not isinstance(ws, torch.Tensor) or ws.ndim != 3 or tuple(ws.shape[1:]) != expected:
@@ -447,12 +508,20 @@ class SynthesisNetwork(nn.Module):
             raise LatentError(f"ws must be a float tensor, got {ws.dtype}")
         if noise_mode not in ("const", "random", "none"):
             raise LatentError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
+        by_layer: dict[int, torch.Tensor] = {}
+        if noise is not None:
+            self.check_noise(noise, ws.shape[0])
+            by_layer = {id(layer): m for layer, m in zip(self.noise_layers(), noise, strict=True)}
         ws = ws.to(torch.float32)
         x = img = None
         i = 0
         for r in self.block_resolutions:
             block = getattr(self, f"b{r}")
-            x, img = block(x, img, ws.narrow(1, i, block.num_conv + block.num_torgb), noise_mode)
+            convs = [block.conv1] if block.in_channels == 0 else [block.conv0, block.conv1]
+            maps = [by_layer.get(id(conv)) for conv in convs]
+            x, img = block(
+                x, img, ws.narrow(1, i, block.num_conv + block.num_torgb), noise_mode, maps
+            )
             i += block.num_conv
         return img
 
