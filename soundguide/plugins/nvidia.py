@@ -161,6 +161,17 @@ class NVIDIA(Generator):
             description="Mapping passes for the mean latent, only for a network without w_avg.",
         )
         mean_seed: Seed = Field(0, description="Seed of those mean-latent samples.")
+        translate: tuple[float, float] = Field(
+            (0.0, 0.0),
+            description="StyleGAN3 only: move the picture by (x, y) image sizes (x right, "
+            "y down), through the input's Fourier transform, as NVIDIA's gen_images.py does.",
+        )
+        rotate: float = Field(
+            0.0,
+            allow_inf_nan=False,
+            description="StyleGAN3 only: rotate the picture by this many degrees "
+            "(counter-clockwise), as NVIDIA's gen_images.py does.",
+        )
 
         @model_validator(mode="after")
         def _needs_weights(self):
@@ -216,6 +227,13 @@ class NVIDIA(Generator):
                 f"{self.path} is {self.model.img_resolution} px; preset {config.preset!r} "
                 f"is {preset.resolution} px"
             )
+        if tuple(config.translate) != (0.0, 0.0) or config.rotate != 0.0:
+            if not hasattr(self.model, "set_input_transform"):
+                raise ConfigError(
+                    f"generator: translate and rotate move a StyleGAN3's input; {self.path.name} "
+                    f"is a {self.family} network"
+                )
+            self.model.set_input_transform(tuple(config.translate), config.rotate)
         self._domain = config.domain or (preset.domain if preset is not None else None)
         self._sha256 = sha256_file(self.path)
         self._mean: torch.Tensor | None = None

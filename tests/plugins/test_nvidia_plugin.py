@@ -251,3 +251,30 @@ def test_preset_or_checkpoint_is_required(registries, write_config):
     text = CONFIG.replace('checkpoint = "{ckpt}"\n', "").format(extra="")
     with pytest.raises(ConfigError, match=r"generator: set preset"):
         load_config(write_config(text), registries)
+
+
+def test_translate_and_rotate_move_a_stylegan3_as_nvidias_gen_images(
+    registries, write_config, pickles
+):
+    import numpy as np
+
+    path, reference = pickles["sg3"]
+    gen = build(registries, write_config, path, "translate = [0.125, -0.25]\nrotate = 30")
+    w = gen.mean_latent()
+    transform = reference.synthesis.input.transform
+    with torch.no_grad():
+        still = reference.synthesis(w)
+        saved = transform.clone()
+        try:  # as NVIDIA's gen_images.py moves its G
+            matrix = np.linalg.inv(sg3.make_transform((0.125, -0.25), 30))
+            transform.copy_(torch.from_numpy(matrix))
+            expected = reference.synthesis(w)
+        finally:
+            transform.copy_(saved)
+    torch.testing.assert_close(gen.synthesize(w), expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(expected, still, atol=1e-3)
+
+
+def test_translate_is_refused_for_a_stylegan2_ada(registries, write_config, pickles):
+    with pytest.raises(ConfigError, match="translate and rotate move a StyleGAN3's input"):
+        build(registries, write_config, pickles["ada"][0], "rotate = 10")
