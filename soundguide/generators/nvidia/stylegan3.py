@@ -9,7 +9,10 @@ ReLU: upsample with ``up_filter``, bias, leaky ReLU, clamp, downsample with
 radially symmetric (jinc) downsampling filters in the non-critical layers.
 
 Everything runs as NVIDIA's reference ops (``_filtered_lrelu_ref``,
-``_upfirdn2d_ref``, ``bias_act`` with ``impl='ref'``) define it, in float32:
+``_upfirdn2d_ref``, ``bias_act`` with ``impl='ref'``) define it, in float32;
+the functions below are those ops, the specification. The synthesis layers
+run the faster equivalents of :mod:`.ops` unless their ``fast`` switch is off
+(:meth:`StyleGAN3Generator.set_fast`). Float32 throughout:
 layers NVIDIA runs in float16 on CUDA (``num_fp16_res``) are computed in float32
 here, which is what NVIDIA's code does on the CPU.
 
@@ -37,6 +40,8 @@ from torch.nn import functional as F
 
 from soundguide.core.errors import CheckpointError, LatentError, one_line
 from soundguide.core.nvidia_pickle import ModuleRecord, PersistentObject
+
+from . import ops
 
 __all__ = [
     "FullyConnectedLayer",
@@ -192,6 +197,13 @@ def make_transform(translate: Sequence[float] = (0.0, 0.0), rotate: float = 0.0)
     s, c = math.sin(angle), math.cos(angle)
     tx, ty = (float(t) for t in translate)
     return torch.tensor([[c, s, tx], [-s, c, ty], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+class _Reference:
+    """This module's reference ops, under the names :mod:`.ops` gives its fast ones."""
+
+    modulated_conv2d = staticmethod(modulated_conv2d)
+    filtered_lrelu = staticmethod(filtered_lrelu)
 
 
 # -- the layer geometry ------------------------------------------------------------------
@@ -444,7 +456,11 @@ class SynthesisLayer(nn.Module):
     Upsampling to ``tmp_sampling_rate`` (``lrelu_upsampling`` times the higher
     of the two rates) keeps the leaky ReLU's harmonics below Nyquist; the
     ToRGB layer is a linear 1x1 convolution without demodulation.
+    ``fast`` (an attribute, not a checkpoint option) picks :mod:`.ops` over
+    the reference functions of this module.
     """
+
+    fast: bool = True
 
     def __init__(
         self,
@@ -505,7 +521,8 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         if self.is_torgb:
             styles = styles / math.sqrt(self.in_channels * self.conv_kernel**2)
-        x = modulated_conv2d(
+        impl = ops if self.fast else _Reference
+        x = impl.modulated_conv2d(
             x,
             self.weight,
             styles,
@@ -513,7 +530,7 @@ class SynthesisLayer(nn.Module):
             padding=self.conv_kernel - 1,
             input_gain=self.magnitude_ema.rsqrt(),
         )
-        return filtered_lrelu(
+        return impl.filtered_lrelu(
             x,
             self.up_filter,
             self.down_filter,
@@ -656,6 +673,14 @@ class StyleGAN3Generator(nn.Module):
         return model.eval().requires_grad_(False)
 
     # -- running -------------------------------------------------------------------------
+
+    def set_fast(self, enabled: bool = True) -> StyleGAN3Generator:
+        """Run the synthesis layers with the fast ops of :mod:`.ops` (the default)
+        or with this module's reference functions; the results agree to float32 rounding."""
+        for module in self.modules():
+            if isinstance(module, SynthesisLayer):
+                module.fast = enabled
+        return self
 
     def forward(
         self,
