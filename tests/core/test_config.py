@@ -72,7 +72,7 @@ def test_unknown_generator_type(registries, write_config):
     text = TOY_CONFIG.replace('type = "toy"\n', 'type = "stylegan"\n', 1)
     with pytest.raises(
         ConfigError,
-        match=r"generator\.type: unknown generator 'stylegan'; available: stylegan2, toy \(did you mean 'stylegan2'\?\)",
+        match=r"generator\.type: unknown generator 'stylegan'; available: nvidia, stylegan2, toy \(did you mean 'stylegan2'\?\)",
     ):
         load_config(write_config(text), registries)
 
