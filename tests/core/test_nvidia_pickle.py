@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import contextlib
 import io
 import pickle
 import struct
 import sys
-import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,84 +19,7 @@ from soundguide.core.nvidia_pickle import (
     load_nvidia_network,
     read_nvidia_pickle,
 )
-
-# -- a stand-in for NVIDIA's torch_utils.persistence and dnnlib, as they pickle ---------
-
-
-def _make_persistence() -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
-    """Modules named like NVIDIA's: ``_reconstruct_persistent_obj`` execs the source, as theirs does."""
-    persistence = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):  # what a plain pickle.load calls
-        namespace: dict = {}
-        exec(meta["module_src"], namespace)  # noqa: S102 - the behaviour under test
-        return types.SimpleNamespace(**meta["state"])
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    torch_utils = types.ModuleType("torch_utils")
-    torch_utils.persistence = persistence
-
-    class FakeEasyDict(dict):
-        pass
-
-    FakeEasyDict.__module__ = "dnnlib.util"
-    FakeEasyDict.__name__ = FakeEasyDict.__qualname__ = "EasyDict"
-    util = types.ModuleType("dnnlib.util")
-    util.EasyDict = FakeEasyDict
-    return torch_utils, persistence, util
-
-
-TORCH_UTILS, PERSISTENCE, DNNLIB_UTIL = _make_persistence()
-
-
-@contextlib.contextmanager
-def nvidia_modules() -> Iterator[None]:
-    """``torch_utils.persistence`` and ``dnnlib.util`` importable, only inside the block."""
-    dnnlib = types.ModuleType("dnnlib")
-    dnnlib.util = DNNLIB_UTIL
-    added = {
-        "torch_utils": TORCH_UTILS,
-        "torch_utils.persistence": PERSISTENCE,
-        "dnnlib": dnnlib,
-        "dnnlib.util": DNNLIB_UTIL,
-    }
-    assert not set(added) & set(sys.modules)
-    sys.modules.update(added)
-    try:
-        yield
-    finally:
-        for name in added:
-            del sys.modules[name]
-
-
-def persistent(source: str):
-    """Like ``persistence.persistent_class``: saves init arguments, pickles source + state."""
-
-    def decorate(orig: type[nn.Module]) -> type[nn.Module]:
-        class Decorator(orig):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self._init_args = args
-                self._init_kwargs = kwargs
-
-            def __reduce__(self):
-                fields = list(super().__reduce__())
-                fields += [None] * max(3 - len(fields), 0)
-                meta = dict(
-                    type="class",
-                    version=6,
-                    module_src=source,
-                    class_name=orig.__name__,
-                    state=fields[2],
-                )
-                return (PERSISTENCE._reconstruct_persistent_obj, (meta,), None, *fields[3:])
-
-        Decorator.__name__ = orig.__name__
-        return Decorator
-
-    return decorate
+from tests.nvidia_persistence import DNNLIB_UTIL, nvidia_modules, persistent
 
 
 def networks(source: str) -> type[nn.Module]:

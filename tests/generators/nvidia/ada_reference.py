@@ -10,11 +10,7 @@ convolution), ``conv2d_resample`` keeps NVIDIA's padding arithmetic, and
 
 from __future__ import annotations
 
-import contextlib
 import pickle
-import sys
-import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,75 +18,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# -- a stand-in for torch_utils.persistence and dnnlib.util, as they pickle ----------------
+from tests.nvidia_persistence import EasyDict, nvidia_modules, persistent
+
+# -- pickled as NVIDIA's torch_utils.persistence pickles ------------------------------------
 
 SOURCE = "raise RuntimeError('the pickled NVIDIA source must never run')\n"
-
-
-def _reconstruct_persistent_obj(meta):  # what a plain pickle.load would call
-    exec(meta["module_src"], {})  # noqa: S102
-
-
-_reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-_reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-PERSISTENCE = types.ModuleType("torch_utils.persistence")
-PERSISTENCE._reconstruct_persistent_obj = _reconstruct_persistent_obj
-
-
-class EasyDict(dict):
-    """Pickles as ``dnnlib.util.EasyDict``."""
-
-
-EasyDict.__module__ = "dnnlib.util"
-DNNLIB_UTIL = types.ModuleType("dnnlib.util")
-DNNLIB_UTIL.EasyDict = EasyDict
-
-
-@contextlib.contextmanager
-def nvidia_modules() -> Iterator[None]:
-    """``torch_utils.persistence`` and ``dnnlib.util`` importable, only inside the block."""
-    torch_utils = types.ModuleType("torch_utils")
-    torch_utils.persistence = PERSISTENCE
-    dnnlib = types.ModuleType("dnnlib")
-    dnnlib.util = DNNLIB_UTIL
-    added = {
-        "torch_utils": torch_utils,
-        "torch_utils.persistence": PERSISTENCE,
-        "dnnlib": dnnlib,
-        "dnnlib.util": DNNLIB_UTIL,
-    }
-    assert not set(added) & set(sys.modules)
-    sys.modules.update(added)
-    try:
-        yield
-    finally:
-        for name in added:
-            del sys.modules[name]
-
-
-def persistent_class(orig: type[nn.Module]) -> type[nn.Module]:
-    """Like ``persistence.persistent_class``: keeps init arguments, pickles source + state."""
-
-    class Decorator(orig):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._init_args = args
-            self._init_kwargs = kwargs
-
-        def __reduce__(self):
-            fields = list(super().__reduce__())
-            fields += [None] * max(3 - len(fields), 0)
-            meta = dict(
-                type="class",
-                version=6,
-                module_src=SOURCE,
-                class_name=orig.__name__,
-                state=fields[2],
-            )
-            return (_reconstruct_persistent_obj, (meta,), None, *fields[3:])
-
-    Decorator.__name__ = Decorator.__qualname__ = orig.__name__
-    return Decorator
+persistent_class = persistent(SOURCE)
 
 
 def write_pickle(path: Path, G: nn.Module) -> None:

@@ -11,11 +11,7 @@ way NVIDIA's ``training_loop.py`` writes a snapshot.
 
 from __future__ import annotations
 
-import contextlib
 import pickle
-import sys
-import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,62 +20,14 @@ import scipy.special
 import torch
 from torch import nn
 
-# -- a stand-in for torch_utils.persistence, as it pickles ------------------------------------
+from tests.nvidia_persistence import nvidia_modules
+from tests.nvidia_persistence import persistent as persistent_with_source
 
+# -- pickled as NVIDIA's torch_utils.persistence pickles --------------------------------------
 
-def _make_persistence() -> tuple[types.ModuleType, types.ModuleType]:
-    persistence = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):  # what a plain pickle.load would call
-        raise AssertionError("the reader must not call NVIDIA's code")
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    torch_utils = types.ModuleType("torch_utils")
-    torch_utils.persistence = persistence
-    return torch_utils, persistence
-
-
-TORCH_UTILS, PERSISTENCE = _make_persistence()
-SOURCE = "# networks_stylegan3.py stand-in\n"
-
-
-@contextlib.contextmanager
-def nvidia_modules() -> Iterator[None]:
-    added = {"torch_utils": TORCH_UTILS, "torch_utils.persistence": PERSISTENCE}
-    assert not set(added) & set(sys.modules)
-    sys.modules.update(added)
-    try:
-        yield
-    finally:
-        for name in added:
-            del sys.modules[name]
-
-
-def persistent(orig: type[nn.Module]) -> type[nn.Module]:
-    """Like ``persistence.persistent_class``: keeps init arguments, pickles source + state."""
-
-    class Decorator(orig):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._init_args = args
-            self._init_kwargs = kwargs
-
-        def __reduce__(self):
-            fields = list(super().__reduce__())
-            fields += [None] * max(3 - len(fields), 0)
-            meta = dict(
-                type="class",
-                version=6,
-                module_src=SOURCE,
-                class_name=orig.__name__,
-                state=fields[2],
-            )
-            return (PERSISTENCE._reconstruct_persistent_obj, (meta,), None, *fields[3:])
-
-    Decorator.__name__ = Decorator.__qualname__ = orig.__name__
-    return Decorator
+# networks_stylegan3.py's stand-in: a plain pickle.load would run it
+SOURCE = 'raise AssertionError("the reader must not call NVIDIA\'s code")\n'
+persistent = persistent_with_source(SOURCE)
 
 
 def write_snapshot(path: Path, G: nn.Module) -> None:
