@@ -134,6 +134,14 @@ class RunContext:
         base = self.cache_dir if self.cache_dir is not None else soundguide_home()
         return Path(base, *parts)
 
+    def keyed_cache_path(self, kind: str, key: dict[str, Any]) -> Path:
+        """``cache/<kind>/<hash of key>.pt``: where a result keyed by ``key`` is cached."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        return self.cache_path(kind, f"{digest[:32]}.pt")
+
     def cached_tensor(
         self,
         kind: str,
@@ -150,13 +158,9 @@ class RunContext:
         tensor of that shape, is recomputed (and replaced); a result that is not
         finite is returned but never cached.
         """
-        import hashlib
-        import json
-
         from soundguide.core.files import atomic_write, os_reason
 
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-        path = self.cache_path(kind, f"{digest[:32]}.pt")
+        path = self.keyed_cache_path(kind, key)
         if path.is_file():
             try:
                 value = torch.load(path, weights_only=True, map_location="cpu")

@@ -14,8 +14,6 @@ once.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -160,11 +158,6 @@ def generator_identity(generator: Generator, type_name: str) -> dict[str, Any]:
     return {"type": type_name, "files": [sha256_file(p) for p in generator.files()]}
 
 
-def _cache_path(context: RunContext, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    return context.cache_path("inversions", f"{digest[:32]}.pt")
-
-
 def _read_cache(path: Path, generator: Generator) -> tuple[torch.Tensor, list | None] | None:
     if not path.is_file():
         return None
@@ -220,7 +213,7 @@ def invert_photo(
     """
     started = time.perf_counter()
     device = context.device
-    cache = _cache_path(context, key) if key is not None else None
+    cache = context.keyed_cache_path("inversions", key) if key is not None else None
     found = _read_cache(cache, generator) if cache is not None else None
     history: dict[str, list[list[float]]] = {}
     if found is not None:
