@@ -217,9 +217,11 @@ class InvertSession:
     """The generator and inverter of one ``soundguide invert`` command, and its outputs."""
 
     def __init__(self, tables: Any, registries: Any, context: Any, out: Path, stop: Any) -> None:
+        from soundguide.core.outputs import file_records
         from soundguide.inversion.photos import (
             check_domain,
             generator_identity,
+            inverter_identity,
             should_align,
         )
 
@@ -234,6 +236,10 @@ class InvertSession:
         check_domain(self.inverter, name, self.generator)
         self.align = should_align(tables.inversion.align, self.generator)
         self.identity = generator_identity(self.generator, tables.generator.type)
+        self.method = inverter_identity(self.inverter, name)
+        # hashed once: the weights files may be gigabytes, and every photo's report names them
+        self.generator_files = file_records(self.generator.files())
+        self.inverter_files = file_records(self.inverter.files())
         self.written = 0
 
     def lpips(self) -> Any:
@@ -264,7 +270,7 @@ class InvertSession:
                 if exc.hint:
                     click.echo(f"hint: {exc.hint}", err=True)
                 continue
-            key = inversion_key(photo, self.identity, self.inverter, self.name)
+            key = inversion_key(photo, self.identity, self.method)
             result = invert_photo(
                 photo,
                 self.generator,
@@ -289,7 +295,7 @@ class InvertSession:
     def write(self, folder: Path, result: Any, key: dict[str, Any], *, stopped: bool) -> None:
         import torch
 
-        from soundguide.core.files import atomic_write, atomic_write_text, sha256_file
+        from soundguide.core.files import atomic_write, atomic_write_text
         from soundguide.core.outputs import finite_json, grid, package_versions, save_png, to_pil
 
         folder.mkdir(exist_ok=True)
@@ -312,13 +318,9 @@ class InvertSession:
             "settings": self.tables.inversion.model_dump(mode="json"),
             "generator": {
                 "config": self.tables.generator.model_dump(mode="json"),
-                "files": [
-                    {"path": str(p), "sha256": sha256_file(p)} for p in self.generator.files()
-                ],
+                "files": self.generator_files,
             },
-            "inverter_files": [
-                {"path": str(p), "sha256": sha256_file(p)} for p in self.inverter.files()
-            ],
+            "inverter_files": self.inverter_files,
             "latent_shape": list(result.latent.shape),
             "noise_tuned": result.noise is not None,
             "reconstruction": result.metrics,

@@ -135,16 +135,27 @@ def check_domain(inverter: Inverter, name: str, generator: Generator) -> None:
 
 
 def inversion_key(
-    photo: PreparedPhoto, generator_identity: dict[str, Any], inverter: Inverter, name: str
+    photo: PreparedPhoto, generator_identity: dict[str, Any], inverter_identity: dict[str, Any]
 ) -> dict[str, Any]:
-    """Everything an inversion depends on: the cache key (and part of ``invert.json``)."""
-    from soundguide.core.files import sha256_file
+    """Everything an inversion depends on: the cache key (and part of ``invert.json``).
 
+    The two identities are computed once per run (:func:`generator_identity`,
+    :func:`inverter_identity`): they hash weights files, which may be large.
+    """
     return {
         "photo": photo.sha256,
         "aligned": photo.aligned,
         "resolution": int(photo.image.shape[-1]),
         "generator": generator_identity,
+        **inverter_identity,
+    }
+
+
+def inverter_identity(inverter: Inverter, name: str) -> dict[str, Any]:
+    """The inverter's name, settings and the sha256 of its weights."""
+    from soundguide.core.files import sha256_file
+
+    return {
         "inverter": name,
         "settings": inverter.identity(),
         "weights": {str(p.name): sha256_file(p) for p in inverter.files()},
@@ -330,11 +341,12 @@ def start_from_photos(
     check_domain(inverter, name, generator)
     align = should_align(inversion_config.align, generator)
     identity = generator_identity(generator, generator_type)
+    method = inverter_identity(inverter, name)
     results: list[PhotoInversion] = []
     for i, path in enumerate(paths):
         what = f"optimization.image.{i} photo" if len(paths) > 1 else "photo"
         photo = prepare_photo(path, generator.resolution, align=align, what=what)
-        key = inversion_key(photo, identity, inverter, name)
+        key = inversion_key(photo, identity, method)
         lpips = getattr(inverter, "lpips_distance", None)
         results.append(
             invert_photo(photo, generator, inverter, context, key=key, lpips=lpips, stop=stop)

@@ -16,6 +16,7 @@ from soundguide.inversion.photos import (
     check_domain,
     inversion_key,
     invert_photo,
+    inverter_identity,
     prepare_photo,
     reconstruction_metrics,
     should_align,
@@ -139,7 +140,7 @@ def test_invert_photo_reconstructs_and_caches(tmp_path):
     context = RunContext(cache_dir=tmp_path / "cache")
     photo = prepare_photo(_photo(tmp_path), 8, align=False)
     inverter = _inverter()
-    key = inversion_key(photo, {"type": "toy"}, inverter, "toy-inverter")
+    key = inversion_key(photo, {"type": "toy"}, inverter_identity(inverter, "toy-inverter"))
     toy_plugins.reset()
     first = invert_photo(photo, generator, inverter, context, key=key)
     assert first.latent.shape == (1, 4, 48) and first.reconstruction.shape == (3, 8, 8)
@@ -151,7 +152,11 @@ def test_invert_photo_reconstructs_and_caches(tmp_path):
     # other settings are another cache entry
     shifted = _inverter(shift=0.5)
     other = invert_photo(
-        photo, generator, shifted, context, key=inversion_key(photo, {}, shifted, "toy-inverter")
+        photo,
+        generator,
+        shifted,
+        context,
+        key=inversion_key(photo, {}, inverter_identity(shifted, "toy-inverter")),
     )
     assert not other.cached and other.metrics["psnr"] < first.metrics["psnr"]
 
@@ -161,7 +166,7 @@ def test_a_damaged_cache_file_is_inverted_again(tmp_path):
     context = RunContext(cache_dir=tmp_path / "cache")
     photo = prepare_photo(_photo(tmp_path), 8, align=False)
     inverter = _inverter()
-    key = inversion_key(photo, {}, inverter, "toy-inverter")
+    key = inversion_key(photo, {}, inverter_identity(inverter, "toy-inverter"))
     invert_photo(photo, generator, inverter, context, key=key)
     (entry,) = (tmp_path / "cache" / "inversions").iterdir()
     entry.write_bytes(b"garbage")
@@ -174,7 +179,7 @@ def test_a_stopped_inversion_is_not_cached(tmp_path):
     context = RunContext(cache_dir=tmp_path / "cache")
     photo = prepare_photo(_photo(tmp_path), 8, align=False)
     inverter = _inverter()
-    key = inversion_key(photo, {}, inverter, "toy-inverter")
+    key = inversion_key(photo, {}, inverter_identity(inverter, "toy-inverter"))
     invert_photo(photo, generator, inverter, context, key=key, stop=lambda: True)
     assert not (tmp_path / "cache" / "inversions").exists()
 
