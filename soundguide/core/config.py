@@ -486,11 +486,13 @@ def config_from_dict(
     base_dir: str | os.PathLike[str] | None = None,
     source: str = "config",
     overridden: Sequence[Sequence[str]] = (),
+    override_name: Callable[[tuple[str, ...]], str] = _set_name,
 ) -> RunConfig:
     """Validate raw config data; relative paths resolve against ``base_dir``.
 
     ``overridden``: the keys ``--set`` changed (as lists of parts), so that
-    errors in them name ``--set`` rather than ``source``.
+    errors in them name ``--set`` rather than ``source``; ``override_name(loc)``
+    names such a key in an error (``soundguide batch`` names a manifest row).
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a table of sections, got {type(data).__name__}")
@@ -498,7 +500,7 @@ def config_from_dict(
         raise ConfigError(f"{source}: tables and arrays are nested deeper than {MAX_DEPTH} levels")
     problems = _check_plugin_types(data, registries)
     if problems:
-        raise config_error(source, problems, overridden)
+        raise config_error(source, problems, overridden, override_name=override_name)
     data = apply_preset(copy.deepcopy(dict(data)), registries)
     optimization = data.get("optimization")
     if (
@@ -514,7 +516,7 @@ def config_from_dict(
         return model.model_validate(dict(data), context=context)
     except ValidationError as exc:
         problems = [_problem(e, registries) for e in exc.errors()]
-        raise config_error(source, problems, overridden) from None
+        raise config_error(source, problems, overridden, override_name=override_name) from None
 
 
 def load_config(

@@ -74,6 +74,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.projection",
     "soundguide.inversion.plugin",
     "soundguide.training.plugin",
+    "soundguide.batch.plugin",
     "soundguide.evaluation.plugin",
 )
 """Modules of the built-in plugins, registered like any third-party plugin."""
