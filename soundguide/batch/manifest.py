@@ -146,7 +146,7 @@ def _integer(value: Any, where: str) -> int:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
         return int(value)
     raise ConfigError(f"{where}: expected an integer, got {value!r}")
 
