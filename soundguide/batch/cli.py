@@ -165,7 +165,7 @@ def batch(
     from soundguide.cli import EXIT_BAD_INPUT, EXIT_RUN_FAILED, stop_on_signals
     from soundguide.cli_options import _registries
     from soundguide.core.engine import Stop
-    from soundguide.core.errors import ConfigError, OutputError
+    from soundguide.core.errors import ConfigError, OutputError, SoundguideError, exception_line
     from soundguide.training.distributed import (
         broadcast_object,
         gather_objects,
@@ -209,11 +209,24 @@ def batch(
                 )
             options = Options(out, size, trust_checkpoint, fail_fast, overwrite, quiet)
             runner = BatchRunner(
-                items, registries, options, identity=identity, job=job, stop=stop, echo=echo
+                items,
+                registries,
+                options,
+                identity=identity,
+                job=job,
+                stop=stop,
+                signals=received,
+                echo=echo,
             )
             summary = runner.run()
             stop.phase = "finishing"
-            outcomes = gather_objects(summary.outcomes, job)
+            try:
+                outcomes = gather_objects(summary.outcomes, job)
+            except RuntimeError as exc:  # gloo/nccl: a peer died (killed, out of memory)
+                raise SoundguideError(
+                    f"another process of this run ended before the end ({exception_line(exc)})",
+                    hint="the done items are kept: run the same command again to go on",
+                ) from None
             if job.is_main:
                 path, counts = finish_index(out, items, identity, outcomes)
                 said = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

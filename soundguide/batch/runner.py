@@ -147,6 +147,7 @@ class BatchRunner:
         identity: str,
         job: Any,
         stop: Stop,
+        signals: list[int] | None = None,
         echo: Callable[[str], None] = print,
     ) -> None:
         self.items = items
@@ -155,6 +156,9 @@ class BatchRunner:
         self.identity = identity
         self.job = job
         self.stop = stop
+        self.signals = signals if signals is not None else []
+        """Signals received (``stop_on_signals``): one that came while a batch was being
+        written asked nothing of the engine, but it ends the run all the same."""
         self.echo = echo
         self.summary = Summary()
         self.stop_reason: str | None = None
@@ -168,7 +172,7 @@ class BatchRunner:
         out = self.options.out
         for batch in share(self.batches, self.job.rank, self.job.world_size):
             self.stop.phase = "running"  # a signal between two batches stops the run
-            if self.stop.requested:
+            if self.stop.requested or self.signals:
                 break
             if (out / FAIL_FAST_FILE).exists():
                 self.stop.request("another process stopped at a failed row (--fail-fast)")

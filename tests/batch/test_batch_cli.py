@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -133,3 +139,40 @@ def test_row_errors_stop_everything_before_anything_runs(tmp_path, capsys):
         "(did you mean 'weight'?)\n"
     )
     assert not (tmp_path / "out").exists() and CALLS["generator.build"] == 0
+
+
+def test_ctrl_c_stops_between_steps_and_a_rerun_goes_on(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    config = write_config(tmp_path, TOY_SLOW)
+    manifest = write_csv(tmp_path / "m.csv", [{"seed": s} for s in range(1, 7)])
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "soundguide.cli", "batch", str(config), str(manifest)]
+    command += ["--out", str(out), "-p", "tests.toy_plugins", "--threads", "1"]
+    process = subprocess.Popen(command, env=env, cwd=root, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "items" / "1" / "run.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    statuses = [r["status"] for r in index(out)]
+    done = statuses.count("finished")
+    assert 1 <= done < 6 and set(statuses[done:]) <= {"interrupted", "pending"}
+    assert not (out / "items" / str(done + 1) / "run.json").exists()
+    CALLS.clear()
+    assert batch(config, manifest, "--out", out) == 0
+    assert CALLS["generator.build"] == 6 - done
+    assert [r["status"] for r in index(out)] == ["finished"] * 6
+
+
+TOY_SLOW = """
+[generator]
+type = "toy"
+step_seconds = 0.03
+
+[[guidance]]
+type = "toy-target"
+
+[optimization]
+steps = 10
+"""
