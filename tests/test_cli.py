@@ -161,6 +161,7 @@ BUILT_IN_COMMANDS = (
     "train",
     "zeroshot",
     "probe",
+    "batch",
 )
 
 
@@ -202,13 +203,19 @@ def test_a_plugin_command_runs_and_shows_its_own_help(capsys):
 def test_help_imports_no_training_or_evaluation_code():
     import pkgutil
 
+    import soundguide.batch
     import soundguide.evaluation
     import soundguide.inversion
     import soundguide.training
 
     modules = [
         f"{package.__name__}.{info.name}"
-        for package in (soundguide.training, soundguide.evaluation, soundguide.inversion)
+        for package in (
+            soundguide.training,
+            soundguide.evaluation,
+            soundguide.inversion,
+            soundguide.batch,
+        )
         for info in pkgutil.iter_modules(package.__path__)
     ]
     code = (
@@ -219,6 +226,7 @@ def test_help_imports_no_training_or_evaluation_code():
     )
     heavy = ["sklearn", "torch.utils.tensorboard", "lpips", "dlib", "torchvision", *modules]
     assert sorted(imported_by(code, heavy)) == [
+        "soundguide.batch.plugin",
         "soundguide.evaluation.plugin",
         "soundguide.inversion.lpips",  # VGG16_WEIGHTS, a table entry: imports no lpips
         "soundguide.inversion.plugin",

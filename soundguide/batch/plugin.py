@@ -9,7 +9,7 @@ from __future__ import annotations
 import soundguide
 from soundguide.cli_options import LazyCommand
 
-BATCH_HELP = "Run many edits from a manifest (CSV/JSONL), on one process or under torchrun."
+BATCH_HELP = "Run one edit per manifest row, on one process or many."
 
 
 @soundguide.hookimpl

@@ -10,8 +10,9 @@
         write items/<id>/ as a single edit would, run.json last
     gather the outcomes; rank 0 writes DIR/index.csv
 
-A batch that fails (an unreadable audio file, a missing photo) is run again
-item by item, so one bad row fails alone and its batch-mates are done. No
+A batch that fails (an unreadable audio file, a missing photo) or whose loss
+goes non-finite (the engine stops a whole batch there) is run again item by
+item, so one bad row fails alone and its batch-mates are done. No
 tensor is shared between ranks: the launcher gives ranks and a rendezvous,
 used only to check the folder at the start and gather the outcomes at the end.
 """
@@ -247,6 +248,12 @@ class BatchRunner:
         if result.error is not None:
             _close(recorders)
             return self._failed(items, result.error)
+        if result.status == "nonfinite" and len(items) > 1:
+            # the engine stops a whole batch at one item's non-finite loss: each row
+            # alone gets the outcome it would have on its own
+            _close(recorders)
+            self._say(f"a batch of {len(items)} went non-finite; running its rows one by one")
+            return "retry"
         if result.edited_latent.shape[0] != len(items):
             _close(recorders)
             message = (

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from soundguide.cli import main
-from tests.batch.helpers import batch, index, latents, write_config, write_csv
+from tests.batch.helpers import TOY, batch, index, latents, write_config, write_csv
 from tests.toy_plugins import CALLS
 
 
@@ -79,6 +79,24 @@ def test_a_bad_row_fails_alone_and_its_batch_mates_are_done(tmp_path, capsys):
     CALLS.clear()
     assert batch(config, manifest, "--out", out, "--batch-size", "3") == 2
     assert CALLS["generator.build"] == 1  # only row 2 is pending: tried alone
+
+
+def test_one_non_finite_item_does_not_stop_its_batch_mates(tmp_path, capsys):
+    latents_file = torch.randn(3, 4, 8) * 0.1
+    latents_file[1] += 100.0  # row 2 starts far away: its loss is NaN
+    torch.save(latents_file, tmp_path / "w.pt")
+    config = write_config(tmp_path, TOY + '[[regularizer]]\ntype = "nan-far-away"\nweight = 1.0\n')
+    rows = [{"latent": "w.pt", "latent_index": i} for i in range(3)]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    plugins = ["-p", "tests.toy_plugins", "-p", "tests.batch.kill_plugin"]
+    assert batch(config, manifest, "--out", out, "--batch-size", "3", plugins=plugins) == 1
+    assert "some rows' losses became non-finite" in capsys.readouterr().err
+    rows = index(out)
+    assert [r["status"] for r in rows] == ["finished", "nonfinite", "finished"]
+    assert [r["batch_size"] for r in rows] == ["1", "1", "1"]  # the batch was retried row by row
+    steps = json.loads((out / "items" / "1" / "run.json").read_text())["steps_done"]
+    assert steps == 6  # all its updates, not stopped by row 2
 
 
 def test_fail_fast_stops_at_the_first_failure(tmp_path, capsys):

@@ -102,3 +102,9 @@ def test_unknown_column(registries, tmp_path):
     manifest = write_csv(tmp_path / "m.csv", [{"sede": 1}])
     with pytest.raises(ConfigError, match=r"unknown column 'sede' \(did you mean 'seed'\?\)"):
         load_items(write_config(tmp_path), manifest, registries, [])
+
+
+def test_an_error_in_a_set_override_names_set(registries, tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", [{"seed": 1}])
+    with pytest.raises(ConfigError, match=r"^--set optimization.stpes: extra inputs are not"):
+        load_items(write_config(tmp_path), manifest, registries, ["optimization.stpes=3"])

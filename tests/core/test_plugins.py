@@ -482,10 +482,18 @@ class TestCommands:
         from soundguide.cli_options import LazyCommand
 
         registries = load_registries(entry_points=False)
-        assert registries.commands.names() == ["curate", "invert", "probe", "train", "zeroshot"]
+        assert registries.commands.names() == [
+            "batch",
+            "curate",
+            "invert",
+            "probe",
+            "train",
+            "zeroshot",
+        ]
         assert registries.commands.owner("train") == ("soundguide.training.plugin", BUILTIN)
         assert registries.commands.owner("invert") == ("soundguide.inversion.plugin", BUILTIN)
         assert registries.commands.owner("probe") == ("soundguide.evaluation.plugin", BUILTIN)
+        assert registries.commands.owner("batch") == ("soundguide.batch.plugin", BUILTIN)
         assert all(isinstance(c, LazyCommand) for c in registries.commands.commands.values())
 
     def test_a_command_clash_leaves_nothing_of_the_plugin_behind(self, site):
