@@ -123,7 +123,8 @@ def identity_of(config: Path, manifest: Path, overrides: list[str]) -> str:
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Use an --out that holds another batch (or other files): redo every item.",
+    help="Use an --out that holds another batch (or other files): its items are redone "
+    "with this batch's settings.",
 )
 @click.option(
     "--trust-checkpoint",

@@ -112,6 +112,8 @@ def check_folder(out: Path, identity: str, record: dict[str, Any], overwrite: bo
         except FileNotFoundError:
             previous = None
         except (OSError, ValueError):
+            previous = {}  # unreadable: another batch's as far as we can tell
+        if previous is not None and not isinstance(previous, dict):
             previous = {}
         if previous is None:
             others = [p.name for p in out.iterdir() if p.name not in (LOCK_NAME,)]
@@ -162,7 +164,6 @@ class BatchRunner:
         written asked nothing of the engine, but it ends the run all the same."""
         self.echo = echo
         self.summary = Summary()
-        self.stop_reason: str | None = None
 
     @property
     def batches(self) -> list[list[Item]]:
@@ -188,7 +189,7 @@ class BatchRunner:
                 continue
             if self._attempt(pending) == "retry":
                 for item in pending:
-                    if self.stop.requested:
+                    if self.stop.requested or self.signals:
                         break
                     self._attempt([item])
         return self.summary
@@ -294,12 +295,14 @@ class BatchRunner:
         return "done"
 
     def _failed(self, items: list[Item], exc: BaseException) -> str:
+        self.stop.phase = "running"  # not "preparing" (a signal would raise anywhere)
         if len(items) > 1:
             self._say(f"a batch of {len(items)} failed ({_line(exc)}); running its rows one by one")
             return "retry"
         return self._record(items, "failed", _line(exc))
 
     def _record(self, items: list[Item], status: str, error: str) -> str:
+        self.stop.phase = "running"
         for item in items:
             folder = item_folder(self.options.out, item.id)
             with contextlib.suppress(OSError):
