@@ -15,7 +15,8 @@ is one seed. Every measurement is a fresh ``soundguide batch`` process (or
   against ``step``: seconds per optimization step at batch 1, both in this process.
 
     python benchmarks/batch_throughput.py [--sizes 64 256] [--batches 1 4 8] [--rows 8]
-        [--steps 4] [--threads 2]
+        [--steps 4] [--threads 2] [--device cpu|cuda] [--rounds 1] [--processes-only]
+        [--step-rounds 0]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +74,9 @@ steps = {steps}
     (folder / "rows.csv").write_text("seed\n" + "".join(f"{s}\n" for s in range(rows)))
 
 
-def run(folder: Path, size: int, batch: int, procs: int, threads: int, tag: str) -> dict:
+def run(
+    folder: Path, size: int, batch: int, procs: int, threads: int, tag: str, device: str
+) -> dict:
     out = folder / f"out-{tag}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
     env["OMP_NUM_THREADS"] = str(threads)
@@ -81,7 +85,7 @@ def run(folder: Path, size: int, batch: int, procs: int, threads: int, tag: str)
         launch += ["torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), "-m"]
     command = [*launch, "soundguide.cli", "batch", str(folder / f"g{size}.toml")]
     command += [str(folder / "rows.csv"), "--out", str(out), "--batch-size", str(batch)]
-    command += ["--threads", str(threads), "--device", "cpu", "-q"]
+    command += ["--threads", str(threads), "--device", device, "-q"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
@@ -98,7 +102,7 @@ def run(folder: Path, size: int, batch: int, procs: int, threads: int, tag: str)
     return {"items": len(rows), "work": work, "busiest": busiest, "wall": wall}
 
 
-def load_vs_step(folder: Path, size: int, threads: int) -> tuple[float, float]:
+def load_vs_step(folder: Path, size: int, threads: int, device: str) -> tuple[float, float]:
     import torch
 
     from soundguide.core.config import load_config
@@ -108,12 +112,38 @@ def load_vs_step(folder: Path, size: int, threads: int) -> tuple[float, float]:
     torch.set_num_threads(threads)
     registries = load_registries(entry_points=False)
     config = load_config(folder / f"g{size}.toml", registries)
-    editor = Editor(config, registries, progress=False)
+    editor = Editor(config, registries, device=device, progress=False)
     started = time.perf_counter()
     editor.prepare()
     load = time.perf_counter() - started
     result = editor.run()
     return load, sum(result.step_seconds) / len(result.step_seconds)
+
+
+def step_rounds(
+    folder: Path, size: int, batches: list[int], threads: int, device: str, rounds: int, steps: int
+) -> dict[int, list[float]]:
+    """Seconds per step and item of one optimization at each batch size, the batch sizes
+    interleaved round after round in this process (load and writing left out), so a
+    neighbour's load falls on all of them alike."""
+    import torch
+
+    from soundguide.core.config import load_config
+    from soundguide.core.engine import Editor
+    from soundguide.core.plugins import load_registries
+
+    torch.set_num_threads(threads)
+    registries = load_registries(entry_points=False)
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    for round_ in range(rounds + 1):  # round 0 warms up (lazy imports, the allocator)
+        for b in batches:
+            seeds = ",".join(str(s) for s in range(b))
+            overrides = [f"optimization.seed=[{seeds}]", f"optimization.steps={max(steps, 3)}"]
+            config = load_config(folder / f"g{size}.toml", registries, overrides)
+            result = Editor(config, registries, device=device, progress=False).run()
+            if round_ > 0:  # the first step of a run warms up too
+                times[b].append(statistics.median(result.step_seconds[1:]) / b)
+    return times
 
 
 def main() -> None:
@@ -123,31 +153,68 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="cores to use in all")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:LOCAL_RANK each)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each layout (median)")
+    parser.add_argument(
+        "--processes-only",
+        action="store_true",
+        help="only batch 1 on 1 process x N threads against 2 processes x N/2 threads",
+    )
+    parser.add_argument(
+        "--step-rounds",
+        type=int,
+        default=0,
+        help="also time the optimization step alone: this many interleaved rounds",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_inputs(folder, args.sizes, args.rows, args.steps)
         print(
-            f"{args.rows} rows, {args.steps} steps, StyleGAN2 cm2 + tiny CLIP, CPU, "
+            f"{args.rows} rows, {args.steps} steps, StyleGAN2 cm2 + tiny CLIP, {args.device}, "
             f"{args.threads} cores in all"
         )
-        print(f"{'size':>5} {'procs x threads':>16} {'batch':>5} {'items/s':>8} {'wall items/s':>13}")
+        print(
+            f"{'size':>5} {'procs x threads':>16} {'batch':>5} {'items/s':>8} {'wall items/s':>13}"
+        )
         for size in args.sizes:
-            load, step = load_vs_step(folder, size, args.threads)
-            layouts = [(b, 1, args.threads) for b in args.batches]
+            load, step = load_vs_step(folder, size, args.threads, args.device)
+            batches = [1] if args.processes_only else args.batches
+            layouts = [(b, 1, args.threads) for b in batches]
             if args.threads >= 2:
                 layouts.append((1, 2, args.threads // 2))
+            rates: dict[tuple[int, int, int], list[float]] = {layout: [] for layout in layouts}
+            walls: dict[tuple[int, int, int], list[float]] = {layout: [] for layout in layouts}
+            for round_ in range(args.rounds):  # interleaved: a neighbour's load hits all alike
+                for batch, procs, threads in layouts:
+                    tag = f"{size}-{batch}-{procs}x{threads}-{round_}"
+                    r = run(folder, size, batch, procs, threads, tag, args.device)
+                    rates[(batch, procs, threads)].append(r["items"] / r["busiest"])
+                    walls[(batch, procs, threads)].append(r["items"] / r["wall"])
             base = None
-            for batch, procs, threads in layouts:
-                tag = f"{size}-{batch}-{procs}x{threads}"
-                r = run(folder, size, batch, procs, threads, tag)
-                rate = r["items"] / r["busiest"]
+            for (batch, procs, threads), values in rates.items():
+                rate = statistics.median(values)
+                wall = statistics.median(walls[(batch, procs, threads)])
                 base = base or rate
                 print(
                     f"{size:>5} {f'{procs} x {threads}':>16} {batch:>5} {rate:>8.3f} "
-                    f"{r['items'] / r['wall']:>13.3f}   ({rate / base:.2f}x batch 1, 1 process)"
+                    f"{wall:>13.3f}   ({rate / base:.2f}x the first line; "
+                    f"all: {', '.join(f'{v:.3f}' for v in values)})"
                 )
             print(f"{size:>5} load {load:.2f} s per batch; a step at batch 1 {step:.3f} s")
+            if args.step_rounds:
+                times = step_rounds(
+                    folder, size, args.batches, args.threads, args.device, args.step_rounds,
+                    args.steps,
+                )  # fmt: skip
+                base = statistics.median(times[args.batches[0]])
+                for b, values in times.items():
+                    median = statistics.median(values)
+                    print(
+                        f"{size:>5} step alone, batch {b}: {median:.3f} s per item "
+                        f"(median of {len(values)}; {base / median:.2f}x the items/s of "
+                        f"batch {args.batches[0]}; all: {', '.join(f'{v:.3f}' for v in values)})"
+                    )
 
 
 if __name__ == "__main__":
