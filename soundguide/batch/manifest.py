@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -87,7 +87,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 raise ConfigError(f"{path.name} line {number}: expected a JSON object per line")
             rows.append(row)
     elif path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted newlines stay
         columns = reader.fieldnames or []
         if len(set(columns)) != len(columns):
             raise ConfigError(f"{path.name}: a column name appears twice in the header")
@@ -294,11 +294,3 @@ def _one_item_problem(config: Any) -> str | None:
         if name is not None and isinstance(getattr(g, name), list):
             return f"guidance.{i}.{name}: a manifest row is one edit; give one value, not a list"
     return None
-
-
-def sha256_bytes(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()
