@@ -279,7 +279,7 @@ class BatchRunner:
             }
             try:
                 RunWriter(folders[i]).write_result(
-                    item_result(result, i, others=others),
+                    item_result(result, i, own=item.inputs, others=others),
                     item.config,
                     device=str(self.job.device),
                     extra=extra,

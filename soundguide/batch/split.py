@@ -19,13 +19,19 @@ def _record(record: dict[str, Any] | None, i: int) -> dict[str, Any] | None:
     return {**record, "total": total, "total_sum": float(total[0]), "terms": terms}
 
 
-def item_result(result: RunResult, i: int, *, others: Iterable[str | Path] = ()) -> RunResult:
-    """Item ``i`` of a batch's result; ``others``: the batch-mates' own input files,
-    left out of this item's file list."""
+def item_result(
+    result: RunResult,
+    i: int,
+    *,
+    own: Iterable[str | Path] = (),
+    others: Iterable[str | Path] = (),
+) -> RunResult:
+    """Item ``i`` of a batch's result. ``others``: the batch-mates' own input files,
+    left out of this item's file list unless they are its ``own`` too (a shared sound)."""
     n = result.edited_latent.shape[0]
     if not 0 <= i < n:
         raise IndexError(f"item {i} of a batch of {n}")
-    skip = {Path(p).resolve() for p in others}
+    skip = {Path(p).resolve() for p in others} - {Path(p).resolve() for p in own}
     return dataclasses.replace(
         result,
         source_latent=result.source_latent[i : i + 1],
