@@ -454,10 +454,18 @@ class Regularizer(abc.ABC):
     """Config defaults per run preset, e.g. ``{"paper": {"loss": "paper"}}``."""
     needs_image: ClassVar[bool] = False
     """True when :meth:`loss` uses the images (the engine passes None otherwise)."""
+    per_item: ClassVar[bool] = True
+    """True when item i's penalty depends on item i alone: then each batch item follows
+    the path it would follow alone. False for a sequence regularizer, whose terms couple
+    items (``temporal``: neighbouring video frames); it still returns (n,) values."""
 
     def __init__(self, config: RegularizerConfig, context: RunContext) -> None:
         self.config = config
         self.context = context
+
+    def set_context(self, before: torch.Tensor | None) -> None:  # noqa: B027
+        """Sequence regularizers only: fixed latents (k, L, D) that precede item 0
+        (the overlap of a video's previous chunk), or None; called after :meth:`setup`."""
 
     def setup(self, w0: torch.Tensor, image0: torch.Tensor | None) -> None:  # noqa: B027
         """Called once before the loop with the source latent (n, L, D) and image."""
