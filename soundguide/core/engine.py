@@ -341,7 +341,7 @@ class Editor:
         ``guidance.target(editor.encoders[guidance.space])``). ``weights``: label ->
         (n,) per-item multipliers of that guidance's weight (0: no such term for that
         item). ``before``: (k, L, D) fixed latents that precede item 0 (a previous
-        chunk's last frames), handed to sequence regularizers (``per_item = False``)
+        chunk's last frames), or (S, k, L, D) their values at each step, handed to sequence regularizers (``per_item = False``)
         with :meth:`Regularizer.set_context`. Config batch settings, seeds and photos
         are not used; the result is that of :meth:`run`.
         """

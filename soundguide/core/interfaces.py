@@ -464,8 +464,10 @@ class Regularizer(abc.ABC):
         self.context = context
 
     def set_context(self, before: torch.Tensor | None) -> None:  # noqa: B027
-        """Sequence regularizers only: fixed latents (k, L, D) that precede item 0
-        (the overlap of a video's previous chunk), or None; called after :meth:`setup`."""
+        """Sequence regularizers only: fixed latents that precede item 0 (the overlap of a
+        video's previous chunk), or None; called after :meth:`setup`. ``before`` is
+        (k, L, D), or (S, k, L, D): those latents at each step s of their own run (row s
+        for step s, the last row once the steps run out)."""
 
     def setup(self, w0: torch.Tensor, image0: torch.Tensor | None) -> None:  # noqa: B027
         """Called once before the loop with the source latent (n, L, D) and image."""

@@ -3,8 +3,10 @@
 ``weight * sum_t ||w_t - w_{t-1}||^2`` over the frames of a batch (a video's
 chunk), optionally on chosen W+ layers only. Item t's value is its distance to
 the frame before it; item 0's is its distance to the last fixed latent before
-the batch (:meth:`set_context`: the previous chunk's overlap), or 0 for the
-first frame of a video. The values sum to the penalty, so losses keep one
+the batch (:meth:`set_context`: the previous chunk's overlap, given as the
+latents those frames had at each step of their own run, so that step s of a
+chunk sees them as step s of one long run would), or 0 for the first frame of
+a video. The values sum to the penalty, so losses keep one
 value per item.
 
 A *sequence* term (``per_item = False``): it couples items, so the guarantee
@@ -13,8 +15,8 @@ that each item follows its solo path does not hold while it is active.
 ``causal = true`` (the default) pulls each frame towards the one before it and
 never the reverse (the earlier frame is detached in the term): a frame's path
 then depends only on the frames before it, so a video optimized in chunks
-equals the whole-video run on its first chunk, and the fixed overlap is exact
-context for the next one. ``causal = false`` uses the full gradient of the
+follows the paths of the whole-video run, every chunk (up to float rounding):
+the overlap's recorded steps are exact context for the next chunk. ``causal = false`` uses the full gradient of the
 sum (both neighbours pulled together).
 """
 
@@ -62,12 +64,23 @@ class Temporal(Regularizer):
                 )
         self.index = None if layers is None else torch.tensor(sorted(set(layers)))
         self.before: torch.Tensor | None = None
+        self.step = 0
 
     def set_context(self, before: torch.Tensor | None) -> None:
-        self.before = None if before is None or before.shape[0] == 0 else before[-1:].detach()
+        if before is None or before.shape[-3] == 0:
+            self.before = None
+        else:  # the last fixed frame: (1, L, D), or per step (S, 1, L, D)
+            self.before = before[..., -1:, :, :].detach()
+        self.step = 0
 
     def loss(self, w, w0, image, image0) -> torch.Tensor:
-        return temporal_penalty(w, self.before, self.index, causal=self.config.causal)
+        before = self.before
+        if before is not None and before.ndim == 4:
+            before = before[min(self.step, before.shape[0] - 1)]
+        return temporal_penalty(w, before, self.index, causal=self.config.causal)
+
+    def after_step(self, w: torch.Tensor, w0: torch.Tensor) -> None:
+        self.step += 1
 
 
 def temporal_penalty(

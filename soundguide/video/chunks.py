@@ -1,9 +1,13 @@
 """A video's frames optimized in chunks: each chunk is one batch of :meth:`Editor.run_items`.
 
 Frames ``[a, b)`` of a chunk are optimized together, every frame from the same
-start latent, towards its own targets. The last ``overlap`` latents of the
-previous chunk, fixed, precede the chunk for sequence regularizers
-(``temporal``), so neighbouring chunks join without a jump. The models are
+start latent, towards its own targets. The last ``overlap`` frames of the
+previous chunk, fixed (not optimized again), precede the chunk for sequence
+regularizers (``temporal``), so neighbouring chunks join without a jump: they
+are handed over as the latents those frames had at each step of their own
+chunk (steps x overlap x L x D, whatever the video's length), so step s of a
+chunk sees them as step s of one whole-video run would. With a causal
+``temporal`` term a chunked run then follows the whole run's paths. The models are
 built once (one Editor); memory follows ``chunk``, not the video's length.
 
 A chunk that is stopped (Ctrl-C, SIGTERM, a failed write) or fails is dropped
@@ -78,10 +82,15 @@ def optimize_frames(
     bar = progress_bar(total=frames, desc="frames", unit="frame", enabled=progress)
     position = {"chunk": 0}
 
+    trajectory: list[torch.Tensor] = []  # the chunk's last `overlap` frames, step by step
+
     def show(event: Any) -> None:
-        bar.set_postfix_str(
-            f"chunk {position['chunk'] + 1}/{len(ranges)} step {event.step}/{event.steps}"
-        )
+        if overlap > 0:
+            trajectory.append(event.latent[-overlap:].detach().clone())
+        if not event.final:
+            bar.set_postfix_str(
+                f"chunk {position['chunk'] + 1}/{len(ranges)} step {event.step}/{event.steps}"
+            )
 
     editor.subscribe(show)
     previous: torch.Tensor | None = None
@@ -94,7 +103,8 @@ def optimize_frames(
                 message = f"stopped after {done} of {frames} frames; kept the finished chunks"
                 break
             n = b - a
-            before = previous[-overlap:] if previous is not None and overlap > 0 else None
+            before = previous
+            trajectory.clear()
             if before_chunk is not None:
                 before_chunk(n)
             began = time.perf_counter()
@@ -122,7 +132,11 @@ def optimize_frames(
                 on_chunk(a, result)
             latent = result.edited_latent.detach().cpu()
             kept.append(latent)
-            previous = latent
+            # the overlap at every step of this chunk, ending with its kept latents
+            if overlap > 0:
+                tail = result.edited_latent[-overlap:].detach()
+                steps = [t.to(tail.device) for t in trajectory[: result.edited_step]]
+                previous = torch.stack([*steps, tail])
             final = result.final_losses or {}
             for i in range(n):
                 losses.append(

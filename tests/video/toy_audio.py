@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 import soundguide
@@ -28,14 +27,13 @@ def toy_targets() -> tuple[torch.Tensor, torch.Tensor]:
 def noisy_share(spec: torch.Tensor) -> torch.Tensor:
     """(B, 1, 128, 512) encoder inputs -> (B,): the share of noisy columns among the sounding ones.
 
-    The input is the original code's reshape of a (128 mel, 864 frame) picture, so
-    it is read back as that: a column is one mel frame. A tone lights few mel bands,
+    The input is the original code's plain reshape of a (512 mel rows, 128 time
+    columns) picture, so it is read back as that. A tone lights few mel bands,
     noise most; the zero padding of a short window sounds nowhere and is left out.
     """
-    frames = F.interpolate(spec.reshape(-1, 1, 512, 128), size=(864, 128), mode="nearest")
-    columns = frames[:, 0]  # (B, 864 frames, 128 mels)
-    lit = (columns > 0.6).float().mean(dim=-1)
-    sounding = columns.amax(dim=-1) > 0
+    picture = spec.reshape(-1, 512, 128)
+    lit = (picture > 0.6).float().mean(dim=1)  # (B, 128 columns)
+    sounding = picture.amax(dim=1) > 0.05
     noisy = (lit > 0.3) & sounding
     return noisy.sum(-1).float() / sounding.sum(-1).clamp(min=1).float()
 
