@@ -13,7 +13,7 @@ from soundguide.core.config import load_config
 from soundguide.core.plugins import load_registries
 from soundguide.plugins.audio import AudioGuidance
 from soundguide.video.run import make_video
-from soundguide.video.settings import VideoConfig, video_config
+from soundguide.video.settings import video_config
 from tests.factories import save_random_soundclip, save_tiny_clip, save_tiny_stylegan2
 
 
