@@ -482,8 +482,16 @@ class TestCommands:
         from soundguide.cli_options import LazyCommand
 
         registries = load_registries(entry_points=False)
-        assert registries.commands.names() == ["curate", "invert", "probe", "train", "zeroshot"]
+        assert registries.commands.names() == [
+            "curate",
+            "invert",
+            "probe",
+            "train",
+            "video",
+            "zeroshot",
+        ]
         assert registries.commands.owner("train") == ("soundguide.training.plugin", BUILTIN)
+        assert registries.commands.owner("video") == ("soundguide.video.plugin", BUILTIN)
         assert registries.commands.owner("invert") == ("soundguide.inversion.plugin", BUILTIN)
         assert registries.commands.owner("probe") == ("soundguide.evaluation.plugin", BUILTIN)
         assert all(isinstance(c, LazyCommand) for c in registries.commands.commands.values())
