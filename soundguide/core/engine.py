@@ -362,7 +362,11 @@ class Editor:
         self.photo_start = None
         self.w0 = start.detach().to(ctx.device).clone()
         with torch.no_grad():
-            self.image0 = self.generator.synthesize(self.w0)
+            if n > 1 and torch.equal(self.w0, self.w0[:1].expand_as(self.w0)):
+                # one start for all items (a video's frames): its image once
+                self.image0 = self.generator.synthesize(self.w0[:1]).expand(n, -1, -1, -1)
+            else:
+                self.image0 = self.generator.synthesize(self.w0)
         self._check_image(self.image0, "the source latent")
         self._check_target_sizes()
         for term in self.regularizers:

@@ -140,11 +140,13 @@ def make_video(
     progress: bool = True,
     stop: Stop | None = None,
     stopped: Callable[[], bool] = lambda: False,
+    max_frames: int | None = None,
 ) -> VideoResult:
     """Make the video a run config with a recording describes; write it into ``out``.
 
     ``stop`` ends the chunk in progress (dropped); ``stopped()`` is asked between
-    chunks. Nothing process-wide changes. Raises the error of a chunk that failed
+    chunks. ``max_frames``: optimize only the first frames (a preview; the targets
+    are still those of the whole recording; the MP4 and its sound stop there). Nothing process-wide changes. Raises the error of a chunk that failed
     after writing what was done.
     """
     from soundguide.encoders.audio import AudioFile
@@ -165,6 +167,7 @@ def make_video(
         seconds = source.num_samples / SAMPLE_RATE
     fps = over.rate
     frames = frame_count(seconds, fps)
+    todo = frames if max_frames is None else max(1, min(frames, max_frames))
     segments = prompts = None
     if video.timeline is not None:
         config, segments, prompts = _timeline_guidance(config, registries, index, video, seconds)
@@ -240,7 +243,7 @@ def make_video(
             editor,
             start,
             targets,
-            frames,
+            todo,
             chunk=video.chunk,
             overlap=video.overlap,
             weights=weights,
@@ -257,9 +260,12 @@ def make_video(
         raise
     try:
         stop.phase = "finishing"
+        message = done.message
+        if todo < frames and done.status == "finished":
+            message += f" (a preview: the first {todo} of {frames}, max_frames)"
         result = VideoResult(
             done.status,
-            done.message,
+            message,
             frames,
             done.done,
             fps,
@@ -294,7 +300,7 @@ def _write_outputs(folder, result, writer, config, video, editor, chunks, device
 
     failed: dict[str, str] = {}
     try:
-        path = writer.close(complete=result.status == "finished")
+        path = writer.close(complete=result.ok and result.frames_done == result.frames)
         if path is not None:
             result.outputs["video.mp4"] = path
     except Exception as exc:  # noqa: BLE001 - the other outputs are still written

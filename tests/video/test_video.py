@@ -163,3 +163,22 @@ def test_a_stop_keeps_the_finished_chunks_as_a_playable_partial_video(
         assert sum(1 for _ in container.decode(video=0)) == 10
         (a,) = container.streams.audio
         assert float(a.duration * a.time_base) == pytest.approx(10 / 6, abs=1024 / 44100)
+
+
+def test_max_frames_makes_a_preview_of_the_first_frames(video_config, video_registries, tmp_path):
+    config = load_config(video_config(steps=1), video_registries)
+    out = tmp_path / "out"
+    result = make_video(
+        config,
+        VideoConfig(chunk=4),
+        out=out,
+        registries=video_registries,
+        progress=False,
+        max_frames=6,
+    )
+    assert result.ok and result.frames == 24 and result.frames_done == 6
+    assert "a preview: the first 6 of 24" in result.message
+    with av.open(str(out / "video.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 6
+        (a,) = container.streams.audio
+        assert float(a.duration * a.time_base) == pytest.approx(1.0, abs=1024 / 44100)
