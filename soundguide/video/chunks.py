@@ -129,7 +129,16 @@ def optimize_frames(
                 records.append({"first": a, "frames": n, "status": status, "seconds": seconds})
                 break
             if on_chunk is not None:
-                on_chunk(a, result)
+                try:
+                    on_chunk(a, result)
+                except Exception as exc:  # e.g. a full disk: keep the chunks before it
+                    status, error = "failed", exc
+                    message = (
+                        f"could not write frames {a}..{b - 1} ({exc}); kept the {done} of "
+                        f"{frames} frames of the finished chunks"
+                    )
+                    records.append({"first": a, "frames": n, "status": status, "seconds": seconds})
+                    break
             latent = result.edited_latent.detach().cpu()
             kept.append(latent)
             # the overlap at every step of this chunk, ending with its kept latents

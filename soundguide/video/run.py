@@ -230,10 +230,20 @@ def make_video(
             from soundguide.core.outputs import save_png, to_pil
 
             images = result.edited_image
-            writer.add(images)
-            if video.frames:
-                for i, image in enumerate(images):
-                    save_png(folder.folder / FRAMES_DIR / f"{first + i:05d}.png", to_pil(image))
+            try:
+                writer.add(images)
+                if video.frames:
+                    for i, image in enumerate(images):
+                        name = f"{first + i:05d}.png"
+                        save_png(folder.folder / FRAMES_DIR / name, to_pil(image))
+            except OSError as exc:
+                from soundguide.core.errors import OutputError
+                from soundguide.core.files import os_reason
+
+                raise OutputError(
+                    f"could not write video frames into {folder.folder}: {os_reason(exc)}",
+                    hint="free some space (or fix the folder) and run again into a new --out",
+                ) from None
 
         from soundguide.video.chunks import optimize_frames
 

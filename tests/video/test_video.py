@@ -182,3 +182,62 @@ def test_max_frames_makes_a_preview_of_the_first_frames(video_config, video_regi
         assert sum(1 for _ in container.decode(video=0)) == 6
         (a,) = container.streams.audio
         assert float(a.duration * a.time_base) == pytest.approx(1.0, abs=1024 / 44100)
+
+
+def test_a_photo_or_one_latent_row_is_the_start_of_every_frame(
+    video_config, video_registries, tmp_path
+):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 80, 40)).save(tmp_path / "me.png")
+    extra = 'image = "me.png"\n\n[inversion]\ntype = "toy-inverter"'
+    result = run(video_config(steps=0, extra=extra), video_registries, tmp_path / "a", chunk=8)
+    assert result.ok and result.latents.shape == (24, 4, 8)
+    assert torch.equal(result.latents, result.latents[:1].expand(24, -1, -1))  # 0 steps: the start
+    torch.save(torch.randn(2, 4, 8), tmp_path / "two.pt")
+    from soundguide.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="starts every frame from one latent; the file gives 2"):
+        run(
+            video_config(extra='latent = "two.pt"', name="two.toml"),
+            video_registries,
+            tmp_path / "b",
+        )
+    assert not (tmp_path / "b").exists()
+    one = run(
+        video_config(steps=0, extra='latent = "two.pt"\nlatent_index = 1', name="one.toml"),
+        video_registries,
+        tmp_path / "c",
+    )
+    expected = torch.load(tmp_path / "two.pt")[1]
+    assert torch.equal(one.latents, expected.expand(24, -1, -1))
+
+
+def test_a_chunk_whose_frames_cannot_be_written_keeps_the_chunks_before_it(
+    video_config, video_registries, tmp_path, monkeypatch
+):
+    from soundguide.video import mp4
+
+    calls = []
+    add = mp4.Mp4Writer.add
+
+    def failing(self, images):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        add(self, images)
+
+    monkeypatch.setattr(mp4.Mp4Writer, "add", failing)
+    config = load_config(video_config(steps=1), video_registries)
+    out = tmp_path / "out"
+    from soundguide.core.errors import OutputError
+
+    with pytest.raises(OutputError, match="could not write video frames .*No space left"):
+        make_video(
+            config, VideoConfig(chunk=5), out=out, registries=video_registries, progress=False
+        )
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["frames_done"] == 5
+    assert torch.load(out / "latents.pt", weights_only=True).shape[0] == 5
+    with av.open(str(out / "video.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 5
