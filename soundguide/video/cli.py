@@ -68,7 +68,7 @@ def video(
     from soundguide.cli import _exit_code, stop_on_signals
     from soundguide.cli_malloc import malloc_policy
     from soundguide.cli_options import _registries
-    from soundguide.core.config import load_config, parse_override, read_toml
+    from soundguide.core.config import load_config, parse_override
     from soundguide.core.engine import Stop
     from soundguide.plugins.audio import OverTime
     from soundguide.video.mp4 import import_av
@@ -83,16 +83,9 @@ def video(
         if value is not None
     ]
     sets = [*overrides, *flags]
-    run_config = load_config(config, registries, list(overrides))
-    raw = read_toml(config).get("video")
-    from soundguide.core.config import apply_overrides
-
-    raw = apply_overrides(
-        {"video": dict(raw) if isinstance(raw, dict) else raw or {}},
-        [s for s in sets if s.startswith("video.")],
-    )["video"]
+    run_config = load_config(config, registries, sets)
     overridden = [parse_override(s)[0] for s in sets]
-    settings = video_config(raw, config.parent, str(config), overridden)
+    settings = video_config(run_config.video, config.parent, str(config), overridden)
     if fps is not None:
         index = recording_index(run_config)
         recording = run_config.guidance[index]
