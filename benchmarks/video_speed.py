@@ -17,6 +17,9 @@ shapes), ``--steps`` steps per frame, on the CPU with ``--threads`` threads.
   10 s clip around the frame's time written as a WAV, the same steps and
   terms), and the per-frame time is extrapolated to all frames.
 
+Every process gets a fresh ``$SOUNDGUIDE_HOME``, so no run reads targets
+another one cached.
+
     python benchmarks/video_speed.py [--seconds 30] [--fps 12] [--size 256] [--steps 3]
         [--chunks 8 32] [--edit-sample 4] [--clip tiny|full] [--threads 1] [--frames N]
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -201,12 +205,15 @@ def main() -> None:
         write_inputs(Path(tmp), args)
 
         def run(what: str) -> dict:
+            # a fresh cache for each process: no run reuses the targets of another
+            home = Path(tempfile.mkdtemp(dir=tmp))
             out = subprocess.run(
                 [sys.executable, __file__, *passed, "--child", tmp, what],
                 check=True,
                 capture_output=True,
                 text=True,
                 cwd=ROOT,
+                env={**os.environ, "SOUNDGUIDE_HOME": str(home)},
             ).stdout
             return json.loads(out.strip().splitlines()[-1])
 
