@@ -186,6 +186,11 @@ class RunConfig(StrictModel):
     regularizer: list[PluginConfig] = Field(default_factory=list)
     inversion: PluginConfig | None = None
     """How ``optimization.image`` photos are inverted (used only with it)."""
+    video: dict[str, Any] | None = Field(
+        None,
+        description="Settings of `soundguide video` (a [video] table), validated by that "
+        "command; other commands do not read it.",
+    )
 
     @model_validator(mode="after")
     def _at_least_one_source(self) -> RunConfig:

@@ -13,7 +13,12 @@
 
 Terms with weight 0 are never built nor computed. Per-item losses are summed
 over the batch, so with Adam every item follows exactly the path it would
-follow alone. A non-finite loss (or a non-finite latent after the last update)
+follow alone -- as long as every active term is per-item: all guidances, and
+the regularizers whose ``per_item`` is true (``latent_l2``, ``identity``). A
+sequence regularizer (``per_item = False``, e.g. ``temporal`` for video
+frames) still returns one value per item, but its terms couple items, so
+their paths depend on each other. :meth:`Editor.run_items` reuses one
+Editor's models for several runs with given start latents and targets. A non-finite loss (or a non-finite latent after the last update)
 stops the run and keeps the last latent whose loss was finite. A :class:`Stop`
 request (another thread, a signal handler, a subscriber whose write failed)
 ends the run between two steps; Ctrl-C (KeyboardInterrupt) abandons the step in
@@ -212,6 +217,7 @@ class Editor:
         )
         self._callbacks: list[Callable[[StepEvent], None]] = []
         self._prepared = False
+        self._built = False
         self.stop = stop if stop is not None else Stop()
 
     def subscribe(self, callback: Callable[[StepEvent], None]) -> Callable[[StepEvent], None]:
@@ -225,58 +231,18 @@ class Editor:
             return
         cfg = self.config
         ctx = self.context
-        # every input file and weights file at once, before anything is built:
-        # one error lists all that is missing, known weights are downloaded now
-        check_inputs(
-            run_inputs(cfg), self.registries.weights, download=True, progress=self.progress
-        )
-        gen_cls = self.registries.generators.get(cfg.generator.type)
-        guidance_labels = _labels(cfg.guidance)
-        reg_labels = _labels(cfg.regularizer)
-        # weight-0 terms are never built, so they cost nothing
-        guidance_cfgs = [(i, c) for i, c in enumerate(cfg.guidance) if c.weight != 0]
-        reg_cfgs = [(i, c) for i, c in enumerate(cfg.regularizer) if c.weight != 0]
-
-        # sources first: their constructors are cheap and check their inputs,
-        # so a missing file fails before a large generator is loaded
-        self.guidances: list[Term] = []
-        for i, c in guidance_cfgs:
-            plugin = self.registries.guidances.get(c.type)(c, ctx)
-            self.guidances.append(Term(guidance_labels[i], i, c.weight, plugin))
-        self.generator: Generator = gen_cls(cfg.generator, ctx)
-        _freeze(self.generator)
-        for name in ("num_layers", "latent_dim", "resolution"):
-            value = getattr(self.generator, name)
-            if not isinstance(value, int) or value < 1:
-                raise PluginError(
-                    f"generator {cfg.generator.type!r}: {name} must be a positive int, got {value!r}"
-                )
-
+        self._build_sources()
         n, w0_file = self._batch_size()
         ctx.batch_size = n
+        self._build_terms()
+        self._built = True
 
-        self.regularizers: list[Term] = []
-        for i, c in reg_cfgs:
-            plugin = self.registries.regularizers.get(c.type)(c, ctx)
-            _freeze(plugin)
-            self.regularizers.append(Term(reg_labels[i], i, c.weight, plugin))
-
-        self.encoders: dict[str, ImageEncoder] = {}
         self.targets: dict[str, torch.Tensor] = {}
         for term in self.guidances:
             g: Guidance = term.plugin
-            if g.space not in self.encoders:
-                encoder = g.build_encoder()
-                if not callable(getattr(encoder, "encode_image", None)):
-                    raise PluginError(
-                        f"guidance {term.label!r}: build_encoder() returned no encode_image"
-                    )
-                _freeze(encoder)
-                self.encoders[g.space] = encoder
             with torch.no_grad():
                 target = g.target(self.encoders[g.space])
             self.targets[term.label] = self._check_target(term, target, n).to(ctx.device)
-
         for encoder in self.encoders.values():
             # the loop only encodes images: an encoder may free what targets needed
             release = getattr(encoder, "after_targets", None)
@@ -295,6 +261,129 @@ class Editor:
         for term in self.regularizers:
             term.plugin.setup(self.w0, self.image0 if term.plugin.needs_image else None)
         self._prepared = True
+
+    def build(self) -> None:
+        """Build the generator, the active terms and their encoders, once; no targets,
+        no start latent. :meth:`prepare` does this and more; a caller that brings its own
+        start latents and per-item targets (:meth:`run_items`: the chunks of a video) calls
+        it alone and reuses the models for every run."""
+        if self._built:
+            return
+        self._build_sources()
+        self._build_terms()
+        self._built = True
+
+    def _build_sources(self) -> None:
+        cfg = self.config
+        ctx = self.context
+        # every input file and weights file at once, before anything is built:
+        # one error lists all that is missing, known weights are downloaded now
+        check_inputs(
+            run_inputs(cfg), self.registries.weights, download=True, progress=self.progress
+        )
+        gen_cls = self.registries.generators.get(cfg.generator.type)
+        guidance_labels = _labels(cfg.guidance)
+        # weight-0 terms are never built, so they cost nothing
+        guidance_cfgs = [(i, c) for i, c in enumerate(cfg.guidance) if c.weight != 0]
+
+        # sources first: their constructors are cheap and check their inputs,
+        # so a missing file fails before a large generator is loaded
+        self.guidances: list[Term] = []
+        for i, c in guidance_cfgs:
+            plugin = self.registries.guidances.get(c.type)(c, ctx)
+            self.guidances.append(Term(guidance_labels[i], i, c.weight, plugin))
+        self.generator: Generator = gen_cls(cfg.generator, ctx)
+        _freeze(self.generator)
+        for name in ("num_layers", "latent_dim", "resolution"):
+            value = getattr(self.generator, name)
+            if not isinstance(value, int) or value < 1:
+                raise PluginError(
+                    f"generator {cfg.generator.type!r}: {name} must be a positive int, got {value!r}"
+                )
+
+    def _build_terms(self) -> None:
+        cfg = self.config
+        ctx = self.context
+        reg_labels = _labels(cfg.regularizer)
+        reg_cfgs = [(i, c) for i, c in enumerate(cfg.regularizer) if c.weight != 0]
+
+        self.regularizers: list[Term] = []
+        for i, c in reg_cfgs:
+            plugin = self.registries.regularizers.get(c.type)(c, ctx)
+            _freeze(plugin)
+            self.regularizers.append(Term(reg_labels[i], i, c.weight, plugin))
+
+        self.encoders: dict[str, ImageEncoder] = {}
+        for term in self.guidances:
+            g: Guidance = term.plugin
+            if g.space not in self.encoders:
+                encoder = g.build_encoder()
+                if not callable(getattr(encoder, "encode_image", None)):
+                    raise PluginError(
+                        f"guidance {term.label!r}: build_encoder() returned no encode_image"
+                    )
+                _freeze(encoder)
+                self.encoders[g.space] = encoder
+
+    def run_items(
+        self,
+        start: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        *,
+        weights: dict[str, torch.Tensor] | None = None,
+        before: torch.Tensor | None = None,
+    ) -> RunResult:
+        """Optimize the items of ``start`` towards the given targets with the models
+        :meth:`build` made, so that one Editor serves many runs (the chunks of a video).
+
+        ``start``: (n, L, D) start latents. ``targets``: guidance label -> (D,) or
+        (n, D), one entry per active guidance (the caller computes them, e.g. with
+        ``guidance.target(editor.encoders[guidance.space])``). ``weights``: label ->
+        (n,) per-item multipliers of that guidance's weight (0: no such term for that
+        item). ``before``: (k, L, D) fixed latents that precede item 0 (a previous
+        chunk's last frames), or (S, k, L, D) their values at each step, handed to sequence regularizers (``per_item = False``)
+        with :meth:`Regularizer.set_context`. Config batch settings, seeds and photos
+        are not used; the result is that of :meth:`run`.
+        """
+        self.build()
+        ctx = self.context
+        if start.ndim != 3 or start.shape[0] < 1:
+            raise PluginError(f"run_items: start must be (n, L, D), got {tuple(start.shape)}")
+        n = start.shape[0]
+        ctx.batch_size = n
+        missing = [t.label for t in self.guidances if t.label not in targets]
+        if missing:
+            raise PluginError(f"run_items: no targets for guidance {', '.join(missing)}")
+        self.targets = {
+            t.label: self._check_target(t, targets[t.label], n).to(ctx.device)
+            for t in self.guidances
+        }
+        self.seeds = None
+        self.photo_start = None
+        self.w0 = start.detach().to(ctx.device).clone()
+        with torch.no_grad():
+            if n > 1 and torch.equal(self.w0, self.w0[:1].expand_as(self.w0)):
+                # one start for all items (a video's frames): its image once
+                self.image0 = self.generator.synthesize(self.w0[:1]).expand(n, -1, -1, -1)
+            else:
+                self.image0 = self.generator.synthesize(self.w0)
+        self._check_image(self.image0, "the source latent")
+        self._check_target_sizes()
+        for term in self.regularizers:
+            term.plugin.setup(self.w0, self.image0 if term.plugin.needs_image else None)
+            if not term.plugin.per_item:
+                term.plugin.set_context(None if before is None else before.to(ctx.device))
+        base = {t.label: t.weight for t in self.guidances}
+        for term in self.guidances:
+            scale = (weights or {}).get(term.label)
+            if scale is not None:
+                term.weight = base[term.label] * scale.to(ctx.device, torch.float32).reshape(n)
+        self._prepared = True
+        try:
+            return self.run()
+        finally:
+            for term in self.guidances:
+                term.weight = base[term.label]
 
     def _batch_size(self) -> tuple[int, torch.Tensor | None]:
         opt = self.config.optimization

@@ -454,10 +454,20 @@ class Regularizer(abc.ABC):
     """Config defaults per run preset, e.g. ``{"paper": {"loss": "paper"}}``."""
     needs_image: ClassVar[bool] = False
     """True when :meth:`loss` uses the images (the engine passes None otherwise)."""
+    per_item: ClassVar[bool] = True
+    """True when item i's penalty depends on item i alone: then each batch item follows
+    the path it would follow alone. False for a sequence regularizer, whose terms couple
+    items (``temporal``: neighbouring video frames); it still returns (n,) values."""
 
     def __init__(self, config: RegularizerConfig, context: RunContext) -> None:
         self.config = config
         self.context = context
+
+    def set_context(self, before: torch.Tensor | None) -> None:  # noqa: B027
+        """Sequence regularizers only: fixed latents that precede item 0 (the overlap of a
+        video's previous chunk), or None; called after :meth:`setup`. ``before`` is
+        (k, L, D), or (S, k, L, D): those latents at each step s of their own run (row s
+        for step s, the last row once the steps run out)."""
 
     def setup(self, w0: torch.Tensor, image0: torch.Tensor | None) -> None:  # noqa: B027
         """Called once before the loop with the source latent (n, L, D) and image."""

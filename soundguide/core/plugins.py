@@ -72,6 +72,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.clip_space",
     "soundguide.plugins.e4e",
     "soundguide.plugins.projection",
+    "soundguide.plugins.temporal",
+    "soundguide.video.plugin",
     "soundguide.inversion.plugin",
     "soundguide.training.plugin",
     "soundguide.batch.plugin",

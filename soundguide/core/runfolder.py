@@ -44,8 +44,10 @@ OUTPUT_FILES = (
     "losses.csv",
     "run.json",
     "trajectory.gif",
+    "video.mp4",
+    "latents.pt",
 )
-"""The files a run writes at the top of its folder."""
+"""The files a run (or ``soundguide video``) writes at the top of its folder."""
 INVERT_FILES = (
     "latent.pt",
     "aligned.png",
@@ -55,6 +57,8 @@ INVERT_FILES = (
 )
 """The files ``soundguide invert`` writes into one subfolder per photo."""
 STEPS_DIR = "steps"
+FRAMES_DIR = "frames"
+"""``soundguide video``'s PNG frames, ``frames/NNNNN.png``."""
 _STEP_FILE = re.compile(r"\d{5,}\.(pt|png)")
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # soundguide.core.files.create_temporary
 
@@ -64,7 +68,7 @@ def is_own_file(relative: str) -> bool:
     parts = Path(relative).parts
     if len(parts) == 1:
         return parts[0] in OUTPUT_FILES or bool(_TEMPORARY.fullmatch(parts[0]))
-    if len(parts) == 2 and parts[0] == STEPS_DIR:
+    if len(parts) == 2 and parts[0] in (STEPS_DIR, FRAMES_DIR):
         return bool(_STEP_FILE.fullmatch(parts[1]) or _TEMPORARY.fullmatch(parts[1]))
     if len(parts) == 2:  # soundguide invert: PHOTO/latent.pt ...
         return parts[1] in INVERT_FILES or bool(_TEMPORARY.fullmatch(parts[1]))

@@ -488,9 +488,11 @@ class TestCommands:
             "invert",
             "probe",
             "train",
+            "video",
             "zeroshot",
         ]
         assert registries.commands.owner("train") == ("soundguide.training.plugin", BUILTIN)
+        assert registries.commands.owner("video") == ("soundguide.video.plugin", BUILTIN)
         assert registries.commands.owner("invert") == ("soundguide.inversion.plugin", BUILTIN)
         assert registries.commands.owner("probe") == ("soundguide.evaluation.plugin", BUILTIN)
         assert registries.commands.owner("batch") == ("soundguide.batch.plugin", BUILTIN)

@@ -84,6 +84,7 @@ def required(kind: str, name: str, files: dict) -> dict:
         ("guidance", "text"): {"prompt": "a burning forest"},
         ("regularizer", "identity"): {},
         ("regularizer", "latent_l2"): {},
+        ("regularizer", "temporal"): {},
     }[(kind, name)]
 
 
@@ -95,6 +96,8 @@ def run_config(kind: str, name: str, files: dict) -> dict:
         "guidance": [{"type": "toy-target"}],
         "optimization": {"steps": 1, "seed": 0},
     }
+    if (kind, name) == ("regularizer", "temporal"):
+        data["optimization"]["seed"] = [0, 1]  # a sequence term: two frames to compare
     if kind == "generator":
         data["generator"] = section
     elif kind == "guidance":

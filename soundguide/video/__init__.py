@@ -1,0 +1,1 @@
+"""``soundguide video``: sound over time (see :mod:`soundguide.video.run`)."""
