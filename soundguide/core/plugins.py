@@ -73,6 +73,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.e4e",
     "soundguide.plugins.projection",
     "soundguide.inversion.plugin",
+    "soundguide.app.plugin",
     "soundguide.training.plugin",
     "soundguide.evaluation.plugin",
 )
