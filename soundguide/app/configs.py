@@ -257,13 +257,13 @@ def generator_choices(registries: Registries) -> dict[str, dict[str, Any]]:
     "local checkpoint" entry per type that takes a ``checkpoint`` file."""
     choices: dict[str, dict[str, Any]] = {}
     for entry in registries.generators:
-        fields = entry.Config.model_fields
+        fields = entry.config_model.model_fields
         preset = fields.get("preset")
         if preset is not None:
             for name in literal_values(preset.annotation):
                 choices[f"{entry.name}: {name}"] = {"type": entry.name, "preset": name}
     for entry in registries.generators:
-        if "checkpoint" in entry.Config.model_fields:
+        if "checkpoint" in entry.config_model.model_fields:
             choices[f"{entry.name}: local checkpoint"] = {"type": entry.name, "checkpoint": None}
     return choices
 
