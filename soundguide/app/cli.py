@@ -158,6 +158,7 @@ def app(
                 extra = {"demo": BANNER}
             if steps is not None:
                 options.steps = steps
+            options.scratch = temp / "page"
             runner = AppRunner(registries, history=history, device=resolved, extra_manifest=extra)
             page = build_page(runner, options)
             page.queue(default_concurrency_limit=1)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import html
 import random
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ class PageOptions:
     history: str = ""
     steps: int = 100
     device: str = "cpu"
+    scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "soundguide-page")
+    """Where the page writes its display copies (the command's temporary folder)."""
 
 
 def status_html(text: str, *, error: bool = False) -> str:
@@ -103,6 +106,23 @@ def shown(image: Any) -> Any:
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     return picture
+
+
+def shown_gif(path: Path, folder: Path) -> str:
+    """``path`` enlarged like :func:`shown` for the page (a copy in ``folder``)."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as gif:
+        frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+        duration = gif.info.get("duration", 80)
+    scale = max(1, SHOWN_SIDE // max(1, min(frames[0].size)))
+    if scale == 1:
+        return str(path)
+    big = [f.resize((f.width * scale, f.height * scale), Image.NEAREST) for f in frames]
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{path.parent.name}-trajectory.gif"
+    big[0].save(target, save_all=True, append_images=big[1:], duration=duration, loop=0)
+    return str(target)
 
 
 def _loss_frame(rows: list[tuple[int, str, float]]) -> Any:
@@ -141,10 +161,7 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
     registries = runner.registries
     with gr.Blocks(title="soundguide") as page:
         if options.demo_banner:
-            gr.HTML(
-                f'<div id="demo-banner"><b>DEMO with tiny RANDOM models</b>: '
-                f"{html.escape(options.demo_banner)}</div>"
-            )
+            gr.HTML(f'<div id="demo-banner"><b>{html.escape(options.demo_banner)}</b></div>')
         gr.Markdown(
             "## soundguide — edit images with sound, text and pictures\n"
             f"Device: `{options.device}` · runs are saved under `{options.history}`"
@@ -302,7 +319,12 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                 )
                 history_state = gr.State([])
                 history = gr.Gallery(
-                    label="this session's runs", columns=6, height=220, elem_id="history"
+                    label="this session's runs (edited images)",
+                    columns=8,
+                    height=180,
+                    allow_preview=False,
+                    object_fit="contain",
+                    elem_id="history",
                 )
 
         # -- sources: add, remove, check uploads ----------------------------------------
@@ -510,7 +532,7 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                 if (folder / "source.png").is_file()
                 else None,
                 edited_img: shown(edited) if edited.is_file() else None,
-                gif: str(folder / "trajectory.gif")
+                gif: shown_gif(folder / "trajectory.gif", options.scratch)
                 if (folder / "trajectory.gif").is_file()
                 else None,
                 downloads: files,

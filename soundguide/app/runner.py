@@ -81,6 +81,8 @@ class RunHandle:
         self.stop = Stop()
         self.queue: queue.Queue[Update] = queue.Queue()
         self.thread: threading.Thread | None = None
+        self.finished = threading.Event()
+        """Set when the run's folder is written and closed."""
         self.result: RunResult | None = None
         self.error: str | None = None
         self._started = time.perf_counter()
@@ -112,7 +114,7 @@ class RunHandle:
             try:
                 update = self.queue.get(timeout=poll)
             except queue.Empty:
-                if self.thread is not None and not self.thread.is_alive() and self.queue.empty():
+                if self.finished.is_set() and self.queue.empty():
                     return
                 continue
             yield update
@@ -157,7 +159,8 @@ class AppRunner:
 
         self.check(run)
         with self._lock:
-            if self.active is not None and self.active.thread and self.active.thread.is_alive():
+            # a run whose last update the page has shown may still be closing its folder
+            if self.active is not None and not self.active.finished.wait(5.0):
                 raise SoundguideError("another run is in progress on this device; wait for it")
             out = RunFolder(self._new_folder())
             out.open()  # locked until the run's thread has written everything
@@ -182,7 +185,7 @@ class AppRunner:
     def stop(self, session: str | None = None) -> bool:
         """Ask the active run (of ``session``, when given) to stop between two steps."""
         handle = self.active
-        if handle is None or handle.thread is None or not handle.thread.is_alive():
+        if handle is None or handle.finished.is_set():
             return False
         if session is not None and handle.session not in (None, session):
             return False
@@ -192,9 +195,9 @@ class AppRunner:
     def stop_all(self, wait: float = 30.0) -> None:
         """At exit: stop the active run and let it write its outputs."""
         handle = self.active
-        if handle is not None and handle.thread is not None and handle.thread.is_alive():
+        if handle is not None and handle.thread is not None and not handle.finished.is_set():
             handle.request_stop()
-            handle.thread.join(wait)
+            handle.finished.wait(wait)
 
     def _new_folder(self) -> Path:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -203,6 +206,7 @@ class AppRunner:
     def _run(self, handle: RunHandle, out: Any) -> None:
         from soundguide.api import edit
 
+        final = Update("error", error="error: the run ended without a result")
         try:
             handle.result = edit(
                 handle.config,
@@ -215,11 +219,13 @@ class AppRunner:
                 subscribers=[handle],
                 extra_manifest={"app": self.extra_manifest} if self.extra_manifest else None,
             )
-            handle.queue.put(Update("done", result=handle.result))
+            final = Update("done", result=handle.result)
         except BaseException as exc:  # the page shows one line; the thread never dies loudly
             handle.error = error_line(exc)
-            handle.queue.put(Update("error", error=handle.error))
+            final = Update("error", error=handle.error)
         finally:
             out.close()
             if torch.device(self.device).type == "cuda":
                 torch.cuda.empty_cache()  # the app owns its process: give the memory back
+            handle.queue.put(final)
+            handle.finished.set()
