@@ -31,6 +31,8 @@ from soundguide.app.plugin import APP_HELP
 from soundguide.cli_options import plugin_option
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+REQUIRED = ("gradio", "tomli_w")
+"""The modules of the ``app`` extra."""
 DEMO_GENERATOR = "demo: tiny random StyleGAN2 (32 px)"
 
 
@@ -38,7 +40,7 @@ def require_gradio() -> None:
     """One line, exit 2, when the ``app`` extra is missing."""
     from soundguide.core.errors import SoundguideError
 
-    missing = [m for m in ("gradio", "tomli_w") if importlib.util.find_spec(m) is None]
+    missing = [m for m in REQUIRED if importlib.util.find_spec(m) is None]
     if missing:
         raise SoundguideError(
             f"the web app needs {' and '.join(missing)}: pip install 'soundguide[app]'"

@@ -324,6 +324,7 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                     height=180,
                     allow_preview=False,
                     object_fit="contain",
+                    fit_columns=False,
                     elem_id="history",
                 )
 
