@@ -202,13 +202,19 @@ def test_a_plugin_command_runs_and_shows_its_own_help(capsys):
 def test_help_imports_no_training_or_evaluation_code():
     import pkgutil
 
+    import soundguide.app
     import soundguide.evaluation
     import soundguide.inversion
     import soundguide.training
 
     modules = [
         f"{package.__name__}.{info.name}"
-        for package in (soundguide.training, soundguide.evaluation, soundguide.inversion)
+        for package in (
+            soundguide.training,
+            soundguide.evaluation,
+            soundguide.inversion,
+            soundguide.app,
+        )
         for info in pkgutil.iter_modules(package.__path__)
     ]
     code = (
@@ -217,8 +223,17 @@ def test_help_imports_no_training_or_evaluation_code():
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['--help']) == 0\n"
     )
-    heavy = ["sklearn", "torch.utils.tensorboard", "lpips", "dlib", "torchvision", *modules]
+    heavy = [
+        "sklearn",
+        "torch.utils.tensorboard",
+        "lpips",
+        "dlib",
+        "torchvision",
+        "gradio",
+        *modules,
+    ]
     assert sorted(imported_by(code, heavy)) == [
+        "soundguide.app.plugin",
         "soundguide.evaluation.plugin",
         "soundguide.inversion.lpips",  # VGG16_WEIGHTS, a table entry: imports no lpips
         "soundguide.inversion.plugin",

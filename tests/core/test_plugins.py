@@ -482,7 +482,15 @@ class TestCommands:
         from soundguide.cli_options import LazyCommand
 
         registries = load_registries(entry_points=False)
-        assert registries.commands.names() == ["curate", "invert", "probe", "train", "zeroshot"]
+        assert registries.commands.names() == [
+            "app",
+            "curate",
+            "invert",
+            "probe",
+            "train",
+            "zeroshot",
+        ]
+        assert registries.commands.owner("app") == ("soundguide.app.plugin", BUILTIN)
         assert registries.commands.owner("train") == ("soundguide.training.plugin", BUILTIN)
         assert registries.commands.owner("invert") == ("soundguide.inversion.plugin", BUILTIN)
         assert registries.commands.owner("probe") == ("soundguide.evaluation.plugin", BUILTIN)
