@@ -86,23 +86,18 @@ class CLIPGuidance(Guidance):
         The CLIP network may be shared with other runs (``RunContext.shared``);
         the encoder around it (the cutouts' random generator) is this run's own.
         """
-        import functools
+        from soundguide.encoders.clip import CLIPEncoder
 
-        from soundguide.core.interfaces import model_key
-        from soundguide.encoders.clip import CLIPEncoder, clip_file, load_clip, read_clip_state
-
-        c, ctx = self.config, self.context
-        path = clip_file(self.clip_path())
-        dtype, trust = _DTYPES[c.clip_dtype], ctx.trust_checkpoint
-        model = ctx.shared(
-            model_key("clip", path, dtype=dtype, trust=trust, device=ctx.device),
-            lambda: load_clip(path, device=ctx.device, dtype=dtype, trust=trust, text=False),
-        )
-        return CLIPEncoder(
-            model,
-            text_loader=functools.partial(read_clip_state, path, trust=trust),
+        c = self.config
+        return CLIPEncoder.load(
+            self.clip_path(),
+            device=self.context.device,
+            dtype=_DTYPES[c.clip_dtype],
+            trust=self.context.trust_checkpoint,
+            lazy_text=True,
             preprocess=c.clip_preprocess,
             cutouts=c.clip_cutouts,
+            share=self.context.shared,
         )
 
     def loss(self, embedding: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
