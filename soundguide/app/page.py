@@ -485,7 +485,7 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
             last = 0.0
             for update in handle.updates():
                 if update.kind == "error":
-                    yield {status: status_html(update.error or "error", error=True)}
+                    yield {status: status_html(update.error or "error", error=True), bar: ""}
                     return
                 if update.kind == "done":
                     yield _finished(handle, past, rows)
