@@ -279,6 +279,24 @@ def test_stop_after_the_first_image_keeps_the_partial_outputs(open_page):
     assert (folder / "latent_edited.pt").is_file() and (folder / "edited.png").is_file()
 
 
+def test_one_run_at_a_time_the_next_waits_with_its_position(open_page):
+    first, second = open_page(), open_page()
+    for page, steps in ((first, 500), (second, 3)):
+        page.locator("#remove-audio-0").click()
+        page.locator("#prompt-0 textarea").fill("rain")
+        page.locator("#steps input").fill(str(steps))
+    first.locator("#run").click()
+    first.wait_for_selector("#preview img")
+    second.locator("#run").click()
+    second.wait_for_function("document.body.innerText.includes('queue: 1/1')")
+    second.locator("#stop").click()  # another session's Stop leaves the first run alone
+    second.wait_for_timeout(1000)
+    assert _status(first).startswith("running: step")
+    first.locator("#stop").click()
+    assert "stopped in the app" in _wait_status(first, "stopped")
+    assert "finished 3 steps" in _wait_status(second, "finished")
+
+
 def test_a_text_file_as_audio_shows_the_error_line(open_page, tmp_path):
     fake = tmp_path / "notes.wav"
     fake.write_text("these are notes, not a sound\n" * 20)

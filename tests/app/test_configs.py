@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 
 from soundguide.app.configs import (
@@ -23,7 +24,7 @@ from soundguide.app.configs import (
     validate,
 )
 from soundguide.core.config import load_config
-from soundguide.core.errors import AudioError, ConfigError, ImageError
+from soundguide.core.errors import AudioError, ConfigError, ImageError, LatentError
 from soundguide.core.plugins import load_registries
 from tests import toy_plugins
 
@@ -141,3 +142,18 @@ def test_generator_dropdown_lists_presets_and_local_checkpoints(registries):
     assert choices["stylegan2: landscape"] == {"type": "stylegan2", "preset": "landscape"}
     assert choices["stylegan2: local checkpoint"] == {"type": "stylegan2", "checkpoint": None}
     assert "nvidia: local checkpoint" in choices
+
+
+def test_a_latent_file_start_is_copied_and_named_in_the_config(demo_models, registries, tmp_path):
+    latent = tmp_path / "upload" / "w.pt"
+    latent.parent.mkdir()
+    torch.save(torch.zeros(1, 8, 64), latent)
+    run = copy_inputs(
+        page_run(demo_models, start="latent file", latent=str(latent)), tmp_path / "in"
+    )
+    config = validate(run_data(run, tmp_path / "rerun"), registries)
+    assert config.optimization.latent == (tmp_path / "in" / "start-latent.pt").resolve()
+    bad = tmp_path / "w.npy"
+    bad.write_bytes(b"x")
+    with pytest.raises(LatentError, match=r"w\.npy: expected a \.pt tensor file"):
+        check_page(page_run(demo_models, start="latent file", latent=str(bad)))
