@@ -11,6 +11,7 @@ most :data:`MAX_IMAGE_PIXELS`). Nothing here imports gradio.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import typing
 from dataclasses import dataclass, field
@@ -43,11 +44,10 @@ START_MODES = ("seed", "mean latent", "latent file", "photo")
 def check_audio(path: str | Path, *, limit: float = MAX_AUDIO_SECONDS) -> float:
     """The duration of an audio upload in seconds; :class:`AudioError` (the CLI's
     message) for a file soundfile cannot read or one longer than ``limit``."""
-    from soundguide.encoders.audio import _open
+    from soundguide.encoders.audio import audio_header
 
     path = Path(path)
-    handle, rate, frames, _channels = _open(path)
-    handle.close()
+    rate, frames, _channels = audio_header(path)
     seconds = frames / rate
     if seconds > limit:
         raise AudioError(
@@ -138,13 +138,8 @@ def copy_inputs(run: PageRun, folder: Path) -> PageRun:
         Source(s.kind, where(s.value) if s.kind in ("audio", "image") else s.value, s.weight)
         for s in run.sources
     ]
-    return PageRun(
-        **{
-            **run.__dict__,
-            "sources": sources,
-            "latent": where(run.latent),
-            "photo": where(run.photo),
-        }
+    return dataclasses.replace(
+        run, sources=sources, latent=where(run.latent), photo=where(run.photo)
     )
 
 

@@ -478,7 +478,11 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                 downloads: None,
                 toml_box: handle.toml,
             }
-            yield from _stream(handle, v[history_state])
+            try:
+                yield from _stream(handle, v[history_state])
+            finally:
+                if handle.result is None and handle.error is None:
+                    handle.request_stop()  # the page went away: keep what exists, free the device
 
         def _stream(handle: RunHandle, past: list[Any]):
             rows: list[tuple[int, str, float]] = []
