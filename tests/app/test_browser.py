@@ -297,6 +297,28 @@ def test_one_run_at_a_time_the_next_waits_with_its_position(open_page):
     assert "finished 3 steps" in _wait_status(second, "finished")
 
 
+def test_a_page_that_goes_away_stops_its_run(browser, server):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server.url)
+    page.locator("#remove-audio-0").click()
+    page.locator("#prompt-0 textarea").fill("the page goes away")
+    page.locator("#steps input").fill("500")
+    page.locator("#run").click()
+    page.wait_for_selector("#preview img", timeout=60_000)
+    context.close()
+    [folder] = [
+        f.parent
+        for f in server.history.glob("*/config.toml")
+        if "the page goes away" in f.read_text()
+    ]
+    deadline = time.monotonic() + 30
+    while not (folder / "run.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    manifest = json.loads((folder / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["steps_done"] < 500
+
+
 def test_a_text_file_as_audio_shows_the_error_line(open_page, tmp_path):
     fake = tmp_path / "notes.wav"
     fake.write_text("these are notes, not a sound\n" * 20)
