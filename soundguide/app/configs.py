@@ -249,7 +249,8 @@ def _toml_ready(value: Any) -> Any:
 
 def generator_choices(registries: Registries) -> dict[str, dict[str, Any]]:
     """Page label -> generator table: every ``preset`` a generator type offers, then a
-    "local checkpoint" entry per type that takes a ``checkpoint`` file."""
+    "local checkpoint" entry per type that takes a ``checkpoint`` file (and the bare
+    type of a generator that has neither)."""
     choices: dict[str, dict[str, Any]] = {}
     for entry in registries.generators:
         fields = entry.config_model.model_fields
@@ -258,8 +259,11 @@ def generator_choices(registries: Registries) -> dict[str, dict[str, Any]]:
             for name in literal_values(preset.annotation):
                 choices[f"{entry.name}: {name}"] = {"type": entry.name, "preset": name}
     for entry in registries.generators:
-        if "checkpoint" in entry.config_model.model_fields:
+        fields = entry.config_model.model_fields
+        if "checkpoint" in fields:
             choices[f"{entry.name}: local checkpoint"] = {"type": entry.name, "checkpoint": None}
+        elif "preset" not in fields:
+            choices[entry.name] = {"type": entry.name}  # a generator that needs no file
     return choices
 
 

@@ -142,6 +142,7 @@ def test_generator_dropdown_lists_presets_and_local_checkpoints(registries):
     assert choices["stylegan2: landscape"] == {"type": "stylegan2", "preset": "landscape"}
     assert choices["stylegan2: local checkpoint"] == {"type": "stylegan2", "checkpoint": None}
     assert "nvidia: local checkpoint" in choices
+    assert choices["toy"] == {"type": "toy"}  # needs no file
 
 
 def test_a_latent_file_start_is_copied_and_named_in_the_config(demo_models, registries, tmp_path):

@@ -108,3 +108,34 @@ def test_networks_load_once_and_run_b_after_a_equals_b_alone(demo_models, regist
             torch.load(b.folder / name, weights_only=True),
             torch.load(b_alone.folder / name, weights_only=True),
         )
+
+
+def test_a_photo_start_streams_its_reconstruction_first(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tests import toy_plugins
+
+    registries = load_registries(entry_points=False, plugins=[toy_plugins])
+    photo = tmp_path / "me.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(photo)
+    run = PageRun(
+        sources=[Source("toy-target", {"dim": 8}, 1.0)],
+        generator={"type": "toy", "size": 8, "layers": 4, "dim": 48},
+        start="photo",
+        photo=str(photo),
+        inverter="toy-inverter",
+        steps=3,
+    )
+    handle = AppRunner(registries, history=tmp_path / "history").start(run, preview_every=1)
+    updates = finish(handle)
+    folder = handle.folder
+    assert (folder / "inputs" / "start-photo.png").read_bytes() == photo.read_bytes()
+    # the first preview, shown before the edit moves, is the inversion's reconstruction
+    first = updates[0]
+    assert first.step == 0
+    assert torch.equal(first.image, updates[-1].result.source_image)
+    for name in ("photo.png", "source.png", "edited.png"):
+        assert (folder / name).is_file()
+    assert 'type = "toy-inverter"' in handle.toml
