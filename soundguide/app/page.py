@@ -38,8 +38,11 @@ SLOTS = {"audio": 3, "text": 3, "image": 2}
 """Source slots per kind on the page ("+ sound" shows the next one)."""
 SHOWN_SIDE = 256
 """Previews smaller than this are enlarged (nearest) for the page; downloads are untouched."""
-YIELD_EVERY = 0.3
-"""Seconds between two updates of the loss plot and the status while a run streams."""
+YIELD_EVERY = 0.5
+"""Fewest seconds between two refreshes of the page while a run streams (status,
+progress, the latest preview): a browser on the same CPU slows the steps."""
+PLOT_EVERY = 2.0
+"""Fewest seconds between two redraws of the loss plot (the costliest to draw)."""
 OUTPUT_NAMES = (
     "edited.png",
     "source.png",
@@ -486,7 +489,8 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
 
         def _stream(handle: RunHandle, past: list[Any]):
             rows: list[tuple[int, str, float]] = []
-            last = 0.0
+            last = last_plot = 0.0
+            latest = None
             for update in handle.updates():
                 if update.kind == "error":
                     yield {status: status_html(update.error or "error", error=True), bar: ""}
@@ -495,22 +499,30 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                     yield _finished(handle, past, rows)
                     return
                 rows.extend((update.step, k, v) for k, v in update.losses.items())
-                out: dict[Any, Any] = {}
                 if update.image is not None:
-                    out[preview] = shown(update.image)
-                    if update.step == 0:
-                        out[source_img] = shown(update.image)  # a photo: its reconstruction
+                    latest = update.image
                 now = time.perf_counter()
-                if out or now - last > YIELD_EVERY:
-                    last = now
-                    out[bar] = progress_html(update.step, update.steps, update.seconds_per_step)
-                    out[losses] = _loss_frame(rows)
-                    out[status] = status_html(
+                first = update.step == 0 and update.image is not None
+                if not first and now - last < YIELD_EVERY:
+                    continue  # the page is refreshed at most every YIELD_EVERY seconds
+                last = now
+                out: dict[Any, Any] = {
+                    bar: progress_html(update.step, update.steps, update.seconds_per_step),
+                    status: status_html(
                         f"stopping after step {update.step}"
                         if handle.stop.requested
                         else f"running: step {update.step} of {update.steps}"
-                    )
-                    yield out
+                    ),
+                }
+                if latest is not None:
+                    out[preview] = shown(latest)
+                    if first:
+                        out[source_img] = out[preview]  # a photo: its reconstruction
+                    latest = None
+                if now - last_plot >= PLOT_EVERY:
+                    last_plot = now
+                    out[losses] = _loss_frame(rows)
+                yield out
 
         def _finished(handle: RunHandle, past: list[Any], rows: list[Any]) -> dict[Any, Any]:
             result = handle.result
