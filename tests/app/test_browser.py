@@ -147,7 +147,11 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        # a fake microphone (a beep) that needs no permission prompt
+        fake_media = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", *fake_media]
+        )
         yield browser
         browser.close()
 
@@ -317,6 +321,27 @@ def test_a_page_that_goes_away_stops_its_run(browser, server):
         time.sleep(0.2)
     manifest = json.loads((folder / "run.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["steps_done"] < 500
+
+
+def test_a_sound_recorded_with_the_microphone_guides_a_run(browser, server):
+    context = browser.new_context(permissions=["microphone"])
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(server.url)
+    page.locator("#audio-0 button[aria-label='Record audio']").click()
+    page.locator("#audio-0 button", has_text="Record").first.click()
+    page.wait_for_timeout(2000)
+    page.locator("#audio-0 button", has_text="Stop").first.click()
+    page.locator("#steps input").fill("2")
+    page.locator("#prompt-0 textarea").fill("a recorded beep")
+    page.locator("#run").click()
+    folder = _folder(_wait_status(page, "finished"))
+    context.close()
+    manifest = json.loads((folder / "run.json").read_text())
+    audio = manifest["config"]["guidance"][0]
+    assert audio["type"] == "audio" and audio["path"].endswith("inputs/audio-0.wav")
+    seconds = sf.info(audio["path"]).duration
+    assert 1.0 < seconds < 10.0  # the recording, not a placeholder
 
 
 def test_a_text_file_as_audio_shows_the_error_line(open_page, tmp_path):
