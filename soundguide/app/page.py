@@ -265,12 +265,16 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                     and options.generators[labels[0]].get("checkpoint", 1) is None,
                     elem_id="checkpoint",
                 )
-                with gr.Accordion("encoders", open=False):
+                with gr.Group(elem_id="encoders"):
                     clip_model = gr.Textbox(
-                        value=options.clip_model, label="CLIP model (name or file)"
+                        value=options.clip_model,
+                        label="CLIP model (name or file)",
+                        elem_id="clip-model",
                     )
                     audio_encoder = gr.Textbox(
-                        value=options.audio_encoder, label="SoundCLIP weights (name or file)"
+                        value=options.audio_encoder,
+                        label="SoundCLIP weights (name or file)",
+                        elem_id="audio-encoder",
                     )
 
                 gr.Markdown("### Regularizers")

@@ -70,14 +70,14 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 class SlowWeights(BaseHTTPRequestHandler):
-    """Serves 2 MB of weights in 40 pieces over 2 s: a download long enough to watch."""
+    """Serves 4 MB of weights in 80 pieces over 4 s: a download long enough to watch."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         piece = b"\0" * 50_000
         self.send_response(200)
-        self.send_header("Content-Length", str(40 * len(piece)))
+        self.send_header("Content-Length", str(80 * len(piece)))
         self.end_headers()
-        for _ in range(40):
+        for _ in range(80):
             self.wfile.write(piece)
             self.wfile.flush()
             time.sleep(0.05)
@@ -358,11 +358,15 @@ def test_downloads_of_known_weights_show_their_progress(open_page):
     page = open_page()
     page.locator("#remove-audio-0").click()
     page.locator("#prompt-0 textarea").fill("rain")
-    page.get_by_text("encoders").click()
-    page.get_by_label("CLIP model (name or file)").fill("slow-weights")
+    box = page.locator("#clip-model textarea")
+    box.fill("slow-weights")
+    box.press("Tab")
+    page.wait_for_function(
+        "document.querySelector('#clip-model textarea').value === 'slow-weights'"
+    )
     page.locator("#run").click()
     page.wait_for_function(
-        "document.body.innerText.includes('downloading slow.bin')", timeout=20_000
+        "document.body.innerText.includes('downloading slow.bin')", polling=100, timeout=30_000
     )
     # then it is read as a CLIP model, which it is not: the CLI's error, one line
     status = _wait_status(page, "error:")
