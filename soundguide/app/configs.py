@@ -345,6 +345,8 @@ def form_values(specs: list[FieldSpec], values: list[Any]) -> dict[str, Any]:
             except tomllib.TOMLDecodeError:
                 value = str(value)
         elif spec.widget == "integer":
-            value = int(value)
+            value = int(value)  # an optional one comes as text
+        elif spec.widget == "number":
+            value = float(value)
         table[spec.name] = value
     return table

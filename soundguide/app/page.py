@@ -139,6 +139,9 @@ def _widget(spec: FieldSpec, elem_id: str) -> gr.components.Component:
     info = spec.description or None
     if spec.widget == "checkbox":
         return gr.Checkbox(value=bool(spec.default), label=label, info=info, elem_id=elem_id)
+    if spec.widget in ("integer", "number") and spec.default is None:
+        # empty means "not set": a Number box would send 0 for it
+        return gr.Textbox(value="", label=label, info=info, placeholder="not set", elem_id=elem_id)
     if spec.widget in ("integer", "number"):
         return gr.Number(
             value=spec.default,
@@ -227,7 +230,9 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                     gr.Markdown("### Plugin sources")
                 for entry in others:
                     specs = field_specs(entry.config_model)
-                    with gr.Accordion(f"{entry.name} ({entry.plugin})", open=False):
+                    # a group, not an accordion: text typed just after opening one was lost
+                    with gr.Group():
+                        gr.Markdown(f"**{entry.name}** ({entry.plugin})")
                         use = gr.Checkbox(
                             label=f"use {entry.name}", value=False, elem_id=f"use-{entry.name}"
                         )
@@ -553,6 +558,7 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                 if (folder / "source.png").is_file()
                 else None,
                 edited_img: shown(edited) if edited.is_file() else None,
+                preview: shown(edited) if edited.is_file() else gr.update(),
                 gif: shown_gif(folder / "trajectory.gif", options.scratch)
                 if (folder / "trajectory.gif").is_file()
                 else None,

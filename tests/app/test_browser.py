@@ -241,8 +241,21 @@ def finished(browser, server, sound, tmp_path_factory):
 def test_the_demo_says_so_and_plugin_forms_appear(open_page):
     page = open_page()
     assert "DEMO with tiny RANDOM models" in page.locator("#demo-banner").inner_text()
-    page.get_by_text("toy-target (").click()  # the -p plugin's source, its form from its Config
+    # the -p plugin's source, with a form made from its Config: defaults and descriptions
+    assert page.get_by_text("toy-target (tests.toy_plugins)").is_visible()
     assert page.locator("#toy-target-dim input").input_value() == "16"
+    assert page.get_by_text("Give this many per-item targets.").is_visible()
+    # used in a run, with a field changed and an optional one left empty
+    page.locator("#use-toy-target input").check()
+    _set_number(page, "#toy-target-w", -0.4)
+    page.locator("#toy-target-seed input").fill("5")
+    page.locator("#remove-audio-0").click()
+    page.locator("#prompt-0 textarea").fill("rain")
+    page.locator("#steps input").fill("2")
+    page.locator("#run").click()
+    manifest = json.loads((_folder(_wait_status(page, "finished")) / "run.json").read_text())
+    toy = manifest["config"]["guidance"][1]
+    assert (toy["type"], toy["weight"], toy["seed"], toy["items"]) == ("toy-target", -0.4, 5, None)
 
 
 def test_a_five_step_run_writes_the_weights_chosen_on_the_page(finished):

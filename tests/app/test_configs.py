@@ -124,12 +124,13 @@ def test_plugin_forms_come_from_the_pydantic_config(registries):
     assert specs["space_name"].widget == "text"
     assert specs["vector"].widget == "toml"
     ordered = list(specs.values())
-    values = ["toy", 8, 3, "[0.5, 1.5]", "", None, None]
+    values = ["toy", 8, 3, "[0.5, 1.5]", "", "2", ""]  # optional numbers come as text
     assert form_values(ordered, values) == {
         "space_name": "toy",
         "dim": 8,
         "seed": 3,
         "vector": [0.5, 1.5],
+        "items": 2,
     }
     text = {s.name: s for s in field_specs(registries.guidances.get("text").Config)}
     assert text["clip_preprocess"].widget == "choice"
