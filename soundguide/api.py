@@ -7,14 +7,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 import torch
 
 from soundguide.core.config import RunConfig, load_config
-from soundguide.core.engine import Editor, RunResult, Stop, resolve_device
+from soundguide.core.engine import Editor, RunResult, StepEvent, Stop, resolve_device
+from soundguide.core.interfaces import ModelStore
 from soundguide.core.outputs import LossLog, RunWriter, StepWriter
 from soundguide.core.plugins import load_registries
 from soundguide.core.registry import Registries
@@ -37,6 +38,8 @@ def edit(
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
     stop: Stop | None = None,
+    models: ModelStore | None = None,
+    subscribers: Sequence[Callable[[StepEvent], None]] = (),
 ) -> RunResult:
     """Run one edit from a config (object or TOML path) and write its outputs.
 
@@ -47,7 +50,10 @@ def edit(
     checked for writing before anything is loaded; a run that fails before
     its first step leaves no folder behind; a stopped, non-finite or failed
     run writes what it has. ``stop`` (a :class:`~soundguide.core.engine.Stop`)
-    lets another thread end the run between two steps. Nothing process-wide
+    lets another thread end the run between two steps. ``subscribers`` receive
+    every :class:`~soundguide.core.engine.StepEvent` (after the output
+    recorders); ``models`` shares loaded networks between runs (see
+    :class:`~soundguide.core.interfaces.ModelStore`). Nothing process-wide
     changes: no allocator setting, signal handler or global state.
 
     Raises :class:`~soundguide.core.errors.OutputError` when an output could not
@@ -77,6 +83,7 @@ def edit(
             trust_checkpoint=trust_checkpoint,
             progress=progress,
             stop=stop,
+            models=models,
         )
         recorders: tuple[Any, ...] = ()
         if write:
@@ -97,6 +104,8 @@ def edit(
             )
             for recorder in recorders:
                 editor.subscribe(recorder)
+        for subscriber in subscribers:
+            editor.subscribe(subscriber)
         result = editor.run()
     except BaseException:
         if owned:

@@ -203,10 +203,12 @@ def test_a_plugin_command_runs_and_shows_its_own_help(capsys):
 def test_help_imports_no_training_or_evaluation_code():
     import pkgutil
 
+    import soundguide.app
     import soundguide.batch
     import soundguide.evaluation
     import soundguide.inversion
     import soundguide.training
+    import soundguide.video
 
     modules = [
         f"{package.__name__}.{info.name}"
@@ -214,7 +216,9 @@ def test_help_imports_no_training_or_evaluation_code():
             soundguide.training,
             soundguide.evaluation,
             soundguide.inversion,
+            soundguide.app,
             soundguide.batch,
+            soundguide.video,
         )
         for info in pkgutil.iter_modules(package.__path__)
     ]
@@ -224,13 +228,24 @@ def test_help_imports_no_training_or_evaluation_code():
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['--help']) == 0\n"
     )
-    heavy = ["sklearn", "torch.utils.tensorboard", "lpips", "dlib", "torchvision", *modules]
+    heavy = [
+        "sklearn",
+        "torch.utils.tensorboard",
+        "lpips",
+        "dlib",
+        "torchvision",
+        "gradio",
+        "av",
+        *modules,
+    ]
     assert sorted(imported_by(code, heavy)) == [
+        "soundguide.app.plugin",
         "soundguide.batch.plugin",
         "soundguide.evaluation.plugin",
         "soundguide.inversion.lpips",  # VGG16_WEIGHTS, a table entry: imports no lpips
         "soundguide.inversion.plugin",
         "soundguide.training.plugin",
+        "soundguide.video.plugin",
     ]
     # the check can fail: running a command does import its code
     code = code.replace("main(['--help'])", "main(['train', '--help'])")

@@ -46,6 +46,7 @@ from soundguide.core.interfaces import (
     Generator,
     Guidance,
     ImageEncoder,
+    ModelStore,
     Regularizer,
     RunContext,
 )
@@ -187,6 +188,8 @@ class Editor:
 
     ``Editor(config, registries).run()`` returns a :class:`RunResult`;
     :meth:`subscribe` adds callbacks that receive every :class:`StepEvent`.
+    ``models`` (a :class:`~soundguide.core.interfaces.ModelStore`) shares loaded
+    networks with other runs of the process; by default each run loads its own.
     """
 
     def __init__(
@@ -200,6 +203,7 @@ class Editor:
         progress: bool = True,
         plugins: Sequence[str | ModuleType] = (),
         stop: Stop | None = None,
+        models: ModelStore | None = None,
     ) -> None:
         if registries is None:
             from soundguide.core.plugins import load_registries
@@ -214,6 +218,7 @@ class Editor:
             trust_checkpoint=trust_checkpoint,
             cache_dir=Path(cache_dir) if cache_dir is not None else None,
             progress=progress,
+            models=models,
         )
         self._callbacks: list[Callable[[StepEvent], None]] = []
         self._prepared = False

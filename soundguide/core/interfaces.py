@@ -112,6 +112,48 @@ class InverterConfig(PluginConfig):
     )
 
 
+class ModelStore:
+    """Loaded networks kept for the next run of the same process (``soundguide app``).
+
+    A run whose :class:`RunContext` has a store gets, from :meth:`RunContext.shared`,
+    the network an earlier run loaded under the same key instead of reading the
+    file again. Only frozen networks belong here, never per-run state (noise maps
+    chosen for a photo, a random generator, a target): a plugin keeps those on
+    itself. Without a store (the CLI, ``edit()``, ``Editor``) every run loads its
+    own. Thread-safe; :meth:`clear` drops every network.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._models: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """The object kept under ``key``, else ``build()`` (kept for next time)."""
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = build()
+            return self._models[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def model_key(kind: str, path: str | os.PathLike[str], **settings: Any) -> tuple[Any, ...]:
+    """A :class:`ModelStore` key: ``kind``, the file (resolved path, size and modification
+    time, so a replaced file is read again) and whatever else the loaded network
+    depends on (device, dtype, trust...)."""
+    resolved = Path(path).expanduser().resolve()
+    stat = resolved.stat()
+    extra = tuple(sorted((k, str(v)) for k, v in settings.items()))
+    return (kind, str(resolved), stat.st_size, stat.st_mtime_ns, *extra)
+
+
 @dataclass
 class RunContext:
     """What the engine hands every plugin it builds."""
@@ -126,6 +168,14 @@ class RunContext:
     """(n, 3, R, R) in [-1, 1]: the prepared photos of a run that starts from
     ``optimization.image`` (set before regularizers' ``setup``), else None."""
     extras: dict[str, Any] = field(default_factory=dict)
+    models: ModelStore | None = None
+    """Networks shared with other runs of this process (see :meth:`shared`); None: none."""
+
+    def shared(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """``build()``, or, with a :attr:`models` store, the network an earlier run built
+        under ``key`` (:func:`model_key`). For frozen networks only: what a run
+        changes (noise maps, random generators) stays on the plugin."""
+        return build() if self.models is None else self.models.get(key, build)
 
     def cache_path(self, *parts: str) -> Path:
         """A path under the cache folder (``$SOUNDGUIDE_HOME`` by default)."""

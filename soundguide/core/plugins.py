@@ -75,6 +75,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "soundguide.plugins.temporal",
     "soundguide.video.plugin",
     "soundguide.inversion.plugin",
+    "soundguide.app.plugin",
     "soundguide.training.plugin",
     "soundguide.batch.plugin",
     "soundguide.evaluation.plugin",

@@ -72,6 +72,14 @@ _MAGIC = [
 ]
 
 
+def audio_header(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """(sample rate, frames, channels) of an audio file from its header, nothing decoded;
+    the :class:`AudioError` of :func:`load_audio` for a file it could not read."""
+    handle, rate, frames, channels = _open(Path(path))
+    handle.close()
+    return rate, frames, channels
+
+
 def load_audio(
     path: str | os.PathLike[str],
     sample_rate: int = 44100,

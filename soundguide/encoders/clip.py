@@ -666,6 +666,7 @@ class CLIPEncoder(nn.Module):
         download_root: str | os.PathLike[str] | None = None,
         trust: bool = False,
         lazy_text: bool = False,
+        share: Callable[[tuple[Any, ...], Callable[[], Any]], Any] | None = None,
         **options: Any,
     ) -> CLIPEncoder:
         """:func:`load_clip` then wrap; ``options`` go to the constructor.
@@ -673,9 +674,24 @@ class CLIPEncoder(nn.Module):
         ``lazy_text``: load the image tower only; the text tower is read from
         the file when text is first encoded (never, in a run whose text
         targets are all cached or that has no text source).
+        ``share(key, build)`` (e.g. :meth:`RunContext.shared`) may return a
+        network loaded before under the same key instead of building one; the
+        encoder around it (its cutouts' random generator) is always new.
         """
+        from soundguide.core.interfaces import model_key
+
         path = clip_file(name_or_path, download_root=download_root)
-        model = load_clip(path, device=device, dtype=dtype, trust=trust, text=not lazy_text)
+
+        def build() -> clip.model.CLIP:
+            return load_clip(path, device=device, dtype=dtype, trust=trust, text=not lazy_text)
+
+        if share is None:
+            model = build()
+        else:
+            key = model_key(
+                "clip", path, device=device, dtype=dtype, trust=trust, text=not lazy_text
+            )
+            model = share(key, build)
         return cls(
             model, text_loader=functools.partial(read_clip_state, path, trust=trust), **options
         )

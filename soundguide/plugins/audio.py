@@ -150,10 +150,15 @@ class AudioGuidance(FileSources, CLIPGuidance):
         return self.one_or_all(target)
 
     def _embed(self, weights: Path) -> torch.Tensor:
+        from soundguide.core.interfaces import model_key
         from soundguide.encoders.soundclip import embed_audio, load_soundclip
 
-        c = self.config
-        model = load_soundclip(weights, trust=self.context.trust_checkpoint).to(self.context.device)
+        c, ctx = self.config, self.context
+        trust = ctx.trust_checkpoint
+        model = ctx.shared(
+            model_key("soundclip", weights, trust=trust, device=ctx.device),
+            lambda: load_soundclip(weights, trust=trust).to(ctx.device),
+        )
         generator = torch.Generator().manual_seed(c.crop_seed)
         return torch.stack(
             [

@@ -81,7 +81,11 @@ class CLIPGuidance(Guidance):
         return self.context.resolve_weights(self.config.clip_model)
 
     def build_encoder(self):
-        """One CLIP encoder per space; its text tower is read only if a text target needs it."""
+        """One CLIP encoder per space; its text tower is read only if a text target needs it.
+
+        The CLIP network may be shared with other runs (``RunContext.shared``);
+        the encoder around it (the cutouts' random generator) is this run's own.
+        """
         from soundguide.encoders.clip import CLIPEncoder
 
         c = self.config
@@ -93,6 +97,7 @@ class CLIPGuidance(Guidance):
             lazy_text=True,
             preprocess=c.clip_preprocess,
             cutouts=c.clip_cutouts,
+            share=self.context.shared,
         )
 
     def loss(self, embedding: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

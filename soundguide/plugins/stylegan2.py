@@ -4,7 +4,8 @@
 points at a local file instead. The mean latent (4096 mapping passes, seeded)
 is computed once per checkpoint and cached under ``$SOUNDGUIDE_HOME/cache``.
 ``use_noise`` replaces the checkpoint's fixed noise maps (projection tunes
-them; one map per image, or one for the batch).
+them; one map per image, or one for the batch) for this run only: the network
+itself may be shared with later runs (``RunContext.shared``).
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class StyleGAN2(Generator):
     def __init__(self, config: Config, context) -> None:
         super().__init__(config, context)
         from soundguide.core.files import sha256_file
+        from soundguide.core.interfaces import model_key
         from soundguide.generators.stylegan2 import load_stylegan2
 
         preset = PRESETS.get(config.preset) if config.preset else None
@@ -145,15 +147,23 @@ class StyleGAN2(Generator):
         if cm is None and preset is not None and config.checkpoint is None:
             cm = preset.channel_multiplier
         self.path = Path(path)
-        self.model = load_stylegan2(
-            self.path, size=size, channel_multiplier=cm, trust=context.trust_checkpoint
-        ).to(context.device)
+        trust = context.trust_checkpoint
+        # the frozen network may be shared with other runs (soundguide app); the
+        # noise maps a run chooses stay on this plugin (self._noise), never on it
+        self.model = context.shared(
+            model_key("stylegan2", self.path, size=size, cm=cm, trust=trust, device=context.device),
+            lambda: load_stylegan2(self.path, size=size, channel_multiplier=cm, trust=trust).to(
+                context.device
+            ),
+        )
         self.model.channels_last = config.channels_last
         self.model.winograd = config.winograd
         self._box = preset.content_box if preset is not None else None
         # preset + checkpoint is a local copy of the preset's model (the README's offline use)
         self._domain = config.domain or (preset.domain if preset is not None else None)
-        self._sha256 = sha256_file(self.path)
+        self._sha256 = context.shared(
+            model_key("sha256", self.path), lambda: sha256_file(self.path)
+        )
         self._mean: torch.Tensor | None = None
         self._noise: list[torch.Tensor] | None = None
 

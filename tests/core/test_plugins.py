@@ -483,6 +483,7 @@ class TestCommands:
 
         registries = load_registries(entry_points=False)
         assert registries.commands.names() == [
+            "app",
             "batch",
             "curate",
             "invert",
@@ -491,6 +492,7 @@ class TestCommands:
             "video",
             "zeroshot",
         ]
+        assert registries.commands.owner("app") == ("soundguide.app.plugin", BUILTIN)
         assert registries.commands.owner("train") == ("soundguide.training.plugin", BUILTIN)
         assert registries.commands.owner("video") == ("soundguide.video.plugin", BUILTIN)
         assert registries.commands.owner("invert") == ("soundguide.inversion.plugin", BUILTIN)
