@@ -41,6 +41,7 @@ from soundguide.core.config import config_from_dict
 from soundguide.core.engine import Editor, Stop
 from soundguide.core.errors import OutputError, SoundguideError, exception_line
 from soundguide.core.files import atomic_write_text, os_reason
+from soundguide.core.interfaces import ModelStore
 from soundguide.core.outputs import LossLog, RunWriter, StepWriter
 from soundguide.core.registry import Registries
 from soundguide.core.runfolder import LOCK_NAME, RunFolder, _Lock
@@ -164,6 +165,9 @@ class BatchRunner:
         written asked nothing of the engine, but it ends the run all the same."""
         self.echo = echo
         self.summary = Summary()
+        self.models = ModelStore()
+        """The networks this rank loaded (StyleGAN2, CLIP, SoundCLIP): loaded by its first
+        batch, shared by the next ones; per-run state (noise maps, targets) is not."""
 
     @property
     def batches(self) -> list[list[Item]]:
@@ -212,6 +216,7 @@ class BatchRunner:
                 trust_checkpoint=self.options.trust_checkpoint,
                 progress=False,
                 stop=self.stop,
+                models=self.models,
             )
             out_cfg = config.output
             for folder in folders:
