@@ -34,9 +34,11 @@ from soundguide.cli_options import (
     LazyCommand,
     _registries,
     accept_plugin_option,
+    device_option,
     malloc_option,
     plugin_option,
     scan_plugin_args,
+    trust_checkpoint_option,
 )
 from soundguide.core.errors import SoundguideError
 
@@ -157,17 +159,8 @@ def cli() -> None:
     "--out", type=click.Path(path_type=Path), help="Output folder (default: [output] dir)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace the outputs in a non-empty output folder.")
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, cuda, cuda:N or mps.",
-)
-@click.option(
-    "--trust-checkpoint",
-    is_flag=True,
-    help="Allow checkpoints that unpickle arbitrary Python objects (only for files you trust).",
-)
+@device_option
+@trust_checkpoint_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @malloc_option
 @plugin_option

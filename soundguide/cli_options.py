@@ -81,6 +81,22 @@ def malloc_option(func):
     )(func)
 
 
+def device_option(func):
+    """``--device auto|cpu|cuda|cuda:N|mps`` (auto: CUDA, then MPS, then the CPU)."""
+    return click.option(
+        "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."
+    )(func)
+
+
+def trust_checkpoint_option(func):
+    """``--trust-checkpoint``: without it no checkpoint may run code while it loads."""
+    return click.option(
+        "--trust-checkpoint",
+        is_flag=True,
+        help="Allow checkpoints that unpickle arbitrary Python objects (only for files you trust).",
+    )(func)
+
+
 _PLUGIN_ATTRS: dict[str, Any] = {
     "multiple": True,
     "metavar": "MODULE",

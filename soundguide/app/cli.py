@@ -28,7 +28,7 @@ from typing import Any
 import click
 
 from soundguide.app.plugin import APP_HELP
-from soundguide.cli_options import plugin_option
+from soundguide.cli_options import device_option, plugin_option
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 REQUIRED = ("gradio", "tomli_w")
@@ -87,7 +87,7 @@ def demo_models(history: Path) -> dict[str, str]:
 @click.command("app", short_help=APP_HELP)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 @click.option(
     "--history",
     type=click.Path(path_type=Path),

@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from soundguide.batch.plugin import BATCH_HELP
-from soundguide.cli_options import plugin_option
+from soundguide.cli_options import plugin_option, trust_checkpoint_option
 
 CUDA_BATCH = 8
 """``--batch-size auto`` on a GPU (1 on a CPU, where batching loses; see the README)."""
@@ -126,11 +126,7 @@ def identity_of(config: Path, manifest: Path, overrides: list[str]) -> str:
     help="Use an --out that holds another batch (or other files): its items are redone "
     "with this batch's settings.",
 )
-@click.option(
-    "--trust-checkpoint",
-    is_flag=True,
-    help="Allow checkpoints that unpickle arbitrary Python objects (only for files you trust).",
-)
+@trust_checkpoint_option
 @click.option("--quiet", "-q", is_flag=True, help="Only failures and the summary.")
 @plugin_option
 @click.pass_context

@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from soundguide.cli_options import plugin_option
+from soundguide.cli_options import device_option, plugin_option, trust_checkpoint_option
 from soundguide.inversion.plugin import INVERT_HELP
 
 FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
@@ -100,12 +100,8 @@ def _folder_names(photos: list[Path]) -> list[str]:
     help="Measure the reconstruction's LPIPS (VGG weights downloaded on first use).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace soundguide's files in --out.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N, mps.")
-@click.option(
-    "--trust-checkpoint",
-    is_flag=True,
-    help="Allow checkpoints that unpickle arbitrary Python objects (only files you trust).",
-)
+@device_option
+@trust_checkpoint_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @plugin_option
 @click.pass_context

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import click
 
-from soundguide.cli_options import malloc_option, plugin_option
+from soundguide.cli_options import (
+    device_option,
+    malloc_option,
+    plugin_option,
+    trust_checkpoint_option,
+)
 from soundguide.video.plugin import VIDEO_HELP
 
 
@@ -37,12 +42,8 @@ from soundguide.video.plugin import VIDEO_HELP
     help="Override a config value (repeatable), e.g. --set video.chunk=8.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace soundguide's outputs in --out.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option(
-    "--trust-checkpoint",
-    is_flag=True,
-    help="Allow checkpoints that unpickle arbitrary Python objects (only for files you trust).",
-)
+@device_option
+@trust_checkpoint_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @malloc_option
 @plugin_option
