@@ -32,9 +32,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from peak_memory import PeakSampler  # benchmarks/peak_memory.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLIP = {
@@ -49,27 +50,6 @@ TINY_CLIP = {
     "transformer_heads": 1,
     "transformer_layers": 2,
 }
-
-
-def rss_anon_kib() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-    return 0
-
-
-class PeakSampler(threading.Thread):
-    def __init__(self, every: float = 0.005) -> None:
-        super().__init__(daemon=True)
-        self.every = every
-        self.peak = 0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, rss_anon_kib())
-            time.sleep(self.every)
 
 
 def write_inputs(folder: Path, args: argparse.Namespace) -> None:
