@@ -584,7 +584,7 @@ def build_page(runner: AppRunner, options: PageOptions) -> gr.Blocks:
                 history_state,
                 history,
             ],
-            show_progress="minimal",
+            show_progress="hidden",  # the page has its own bar; a ticking timer costs CPU
             concurrency_id="run",
         )
 
