@@ -27,6 +27,7 @@ from soundguide.core.config import load_config
 from soundguide.core.errors import AudioError, ConfigError, ImageError, LatentError
 from soundguide.core.plugins import load_registries
 from tests import toy_plugins
+from tests.app import helpers
 
 
 @pytest.fixture
@@ -35,18 +36,8 @@ def registries():
 
 
 def page_run(models, **changes) -> PageRun:
-    values = dict(
-        sources=[Source("audio", str(models["sound"]), 0.8), Source("text", "a fire", -0.3)],
-        generator={"type": "stylegan2", "checkpoint": str(models["generator"])},
-        clip_model=str(models["clip"]),
-        audio_encoder=str(models["audio_encoder"]),
-        seed=11,
-        steps=3,
-        lr=0.05,
-        regularizers={"latent_l2": 0.002, "identity": 0.0},
-    )
-    values.update(changes)
-    return PageRun(**values)
+    settings = dict(seed=11, steps=3, lr=0.05, regularizers={"latent_l2": 0.002, "identity": 0.0})
+    return helpers.page_run(models, **{**settings, **changes})
 
 
 def test_page_state_becomes_the_config_the_toml_reproduces(demo_models, registries, tmp_path):

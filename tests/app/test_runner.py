@@ -12,6 +12,7 @@ from soundguide.app.runner import AppRunner
 from soundguide.cli import main
 from soundguide.core.interfaces import ModelStore
 from soundguide.core.plugins import load_registries
+from tests.app import helpers
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +21,9 @@ def registries():
 
 
 def page_run(models, **changes) -> PageRun:
-    values = dict(
-        sources=[Source("audio", str(models["sound"]), 0.8), Source("text", "a fire", -0.3)],
-        generator={"type": "stylegan2", "checkpoint": str(models["generator"])},
-        clip_model=str(models["clip"]),
-        audio_encoder=str(models["audio_encoder"]),
-        seed=5,
-        steps=4,
-        regularizers={"latent_l2": 0.002},
+    return helpers.page_run(
+        models, **{"seed": 5, "steps": 4, "regularizers": {"latent_l2": 0.002}, **changes}
     )
-    values.update(changes)
-    return PageRun(**values)
 
 
 def finish(handle):
